@@ -1,0 +1,26 @@
+"""fxgrad: find, before training, why PyTorch gradients go wrong, with the line of your code that causes it."""
+
+from __future__ import annotations
+
+from .analysis import analyze
+from .capture import FaithfulTracer, trace
+from .errors import AnalysisError, FxgradError, InputError, TraceError, VerificationError
+from .report import Finding, ParamStatus, Report
+from .rules import RULES
+
+__all__ = [
+    "AnalysisError",
+    "FaithfulTracer",
+    "Finding",
+    "FxgradError",
+    "InputError",
+    "ParamStatus",
+    "RULES",
+    "Report",
+    "TraceError",
+    "VerificationError",
+    "analyze",
+    "trace",
+]
+
+__version__ = "0.1.0"

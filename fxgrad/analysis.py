@@ -1,0 +1,138 @@
+"""``fxgrad.analyze``: model -> faithful graph -> facts -> rules -> report.
+
+Algorithm:
+
+1. Check the arguments and take a snapshot of everything of the user's model that analysis must not change
+   (parameters, buffers, ``.grad``, ``requires_grad``, ``training``, ``inplace`` flags, grad mode).
+2. Capture the model with the faithful tracer (:mod:`fxgrad.capture`).
+3. Compute the static facts (:mod:`fxgrad.facts`) and run the rules (:mod:`fxgrad.rules`).
+4. With example inputs, prove the verdicts with the dry-run (:mod:`fxgrad.dryrun`), which replaces the static
+   in-place and parameter verdicts.
+5. Drop suppressed findings and build the :class:`~fxgrad.report.Report`.
+6. Restore the snapshot's global state in a ``finally``; the model's own state is never written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from .capture import node_origin, trace
+from .errors import AnalysisError, FxgradError, InputError
+from .facts import GraphFacts, compute_facts
+from .report import Finding, ParamStatus, Report
+from .rules import RULES_BY_CODE, run_rules, select_codes
+from .suppress import is_suppressed
+
+__all__ = ["analyze", "preserved"]
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def preserved(model: nn.Module | None = None) -> Any:
+    """Restore grad mode, RNG state and the model's modes/flags afterwards, whatever happens inside."""
+    grad = torch.is_grad_enabled()
+    rng = torch.get_rng_state()
+    modes: list[tuple[nn.Module, bool, Any]] = []
+    req: list[tuple[torch.Tensor, bool]] = []
+    if model is not None:
+        modes = [(m, m.training, getattr(m, "inplace", None)) for m in model.modules()]
+        req = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        torch._C._set_grad_enabled(grad)
+        torch.set_rng_state(rng)
+        for m, training, inplace in modes:
+            m.training = training
+            if inplace is not None:
+                m.inplace = inplace
+        for p, r in req:
+            if p.requires_grad != r:
+                p.requires_grad_(r)
+
+
+def _param_status(facts: GraphFacts) -> dict[str, ParamStatus]:
+    out: dict[str, ParamStatus] = {}
+    for name, pf in facts.params.items():
+        cause, location = "", None
+        if pf.cause is not None:
+            nf = facts[pf.cause]
+            origin = node_origin(pf.cause)
+            location = origin.location
+            what = nf.view.spelling or nf.view.name
+            where = f" at {location}" if location else ""
+            cause = f"cut at `{pf.cause.name}` ({what}){where}"
+            if pf.status == "zero-grad":
+                cause = f"zero gradient through `{pf.cause.name}` ({what}){where}"
+        elif pf.status == "no-grad":
+            cause = "its result never reaches the output"
+        elif pf.status == "unused":
+            cause = "never used in forward"
+        out[name] = ParamStatus(name, pf.status, cause, location)
+    return out
+
+
+def analyze(
+    model: nn.Module | torch.fx.GraphModule,
+    example_inputs: Sequence[Any] | Any | None = None,
+    *,
+    concrete_args: dict[str, Any] | None = None,
+    tracer: type[torch.fx.Tracer] | torch.fx.Tracer | None = None,
+    leaf_modules: Sequence[type[nn.Module] | str] = (),
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    dryrun: str | bool = "auto",
+) -> Report:
+    """Find, before training, why parameters would get no gradient and which in-place ops break ``backward()``.
+
+    Without ``example_inputs`` the verdicts are static (fxgrad's op tables). With them (real tensors, meta
+    tensors, or :func:`fxgrad.spec` shapes) fxgrad runs the graph once on fake tensors and replaces the static
+    verdicts with proved ones (``dryrun="real"`` runs it on the real inputs instead, ``dryrun=False`` skips it).
+    ``ignore``/``select`` take codes or prefixes (``"FXG1"``). The model is never changed.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"fxgrad.analyze needs an nn.Module, got {type(model).__name__}. "
+                         "Hint: pass the model instance, e.g. analyze(MyNet(), ...).")
+    enabled = select_codes(select, ignore)
+    unknown = [c for c in (*select, *ignore) if not any(code.startswith(c) for code in RULES_BY_CODE)]
+    if unknown:
+        raise InputError(f"Unknown fxgrad code or prefix: {', '.join(unknown)}. Hint: codes look like FXG102; "
+                         "prefixes like FXG1 select a family.")
+    name = type(model).__name__
+    with preserved(model):
+        gm = trace(model, concrete_args, tracer=tracer, leaf_modules=leaf_modules)
+        try:
+            facts = compute_facts(gm, model=model)
+            findings = run_rules(facts)
+        except FxgradError:
+            raise
+        except Exception as e:  # an fxgrad bug: say which node, keep the cause
+            raise AnalysisError(f"fxgrad failed while analysing {name}: {type(e).__name__}: {e}") from e
+        params = _param_status(facts)
+        report = Report(model=name, findings=findings, params=params)
+        if example_inputs is not None and dryrun:
+            from .dryrun import prove  # the dry-run pulls in fake tensors; only load it when asked for
+
+            prove(report, gm, facts, example_inputs, mode="real" if dryrun == "real" else "fake")
+    return _filter(report, enabled)
+
+
+def _filter(report: Report, enabled: set[str]) -> Report:
+    kept: list[Finding] = []
+    for f in report.findings:
+        if f.code not in enabled or is_suppressed(f):
+            report.suppressed.append(f)
+        else:
+            kept.append(f)
+    report.findings = kept
+    return report
+
+

@@ -1,0 +1,490 @@
+"""Faithful capture of a model as a ``torch.fx`` graph.
+
+Plain ``torch.fx.symbolic_trace`` is built for graph rewriting, not for judging gradients, and it silently
+changes the program in exactly the places where gradients go wrong:
+
+* ``x += y`` becomes ``x + y`` (``Proxy`` has no ``__iadd__``, so Python falls back to ``__add__``);
+* ``x[i] = v`` raises ``TypeError`` (``Proxy`` has no ``__setitem__``);
+* ``with torch.no_grad():`` and ``torch.set_grad_enabled(False)`` run at trace time only, so the traced module
+  computes gradients that eager does not;
+* ``torch.tensor(t)`` / ``torch.from_numpy(t.numpy())`` try to read the proxy's values and fail.
+
+:class:`FaithfulTracer` keeps all of these as graph nodes, so the ``GraphModule`` runs like the eager model, and
+records for every node the module path and the user's ``file:line``. The same behaviour is mixed into any
+``Tracer`` subclass (``transformers``' ``HFTracer``, torchvision's feature-extraction tracer) with
+:func:`faithful_tracer_class`.
+
+Algorithm of :meth:`FaithfulTracer.trace`:
+
+1. Install the patches (tensor-rebuilding factories, grad-mode context managers) and push the tracer on the
+   active stack, so the patched functions know where to emit nodes.
+2. Run ``torch.fx.Tracer.trace``; every node it creates gets ``node.meta["fxgrad"]`` (:class:`NodeOrigin`).
+3. Restore every patch in a ``finally``, also when tracing raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import linecache
+import logging
+import operator
+import os
+import sys
+import sysconfig
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+import torch.fx
+from torch.autograd import grad_mode
+
+from .errors import InputError, TraceError
+
+__all__ = [
+    "FaithfulTracer",
+    "NodeOrigin",
+    "SourceLocation",
+    "faithful_tracer_class",
+    "node_origin",
+    "trace",
+]
+
+log = logging.getLogger(__name__)
+
+META_KEY = "fxgrad"
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """A line of the user's code."""
+
+    file: str
+    line: int
+    function: str
+    code: str
+
+    def __str__(self) -> str:
+        return f"{_display_path(self.file)}:{self.line}"
+
+
+def _display_path(path: str) -> str:
+    if path.startswith("<"):
+        return path
+    rel = os.path.relpath(path)
+    return path if rel.startswith(".." + os.sep + "..") else rel
+
+
+@dataclass(frozen=True)
+class NodeOrigin:
+    """Where a node came from: the module that ran it and the user's line that created it."""
+
+    module: str
+    location: SourceLocation | None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Which frames are "the user's": everything but torch, fxgrad, the tracer's own package and the stdlib.
+# --------------------------------------------------------------------------------------------------------------
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_FXGRAD_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_STDLIB_DIR = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_library_file(filename: str, extra: tuple[str, ...]) -> bool:
+    path = os.path.abspath(filename)
+    if filename.startswith("<") and filename != "<string>":
+        return True  # generated code (<eval_with_key>), frozen modules
+    if path.startswith((_TORCH_DIR, _FXGRAD_DIR)) or path in extra:
+        return True
+    return path.startswith(_STDLIB_DIR) and "site-packages" not in path
+
+
+def _location_of(filename: str, lineno: int, function: str) -> SourceLocation:
+    code = linecache.getline(filename, lineno).strip()
+    return SourceLocation(filename if filename.startswith("<") else os.path.abspath(filename), lineno, function, code)
+
+
+def _user_frame_location(extra: tuple[str, ...]) -> SourceLocation | None:
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if not _is_library_file(code.co_filename, extra):
+            return _location_of(code.co_filename, frame.f_lineno, code.co_name)
+        frame = frame.f_back
+    return None
+
+
+def _user_traceback_location(tb: TracebackType | None, extra: tuple[str, ...]) -> SourceLocation | None:
+    """The innermost user frame of a traceback: the line whose code tracing could not follow."""
+    found: SourceLocation | None = None
+    for frame, lineno in traceback.walk_tb(tb):
+        code = frame.f_code
+        if not _is_library_file(code.co_filename, extra):
+            found = _location_of(code.co_filename, lineno, code.co_name)
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The active tracer: the patched functions emit nodes into the innermost one.
+# --------------------------------------------------------------------------------------------------------------
+
+_active = threading.local()
+
+
+def _current_tracer() -> torch.fx.Tracer | None:
+    stack: list[torch.fx.Tracer] = getattr(_active, "stack", [])
+    return stack[-1] if stack else None
+
+
+def _find_proxy(args: Sequence[Any], kwargs: dict[str, Any]) -> torch.fx.Proxy | None:
+    found: list[torch.fx.Proxy] = []
+
+    def visit(a: Any) -> Any:
+        if isinstance(a, torch.fx.Proxy) and not found:
+            found.append(a)
+        return a
+
+    torch.fx.node.map_aggregate((tuple(args), kwargs), visit)
+    return found[0] if found else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Proxies that keep augmented assignment and item assignment.
+# --------------------------------------------------------------------------------------------------------------
+
+_AUGMENTED = {
+    "__iadd__": operator.iadd,
+    "__isub__": operator.isub,
+    "__imul__": operator.imul,
+    "__itruediv__": operator.itruediv,
+    "__ifloordiv__": operator.ifloordiv,
+    "__imod__": operator.imod,
+    "__ipow__": operator.ipow,
+    "__imatmul__": operator.imatmul,
+    "__iand__": operator.iand,
+    "__ior__": operator.ior,
+    "__ixor__": operator.ixor,
+    "__ilshift__": operator.ilshift,
+    "__irshift__": operator.irshift,
+}
+
+
+def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[torch.fx.Proxy, Any], torch.fx.Proxy]:
+    def method(self: torch.fx.Proxy, other: Any) -> torch.fx.Proxy:
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+
+    method.__name__ = f"__{op.__name__}__"
+    return method
+
+
+def _setitem(self: torch.fx.Proxy, key: Any, value: Any) -> None:
+    self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+
+_PROXY_METHODS: dict[str, Any] = {name: _augmented(op) for name, op in _AUGMENTED.items()}
+_PROXY_METHODS["__setitem__"] = _setitem
+
+
+@functools.lru_cache(maxsize=None)
+def _faithful_proxy_class(base: type[torch.fx.Proxy]) -> type[torch.fx.Proxy]:
+    return type(f"Faithful{base.__name__}", (base,), dict(_PROXY_METHODS))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Patches installed while tracing.
+# --------------------------------------------------------------------------------------------------------------
+
+_REBUILDERS = ("tensor", "as_tensor", "asarray", "from_numpy")
+
+
+def _rebuilder(orig: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(orig)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        proxy = _find_proxy(args, kwargs)
+        if proxy is None:
+            return orig(*args, **kwargs)
+        return proxy.tracer.create_proxy("call_function", orig, args, kwargs)
+
+    return wrapper
+
+
+def _emit(target: Callable[..., Any], *args: Any) -> torch.fx.Proxy | None:
+    tracer = _current_tracer()
+    if tracer is None or getattr(_active, "quiet", 0):
+        return None
+    return tracer.create_proxy("call_function", target, args, {})
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence nested patched calls: ``no_grad.__enter__`` itself calls ``set_grad_enabled``."""
+    _active.quiet = getattr(_active, "quiet", 0) + 1
+    try:
+        yield
+    finally:
+        _active.quiet -= 1
+
+
+def _grad_mode_patches() -> list[tuple[type, str, Callable[..., Any]]]:
+    """Context-manager methods that also emit ``is_grad_enabled`` / ``_set_grad_enabled`` nodes.
+
+    Exit restores the mode read *at run time* on entry (a ``torch.is_grad_enabled()`` node), as eager does, so a
+    traced module called under an outer ``no_grad`` still behaves like the eager one.
+    """
+    patches: list[tuple[type, str, Callable[..., Any]]] = []
+
+    def mode_manager(cls: type, mode: bool) -> None:
+        orig_enter, orig_exit = cls.__enter__, cls.__exit__
+
+        def enter(self: Any) -> None:
+            with _quiet():
+                orig_enter(self)
+            if _current_tracer() is not None and not getattr(_active, "quiet", 0):
+                self._fxgrad_prev = _emit(torch.is_grad_enabled)
+                _emit(torch._C._set_grad_enabled, mode)
+
+        def exit_(self: Any, *exc: Any) -> None:
+            with _quiet():
+                orig_exit(self, *exc)
+            prev = self.__dict__.pop("_fxgrad_prev", None)
+            if prev is not None:
+                _emit(torch._C._set_grad_enabled, prev)
+
+        patches.extend([(cls, "__enter__", enter), (cls, "__exit__", exit_)])
+
+    mode_manager(grad_mode.no_grad, False)
+    mode_manager(grad_mode.enable_grad, True)
+
+    sge = grad_mode.set_grad_enabled
+    orig_init, orig_enter, orig_exit = sge.__init__, sge.__enter__, sge.__exit__
+
+    def sge_init(self: Any, mode: bool) -> None:
+        with _quiet():
+            orig_init(self, mode)
+        if _current_tracer() is not None and not getattr(_active, "quiet", 0):
+            self._fxgrad_prev = _emit(torch.is_grad_enabled)
+            _emit(torch._C._set_grad_enabled, bool(mode))
+
+    def sge_enter(self: Any) -> None:
+        with _quiet():
+            orig_enter(self)
+        _emit(torch._C._set_grad_enabled, bool(self.mode))
+
+    def sge_exit(self: Any, *exc: Any) -> None:
+        with _quiet():
+            orig_exit(self, *exc)
+        prev = self.__dict__.pop("_fxgrad_prev", None)
+        if prev is not None:
+            _emit(torch._C._set_grad_enabled, prev)
+
+    patches += [(sge, "__init__", sge_init), (sge, "__enter__", sge_enter), (sge, "__exit__", sge_exit)]
+
+    inf = grad_mode.inference_mode
+    inf_enter, inf_exit = inf.__enter__, inf.__exit__
+
+    def inference_enter(self: Any) -> None:
+        with _quiet():
+            inf_enter(self)
+        if _current_tracer() is not None and not getattr(_active, "quiet", 0):
+            self._fxgrad_ctx = _emit(grad_mode._enter_inference_mode, bool(self.mode))
+
+    def inference_exit(self: Any, *exc: Any) -> None:
+        with _quiet():
+            inf_exit(self, *exc)
+        ctx = self.__dict__.pop("_fxgrad_ctx", None)
+        if ctx is not None:
+            _emit(grad_mode._exit_inference_mode, ctx)
+
+    patches += [(inf, "__enter__", inference_enter), (inf, "__exit__", inference_exit)]
+    return patches
+
+
+@contextmanager
+def _patched(tracer: torch.fx.Tracer) -> Iterator[None]:
+    """Install every patch and make ``tracer`` the active one; undo all of it whatever happens."""
+    undo: list[tuple[Any, str, Any]] = []
+    stack: list[torch.fx.Tracer] = _active.__dict__.setdefault("stack", [])
+    prev_grad = torch.is_grad_enabled()
+    try:
+        for name in _REBUILDERS:
+            orig = getattr(torch, name)
+            if getattr(orig, "__fxgrad_patched__", False):
+                continue
+            wrapper = _rebuilder(orig)
+            wrapper.__fxgrad_patched__ = True  # type: ignore[attr-defined]
+            undo.append((torch, name, orig))
+            setattr(torch, name, wrapper)
+        for cls, name, fn in _grad_mode_patches():
+            undo.append((cls, name, cls.__dict__[name]))
+            setattr(cls, name, fn)
+        stack.append(tracer)
+        yield
+    finally:
+        if stack and stack[-1] is tracer:
+            stack.pop()
+        for owner, name, orig in reversed(undo):
+            setattr(owner, name, orig)
+        torch._C._set_grad_enabled(prev_grad)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The tracer.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _FaithfulMixin:
+    """What fxgrad adds to any ``torch.fx.Tracer``; placed first in the MRO of the combined class."""
+
+    _fxgrad_extra_files: tuple[str, ...] = ()
+    module_stack: Any
+
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        p: torch.fx.Proxy = super().proxy(node)  # type: ignore[misc]
+        p.__class__ = _faithful_proxy_class(type(p))
+        return p
+
+    def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
+        node: torch.fx.Node = super().create_node(*args, **kwargs)  # type: ignore[misc]
+        if node.op == "call_module":
+            module = str(node.target)
+        else:
+            stack = getattr(self, "module_stack", None)
+            module = next(reversed(stack.values()))[0] if stack else ""
+        where = None if node.op in ("placeholder", "output") else _user_frame_location(self._fxgrad_extra_files)
+        node.meta[META_KEY] = NodeOrigin(module, where)
+        return node
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None, **kwargs: Any) -> torch.fx.Graph:
+        with _patched(self):  # type: ignore[arg-type]
+            graph: torch.fx.Graph = super().trace(root, concrete_args, **kwargs)  # type: ignore[misc]
+        return graph
+
+
+@functools.lru_cache(maxsize=None)
+def faithful_tracer_class(base: type[torch.fx.Tracer]) -> type[torch.fx.Tracer]:
+    """``base`` with fxgrad's fidelity added; ``FaithfulTracer`` is ``faithful_tracer_class(torch.fx.Tracer)``."""
+    if issubclass(base, _FaithfulMixin):
+        return base
+    files = tuple(
+        os.path.abspath(f)
+        for klass in base.__mro__
+        if klass.__module__ in sys.modules and (f := getattr(sys.modules[klass.__module__], "__file__", None))
+    )
+    return type(f"Faithful{base.__name__}", (_FaithfulMixin, base), {"_fxgrad_extra_files": files})
+
+
+FaithfulTracer: type[torch.fx.Tracer] = faithful_tracer_class(torch.fx.Tracer)
+
+
+def node_origin(node: torch.fx.Node) -> NodeOrigin:
+    """The origin fxgrad recorded, or the best that ``stack_trace`` / ``nn_module_stack`` meta give."""
+    origin = node.meta.get(META_KEY)
+    if isinstance(origin, NodeOrigin):
+        return origin
+    module = ""
+    if node.op == "call_module":
+        module = str(node.target)
+    elif stack := node.meta.get("nn_module_stack"):
+        module = str(next(reversed(stack.values()))[0])
+    location = None
+    if node.stack_trace:
+        frames = [line.strip() for line in node.stack_trace.splitlines() if line.strip().startswith("File ")]
+        if frames:
+            # 'File "path", line N, in fn'
+            parts = frames[-1].split(",")
+            try:
+                file = parts[0].split('"')[1]
+                line = int(parts[1].split()[-1])
+                fn = parts[2].split()[-1] if len(parts) > 2 else ""
+                location = _location_of(file, line, fn)
+            except (IndexError, ValueError):
+                location = None
+    return NodeOrigin(module, location)
+
+
+_HINT = (
+    "Hint: pass concrete_args for arguments that decide control flow, keep the offending submodule opaque "
+    "with leaf_modules=[...], or give example inputs so fxgrad can capture the model by running it."
+)
+
+
+def _hint_for(exc: BaseException) -> str:
+    text = str(exc)
+    if "control flow" in text or "iteration" in text or "iterable" in text or "len(" in text:
+        return ("Hint: this line branches, loops or calls len() on a traced tensor; pass concrete_args for the "
+                "argument that decides it, or make the submodule a leaf with leaf_modules=[...].")
+    if isinstance(exc, TypeError) and ("float" in text or "int" in text or "bool" in text):
+        return ("Hint: float()/int()/bool() of a tensor cannot be traced symbolically; use tensor ops, or make "
+                "the submodule a leaf with leaf_modules=[...].")
+    return _HINT
+
+
+def trace(
+    model: torch.nn.Module | Callable[..., Any],
+    concrete_args: dict[str, Any] | None = None,
+    *,
+    tracer: type[torch.fx.Tracer] | torch.fx.Tracer | None = None,
+    leaf_modules: Sequence[type[torch.nn.Module] | str] = (),
+) -> torch.fx.GraphModule:
+    """Capture ``model`` as a ``GraphModule`` that runs like the eager model, with source lines on every node.
+
+    ``tracer`` may be a ``torch.fx.Tracer`` subclass (or instance), e.g. ``transformers.utils.fx.HFTracer``: fxgrad
+    combines it with its own fidelity. A model that already is a ``GraphModule`` is returned unchanged, so graphs
+    made by other tools can be analysed as they are. ``leaf_modules`` (classes or qualified names) are kept as
+    opaque ``call_module`` nodes instead of being traced through.
+    """
+    if isinstance(model, torch.fx.GraphModule):
+        return model
+    if not isinstance(model, torch.nn.Module) and not callable(model):
+        raise InputError(f"fxgrad can only trace an nn.Module or a function, not {type(model).__name__}.")
+
+    if tracer is None:
+        tracer_obj: torch.fx.Tracer = FaithfulTracer()
+    elif isinstance(tracer, type):
+        if not issubclass(tracer, torch.fx.Tracer):
+            raise InputError(f"tracer must be a torch.fx.Tracer subclass, not {tracer.__name__}.")
+        tracer_obj = faithful_tracer_class(tracer)()
+    elif isinstance(tracer, torch.fx.Tracer):
+        tracer_obj = tracer
+        tracer_obj.__class__ = faithful_tracer_class(type(tracer))
+    else:
+        raise InputError(f"tracer must be a torch.fx.Tracer subclass or instance, not {type(tracer).__name__}.")
+
+    if leaf_modules:
+        leaf_types = tuple(t for t in leaf_modules if isinstance(t, type))
+        leaf_names = {t for t in leaf_modules if isinstance(t, str)}
+        base_is_leaf = tracer_obj.is_leaf_module
+
+        def is_leaf(m: torch.nn.Module, qualname: str) -> bool:
+            return isinstance(m, leaf_types) or qualname in leaf_names or base_is_leaf(m, qualname)
+
+        tracer_obj.is_leaf_module = is_leaf  # type: ignore[method-assign]
+
+    modes = {name: m.training for name, m in model.named_modules()} if isinstance(model, torch.nn.Module) else {}
+    try:
+        graph = tracer_obj.trace(model, concrete_args)
+    except Exception as e:
+        extra = getattr(type(tracer_obj), "_fxgrad_extra_files", ())
+        where = _user_traceback_location(e.__traceback__, extra)
+        name = type(model).__name__ if isinstance(model, torch.nn.Module) else getattr(model, "__name__", "function")
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        at = f" at {where}: `{where.code}`" if where else ""
+        raise TraceError(f"fxgrad could not trace {name}{at} ({type(e).__name__}: {reason}). {_hint_for(e)}") from e
+    finally:
+        if isinstance(model, torch.nn.Module):
+            for mod_name, m in model.named_modules():
+                if mod_name in modes:
+                    m.training = modes[mod_name]
+
+    root = tracer_obj.root if isinstance(model, torch.nn.Module) else torch.nn.Module()
+    class_name = type(model).__name__ if isinstance(model, torch.nn.Module) else getattr(model, "__name__", "fn")
+    gm = torch.fx.GraphModule(root, graph, class_name)
+    log.debug("traced %s: %d nodes", class_name, len(graph.nodes))
+    return gm

@@ -1,0 +1,525 @@
+"""Static facts about every node of a faithful graph, computed in two linear passes.
+
+The rules never look at the graph directly: they read these facts. The pass models what autograd does, not
+what ops are called:
+
+* **Value roles**: parameter, buffer, graph input, constant, activation, or a plain Python value.
+* **Grad mode** at every node, from the ``_set_grad_enabled`` / inference-mode nodes the tracer kept.
+* **Aliasing** with three roots per tensor, because autograd has three notions of "the same tensor":
+  ``vroot`` (differentiable views: an in-place op through a view rebases the base's history),
+  ``croot`` (one version counter: views *and* ``.detach()`` share it; ``.data`` does not), and
+  ``sroot`` (one storage: all of them, ``.data`` included).
+* **Mutation order**: after an in-place op ``m`` on a tensor, every later read of that tensor or an alias sees
+  ``m``'s result; reads are re-pointed to the latest mutation (the node's *state*), so gradient flow follows
+  the values the program really uses.
+* **Requires-grad** (``live``) forward, and **reachability** backward: whether a gradient from the output
+  reaches each node (``reach``), reaches it non-zero (``reach_nz``), or its value reaches the output at all
+  (``data_reach``); for nodes whose gradient is lost, the cut that loses it (``cause``).
+* **Saved tensors**: which tensors each op saves for backward (the static table in :mod:`fxgrad.ops`), and
+  which later in-place op bumps their version (an error at backward) or writes their storage behind the
+  version counter (silently wrong gradients).
+
+Algorithm of :func:`compute_facts`:
+
+1. Forward, in graph order: grad mode, role, op view, effective inputs (re-pointed to the latest mutation),
+   differentiability of each input edge, ``live``, alias roots; mutations bump version counters and settle
+   the pending saved tensors of that storage; then the node's own saved tensors are recorded.
+2. Backward, in reverse order: ``reach``, ``reach_nz``, ``data_reach`` and ``cause`` from the output.
+3. Parameters: each trainable parameter's verdict from the reach of the nodes that use it.
+
+Both passes touch each node and each edge a constant number of times: linear in the size of the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+from torch.autograd import grad_mode
+
+from . import ops
+from .ops import OpView
+
+__all__ = ["GraphFacts", "NodeFacts", "SavedUse", "ParamFacts", "compute_facts"]
+
+Root = Hashable
+
+
+@dataclass
+class SavedUse:
+    """A tensor that ``saver`` saved for backward, and the in-place op that later overwrote it, if any."""
+
+    saver: torch.fx.Node
+    tensor: Any  # the node whose value was saved, or a parameter name
+    arg: str  # schema name ("self", "other", "result" ...)
+    croot: Root
+    sroot: Root
+    backend_dependent: bool = False
+
+
+@dataclass
+class NodeFacts:
+    node: torch.fx.Node
+    index: int
+    view: OpView
+    role: str = "activation"  # param | buffer | input | constant | activation | value | control | output
+    grad_on: bool = True
+    live: bool = False
+    #: effective inputs: (producer, differentiable, zero-gradient)
+    deps: list[tuple[torch.fx.Node, bool, bool]] = field(default_factory=list)
+    #: why this node stops gradients: detach | data | no_grad | leaves | requires_grad | integer | rebuild
+    cut: str | None = None
+    #: the live input whose gradient this node drops
+    cut_input: torch.fx.Node | None = None
+    zero: bool = False
+    vroot: Root = None
+    croot: Root = None
+    sroot: Root = None
+    #: for in-place ops: the node written to, and what its write does
+    target: torch.fx.Node | None = None
+    target_role: str = ""
+    target_live: bool = False
+    leaf_write: bool = False
+    alias_read_after: bool = False
+    is_view_target: bool = False
+    overwritten: list[SavedUse] = field(default_factory=list)  # version bumped: backward raises
+    silently_written: list[SavedUse] = field(default_factory=list)  # storage written behind the counter
+    unknown_savers: list[torch.fx.Node] = field(default_factory=list)
+    saved: list[SavedUse] = field(default_factory=list)
+    module_params: list[str] = field(default_factory=list)  # trainable params a call_module uses
+    # backward pass
+    reach: bool = False
+    reach_nz: bool = False
+    data_reach: bool = False
+    cause: torch.fx.Node | None = None
+
+
+@dataclass
+class ParamFacts:
+    name: str
+    status: str  # ok | no-grad | zero-grad | unused
+    cause: torch.fx.Node | None = None
+    uses: list[torch.fx.Node] = field(default_factory=list)
+
+
+@dataclass
+class GraphFacts:
+    gm: torch.fx.GraphModule
+    nodes: dict[torch.fx.Node, NodeFacts]
+    params: dict[str, ParamFacts]
+    #: parameter object id -> the name ``named_parameters()`` gives (tied weights share one name)
+    param_names: dict[int, str]
+
+    def __post_init__(self) -> None:
+        self.lost: dict[torch.fx.Node, list[str]] = {}
+        for p in self.params.values():
+            if p.status in ("no-grad", "zero-grad") and p.cause is not None:
+                self.lost.setdefault(p.cause, []).append(p.name)
+
+    def __iter__(self) -> Iterator[NodeFacts]:
+        return iter(self.nodes.values())
+
+    def __getitem__(self, node: torch.fx.Node) -> NodeFacts:
+        return self.nodes[node]
+
+
+def _flat_nodes(a: Any) -> list[torch.fx.Node]:
+    out: list[torch.fx.Node] = []
+    torch.fx.node.map_arg(a, out.append)
+    return out
+
+
+_METADATA_ATTRS = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "is_leaf", "layout",
+                             "names", "T", "mT", "H", "mH", "real", "imag", "grad_fn"})
+
+
+def _attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+class _Pass:
+    def __init__(self, gm: torch.fx.GraphModule, inputs_require_grad: frozenset[str],
+                 model: nn.Module | None) -> None:
+        self.gm = gm
+        #: the user's model: a GraphModule only keeps the submodules its graph uses, the report needs them all
+        self.model = model if model is not None else gm
+        self.modules = dict(gm.named_modules())
+        self.inputs_require_grad = inputs_require_grad
+        self.nodes: dict[torch.fx.Node, NodeFacts] = {}
+        self.buffer_ids = {id(b) for b in gm.buffers()}
+        self.param_names: dict[int, str] = {}
+        for name, p in self.model.named_parameters():
+            self.param_names.setdefault(id(p), name)
+        for name, p in gm.named_parameters():
+            self.param_names.setdefault(id(p), name)
+        self.grad_values: dict[torch.fx.Node, bool] = {}  # is_grad_enabled nodes -> their value
+        self.mode_stack: list[bool] = []
+        self.grad_on = True
+        self.last_mut: dict[Root, NodeFacts] = {}
+        self.pending: dict[Root, list[SavedUse]] = {}
+        self.pending_unknown: dict[Root, list[torch.fx.Node]] = {}
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def state(self, a: torch.fx.Node, reader: NodeFacts) -> torch.fx.Node:
+        """The node whose value a read of ``a`` sees: the latest in-place op on its view group after ``a``."""
+        fa = self.nodes.get(a)
+        if fa is None:
+            return a
+        m = self.last_mut.get(fa.vroot)
+        if m is None or m.index <= fa.index:
+            return a
+        if m.target is not a and m.node is not a:
+            m.alias_read_after = True
+        return m.node
+
+    def param_root(self, node: torch.fx.Node) -> Root:
+        p = _attr(self.gm, str(node.target))
+        return ("param", self.param_names.get(id(p), str(node.target)))
+
+    # -- step 1 -------------------------------------------------------------------------------------------------
+
+    def forward(self) -> None:
+        for index, node in enumerate(self.gm.graph.nodes):
+            view = ops.op_view(node, self.modules)
+            nf = NodeFacts(node, index, view, grad_on=self.grad_on)
+            self.nodes[node] = nf
+            nf.vroot = nf.croot = nf.sroot = node
+            if self._grad_mode_node(nf):
+                continue
+            if node.op == "placeholder":
+                nf.role = "input"
+                nf.live = str(node.target) in self.inputs_require_grad
+            elif node.op == "get_attr":
+                self._get_attr(nf)
+            elif node.op == "output":
+                nf.role = "output"
+                nf.deps = [(self.state(a, nf), True, False) for a in _flat_nodes(node.args)]
+            else:
+                self._op(nf)
+
+    def _grad_mode_node(self, nf: NodeFacts) -> bool:
+        node = nf.node
+        if node.op != "call_function":
+            return False
+        target = node.target
+        if target is torch.is_grad_enabled:
+            self.grad_values[node] = self.grad_on
+        elif target is torch._C._set_grad_enabled:
+            arg = node.args[0] if node.args else True
+            self.grad_on = self.grad_values.get(arg, True) if isinstance(arg, torch.fx.Node) else bool(arg)
+        elif target is grad_mode._enter_inference_mode:
+            self.mode_stack.append(self.grad_on)
+            self.grad_on = self.grad_on and not bool(node.args[0] if node.args else True)
+        elif target is grad_mode._exit_inference_mode:
+            self.grad_on = self.mode_stack.pop() if self.mode_stack else True
+        else:
+            return False
+        nf.role = "control"
+        return True
+
+    def _get_attr(self, nf: NodeFacts) -> None:
+        value = _attr(self.gm, str(nf.node.target))
+        if isinstance(value, nn.Parameter):
+            nf.role = "param"
+            nf.live = value.requires_grad
+            nf.vroot = nf.croot = nf.sroot = self.param_root(nf.node)
+        elif isinstance(value, torch.Tensor):
+            nf.role = "buffer" if id(value) in self.buffer_ids else "constant"
+        else:
+            nf.role = "value"
+
+    def _op(self, nf: NodeFacts) -> None:
+        node, view, name = nf.node, nf.view, nf.view.name
+        args = _flat_nodes((node.args, node.kwargs))
+        states = [self.state(a, nf) for a in args]
+        roles = [self.nodes[s].role if s in self.nodes else "activation" for s in states]
+        first = args[0] if args else None
+        first_f = self.nodes.get(first) if first is not None else None
+
+        # What kind of edge each input is.
+        diff, zero, cut = True, False, None
+        value_result = False
+        if name in ops.DETACH:
+            diff, cut = False, "detach"
+        elif name == "getattr.data":
+            diff, cut = False, "data"
+        elif name.startswith("getattr."):
+            diff, value_result = False, name.split(".", 1)[1] in _METADATA_ATTRS - {"T", "mT", "H", "mH", "real", "imag"}
+            if name.split(".", 1)[1] in {"T", "mT", "H", "mH", "real", "imag"}:
+                diff, value_result = True, False
+        elif name in ops.LEAVES_AUTOGRAD:
+            diff, cut, value_result = False, "leaves", True
+        elif name in ops.REBUILDS:
+            diff, cut = False, "rebuild"
+        elif name in ops.METADATA:
+            diff, value_result = False, True
+        elif name in ops.INTEGER_RESULT or ops.is_integer_cast(node, view):
+            diff, cut = False, "integer"
+        elif name == "requires_grad_":
+            flag = node.args[1] if len(node.args) > 1 else node.kwargs.get("requires_grad", True)
+            diff = flag is not False
+            cut = None if diff else "requires_grad"
+        elif name in ops.FRESH:
+            diff = False
+        elif name in ops.ZERO_GRADIENT:
+            zero = True
+        if args and all(r == "value" for r in roles) and node.op != "call_module":
+            value_result = True
+        if value_result:
+            nf.role = "value"
+
+        write_target = view.writes if isinstance(view.writes, torch.fx.Node) else None
+        overwrites = write_target is not None and name in ops.OVERWRITES
+        deps: list[tuple[torch.fx.Node, bool, bool]] = []
+        for a, s in zip(args, states, strict=True):
+            is_self = a is write_target
+            if not nf.grad_on:
+                # In-place under no_grad keeps the target's history; nothing else is recorded.
+                d = is_self and name not in ops.DETACH
+                deps.append((s, d, False))
+            elif is_self and overwrites:
+                deps.append((s, True, True))  # zero_/fill_/copy_: the old value gets a zero gradient
+            else:
+                deps.append((s, diff, zero))
+        nf.deps = deps
+
+        if not nf.grad_on and cut is None and any(self.nodes[s].live for s in states if s in self.nodes):
+            cut = "no_grad"
+        if cut is not None:
+            live_in = next((s for s in states if s in self.nodes and self.nodes[s].live), None)
+            if live_in is not None or cut == "no_grad":
+                nf.cut, nf.cut_input = cut, live_in
+
+        live_in_any = any(d and self.nodes[s].live for s, d, _ in deps if s in self.nodes)
+        if node.op == "call_module":
+            mod = self.modules.get(str(node.target))
+            if mod is not None:
+                nf.module_params = [self.param_names.get(id(p), f"{node.target}.{n}")
+                                    for n, p in mod.named_parameters() if p.requires_grad]
+            nf.live = nf.grad_on and (live_in_any or bool(nf.module_params))
+            if not nf.grad_on and nf.module_params and nf.cut is None:
+                nf.cut = "no_grad"
+        else:
+            nf.live = nf.grad_on and live_in_any and not value_result
+        if name == "requires_grad_" and first_f is not None:
+            nf.live = (first_f.role == "param" and diff) or (diff and self.nodes[states[0]].live)
+
+        self._aliases(nf, first, first_f, states)
+        if write_target is not None:
+            self._write(nf, write_target)
+        if nf.live or (write_target is not None and nf.grad_on):
+            self._record_saved(nf)
+
+    def _aliases(self, nf: NodeFacts, first: torch.fx.Node | None, first_f: NodeFacts | None,
+                 states: list[torch.fx.Node]) -> None:
+        node, view, name = nf.node, nf.view, nf.view.name
+        if first_f is None or nf.role == "value":
+            return
+        if view.writes is not None or name in ops.PASS_THROUGH or (name == "getattr.data"):
+            base = self.nodes.get(view.writes) if isinstance(view.writes, torch.fx.Node) else first_f
+            base = base or first_f
+            if name == "getattr.data":
+                nf.sroot = base.sroot  # same storage, own version counter, no history
+                return
+            nf.vroot, nf.croot, nf.sroot = base.vroot, base.croot, base.sroot
+            return
+        if name in ops.DETACH:
+            nf.croot, nf.sroot = first_f.croot, first_f.sroot  # shares the version counter
+            return
+        if name == "getitem":
+            base_node = first
+            base_f = first_f
+            base_view = base_f.view
+            if base_f.node.op == "call_module" or (base_f.node.op != "placeholder" and self._returns_tuple(base_f)):
+                if ops.multi_output_view(base_view.name):
+                    src = next(iter(_flat_nodes(base_f.node.args)), None)
+                    src_f = self.nodes.get(src) if src is not None else None
+                    if src_f is not None:
+                        nf.vroot, nf.croot, nf.sroot = src_f.vroot, src_f.croot, src_f.sroot
+                return
+            index = node.args[1] if len(node.args) > 1 else None
+            advanced = any(self.nodes[i].role != "value" for i in _flat_nodes(index) if i in self.nodes)
+            if isinstance(index, (list, tuple)) and any(isinstance(i, (list, tuple)) for i in index):
+                advanced = True
+            if not advanced and base_node is not None:
+                nf.vroot, nf.croot, nf.sroot = base_f.vroot, base_f.croot, base_f.sroot
+            return
+        if ops.is_view_op(name):
+            nf.vroot, nf.croot, nf.sroot = first_f.vroot, first_f.croot, first_f.sroot
+
+    def _returns_tuple(self, nf: NodeFacts) -> bool:
+        name = nf.view.name
+        if ops.multi_output_view(name):
+            return True
+        for schema in ops._schemas(name):
+            if len(schema.returns) > 1 or str(schema.returns[0].type).startswith("List"):
+                return True
+        return name in {"max", "min", "sort", "topk", "kthvalue", "mode", "median", "nanmedian", "std_mean",
+                        "var_mean", "aminmax", "frexp", "lstm", "gru", "rnn_tanh", "rnn_relu", "unique",
+                        "unique_consecutive", "split", "chunk", "unbind", "histogram", "lu", "qr", "svd",
+                        "slogdet", "eig", "eigh", "cummax", "cummin"}
+
+    def _write(self, nf: NodeFacts, target: torch.fx.Node) -> None:
+        tf = self.nodes.get(target)
+        if tf is None:
+            return
+        nf.target = target
+        nf.target_role = tf.role
+        before = self.state(target, nf)
+        nf.target_live = before in self.nodes and self.nodes[before].live
+        root_f = self.nodes.get(tf.vroot) if isinstance(tf.vroot, torch.fx.Node) else None
+        if isinstance(tf.vroot, tuple):
+            nf.target_role = "param"
+        elif root_f is not None and root_f.role in ("input", "buffer", "constant", "param"):
+            nf.target_role = root_f.role
+        nf.is_view_target = tf.vroot is not target and tf.vroot is not None
+        if isinstance(tf.sroot, tuple) or (isinstance(tf.sroot, torch.fx.Node) and tf.sroot in self.nodes
+                                           and self.nodes[tf.sroot].role == "param"):
+            if nf.grad_on and tf.croot == tf.vroot and self.nodes[self.state(target, nf)].live:
+                nf.leaf_write = nf.view.name != "requires_grad_"
+        # Version bump: tensors saved on this storage before now are settled here.
+        for use in self.pending.pop(tf.sroot, []):
+            if use.croot == tf.croot:
+                nf.overwritten.append(use)
+            else:
+                nf.silently_written.append(use)
+        nf.unknown_savers = self.pending_unknown.pop(tf.sroot, [])
+        self.last_mut[tf.vroot] = nf
+
+    def _record_saved(self, nf: NodeFacts) -> None:
+        view = nf.view
+
+        def requires(name: str) -> bool:
+            if name in view.params:
+                return True
+            a = view.args.get(name)
+            if isinstance(a, torch.fx.Node):
+                s = self.state(a, nf)
+                return s in self.nodes and self.nodes[s].live
+            return False
+
+        answer = ops.saved_args(view, requires)
+        if answer is None:
+            if view.name not in ops.PASS_THROUGH and not ops.is_view_op(view.name) and nf.node.op != "output":
+                for a in _flat_nodes(nf.node.args):
+                    af = self.nodes.get(a)
+                    if af is not None and af.role != "value":
+                        self.pending_unknown.setdefault(af.sroot, []).append(nf.node)
+            return
+        names, backend = answer
+        for arg in sorted(names):
+            if arg.startswith("result"):
+                if arg == "result":
+                    self._save(SavedUse(nf.node, nf.node, arg, nf.croot, nf.sroot, backend))
+                continue
+            if arg in view.params:
+                root = ("param", view.params[arg])
+                self._save(SavedUse(nf.node, view.params[arg], arg, root, root, backend))
+                continue
+            a = view.args.get(arg)
+            if isinstance(a, torch.fx.Node) and a in self.nodes:
+                af = self.nodes[self.state(a, nf)] if self.state(a, nf) in self.nodes else self.nodes[a]
+                if af.role == "value":
+                    continue
+                self._save(SavedUse(nf.node, a, arg, self.nodes[a].croot, self.nodes[a].sroot, backend))
+
+    def _save(self, use: SavedUse) -> None:
+        self.pending.setdefault(use.sroot, []).append(use)
+
+    # -- step 2 -------------------------------------------------------------------------------------------------
+
+    def backward(self) -> None:
+        for nf in reversed(self.nodes.values()):
+            if nf.role == "output":
+                nf.reach = nf.reach_nz = nf.data_reach = True
+            for dep, diff, zero in nf.deps:
+                df = self.nodes.get(dep)
+                if df is None:
+                    continue
+                if nf.data_reach:
+                    df.data_reach = True
+                if nf.reach and diff:
+                    df.reach = True
+                    if nf.reach_nz and not zero:
+                        df.reach_nz = True
+            # causes are settled once every user was seen: propagate them to inputs that stay unreached.
+            if nf.data_reach:
+                for dep, diff, _ in nf.deps:
+                    df = self.nodes.get(dep)
+                    if df is None or df.cause is not None:
+                        continue
+                    if not diff:
+                        df.cause = nf.node
+                    elif not nf.reach:
+                        df.cause = nf.cause if nf.cause is not None else (nf.node if nf.cut else None)
+
+    # -- step 3 -------------------------------------------------------------------------------------------------
+
+    def parameters(self) -> dict[str, ParamFacts]:
+        uses: dict[str, list[NodeFacts]] = {}
+        for nf in self.nodes.values():
+            if nf.role == "param" and isinstance(nf.vroot, tuple):
+                uses.setdefault(nf.vroot[1], []).append(nf)
+            for pname in nf.module_params:
+                uses.setdefault(pname, []).append(nf)
+        out: dict[str, ParamFacts] = {}
+        written = {nf.target for nf in self.nodes.values() if nf.target is not None}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            name = self.param_names.get(id(p), name)
+            pf = ParamFacts(name, "unused")
+            out[name] = pf
+            facts = uses.get(name, [])
+            pf.uses = [f.node for f in facts]
+            used = [f for f in facts if f.role != "param" or f.node.users or f.node in written]
+            if not used:
+                continue
+            reach = [f for f in used if f.reach and (f.role == "param" or f.grad_on)]
+            if any(f.reach_nz for f in reach):
+                pf.status = "ok"
+            elif reach:
+                pf.status = "zero-grad"
+                pf.cause = self._zero_cause(reach[0])
+            else:
+                pf.status = "no-grad"
+                pf.cause = next((f.node for f in used if f.role != "param" and f.cut == "no_grad"), None)
+                if pf.cause is None:
+                    pf.cause = next((f.cause for f in used if f.cause is not None), None)
+        return out
+
+    def _zero_cause(self, start: NodeFacts) -> torch.fx.Node | None:
+        """The first zero-gradient op downstream of ``start`` on the way to the output (walks users)."""
+        seen: set[torch.fx.Node] = set()
+        frontier = [start.node]
+        while frontier:
+            n = frontier.pop()
+            for u in n.users:
+                if u in seen:
+                    continue
+                seen.add(u)
+                uf = self.nodes[u]
+                if any(z for d, _, z in uf.deps if d is n) and uf.reach:
+                    return u
+                if uf.reach:
+                    frontier.append(u)
+        return None
+
+
+def compute_facts(gm: torch.fx.GraphModule, *, inputs_require_grad: frozenset[str] = frozenset(),
+                  model: nn.Module | None = None) -> GraphFacts:
+    """Run the passes over ``gm`` (which is only read); ``model`` is the module it was traced from."""
+    p = _Pass(gm, inputs_require_grad, model)
+    p.forward()
+    p.backward()
+    params = p.parameters()
+    return GraphFacts(gm, p.nodes, params, p.param_names)
+

@@ -1,0 +1,367 @@
+"""What each op does to autograd: aliasing, mutation, differentiability, and what its backward saves.
+
+Facts come from torch itself where it provides them (the op schemas' alias annotations, the generated table of
+saved tensors in :mod:`fxgrad._saved_table`, built from ``derivatives.yaml``), plus small explicit tables for
+source-level spellings (``operator.iadd``, ``inplace=True``, in-place modules) that no schema describes.
+
+Everything here is keyed by an :class:`OpView`, the normalised form of one fx node: an aten-like base name
+(``"relu"`` for ``torch.relu``, ``F.relu``, ``x.relu()``, ``nn.ReLU``), its arguments by schema name, and which
+argument, if any, it writes to.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from ._saved_table import BACKEND_DEPENDENT, SAVED
+
+__all__ = ["OpView", "op_view", "saved_args", "INPLACE_MODULE_TYPES"]
+
+# --------------------------------------------------------------------------------------------------------------
+# Source-level spellings.
+# --------------------------------------------------------------------------------------------------------------
+
+#: augmented assignment -> the out-of-place operator and the aten base name.
+AUGMENTED: dict[Callable[..., Any], tuple[Callable[..., Any], str]] = {
+    operator.iadd: (operator.add, "add"),
+    operator.isub: (operator.sub, "sub"),
+    operator.imul: (operator.mul, "mul"),
+    operator.itruediv: (operator.truediv, "div"),
+    operator.ifloordiv: (operator.floordiv, "floor_divide"),
+    operator.imod: (operator.mod, "remainder"),
+    operator.ipow: (operator.pow, "pow"),
+    operator.imatmul: (operator.matmul, "matmul"),
+    operator.iand: (operator.and_, "bitwise_and"),
+    operator.ior: (operator.or_, "bitwise_or"),
+    operator.ixor: (operator.xor, "bitwise_xor"),
+    operator.ilshift: (operator.lshift, "bitwise_left_shift"),
+    operator.irshift: (operator.rshift, "bitwise_right_shift"),
+}
+
+_OPERATORS: dict[Callable[..., Any], str] = {
+    operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div",
+    operator.floordiv: "floor_divide", operator.mod: "remainder", operator.pow: "pow",
+    operator.matmul: "matmul", operator.neg: "neg", operator.pos: "positive", operator.abs: "abs",
+    operator.and_: "bitwise_and", operator.or_: "bitwise_or", operator.xor: "bitwise_xor",
+    operator.invert: "bitwise_not", operator.lshift: "bitwise_left_shift", operator.rshift: "bitwise_right_shift",
+    operator.eq: "eq", operator.ne: "ne", operator.lt: "lt", operator.le: "le", operator.gt: "gt",
+    operator.ge: "ge", operator.getitem: "getitem", operator.setitem: "setitem",
+}
+
+#: nn modules -> (aten base name, schema name of the module's first input, {schema name: parameter attribute}).
+_MODULES: dict[type[nn.Module], tuple[str, str, dict[str, str]]] = {
+    nn.Linear: ("linear", "input", {"weight": "weight", "bias": "bias"}),
+    nn.Bilinear: ("bilinear", "input1", {"weight": "weight", "bias": "bias"}),
+    nn.Conv1d: ("conv1d", "input", {"weight": "weight", "bias": "bias"}),
+    nn.Conv2d: ("conv2d", "input", {"weight": "weight", "bias": "bias"}),
+    nn.Conv3d: ("conv3d", "input", {"weight": "weight", "bias": "bias"}),
+    nn.ConvTranspose1d: ("conv_transpose1d", "input", {"weight": "weight", "bias": "bias"}),
+    nn.ConvTranspose2d: ("conv_transpose2d", "input", {"weight": "weight", "bias": "bias"}),
+    nn.BatchNorm1d: ("batch_norm", "input", {"weight": "weight", "bias": "bias"}),
+    nn.BatchNorm2d: ("batch_norm", "input", {"weight": "weight", "bias": "bias"}),
+    nn.BatchNorm3d: ("batch_norm", "input", {"weight": "weight", "bias": "bias"}),
+    nn.LayerNorm: ("layer_norm", "input", {"weight": "weight", "bias": "bias"}),
+    nn.GroupNorm: ("group_norm", "input", {"weight": "weight", "bias": "bias"}),
+    nn.InstanceNorm1d: ("instance_norm", "input", {"weight": "weight", "bias": "bias"}),
+    nn.InstanceNorm2d: ("instance_norm", "input", {"weight": "weight", "bias": "bias"}),
+    nn.Embedding: ("embedding", "indices", {"weight": "weight"}),
+    nn.ReLU: ("relu", "self", {}),
+    nn.ReLU6: ("hardtanh", "self", {}),
+    nn.Sigmoid: ("sigmoid", "self", {}),
+    nn.Tanh: ("tanh", "self", {}),
+    nn.GELU: ("gelu", "self", {}),
+    nn.SiLU: ("silu", "self", {}),
+    nn.Mish: ("mish", "self", {}),
+    nn.ELU: ("elu", "self", {}),
+    nn.SELU: ("elu", "self", {}),
+    nn.CELU: ("elu", "self", {}),
+    nn.LeakyReLU: ("leaky_relu", "self", {}),
+    nn.Hardswish: ("hardswish", "self", {}),
+    nn.Hardsigmoid: ("hardsigmoid", "self", {}),
+    nn.Hardtanh: ("hardtanh", "self", {}),
+    nn.Softplus: ("softplus", "self", {}),
+    nn.Threshold: ("threshold", "self", {}),
+    nn.Softmax: ("softmax", "self", {}),
+    nn.LogSoftmax: ("log_softmax", "self", {}),
+    nn.Dropout: ("dropout", "input", {}),
+    nn.Dropout1d: ("dropout", "input", {}),
+    nn.Dropout2d: ("dropout", "input", {}),
+    nn.Dropout3d: ("dropout", "input", {}),
+    nn.AlphaDropout: ("dropout", "input", {}),
+    nn.MaxPool1d: ("max_pool1d", "self", {}),
+    nn.MaxPool2d: ("max_pool2d", "self", {}),
+    nn.AvgPool2d: ("avg_pool2d", "self", {}),
+    nn.AdaptiveAvgPool2d: ("adaptive_avg_pool2d", "self", {}),
+    nn.Flatten: ("flatten", "self", {}),
+    nn.Identity: ("alias", "self", {}),
+    nn.MSELoss: ("mse_loss", "self", {}),
+    nn.CrossEntropyLoss: ("cross_entropy", "self", {}),
+}
+
+#: modules whose ``inplace=True`` makes them write to their input.
+INPLACE_MODULE_TYPES: tuple[type[nn.Module], ...] = tuple(
+    t for t in vars(nn).values()
+    if isinstance(t, type) and issubclass(t, nn.Module) and "inplace" in inspect.signature(t.__init__).parameters
+)
+
+#: ops whose result is an integer or bool tensor: nothing flows back through them.
+INTEGER_RESULT = frozenset({
+    "argmax", "argmin", "argsort", "argwhere", "nonzero", "bucketize", "searchsorted", "eq", "ne", "lt", "le",
+    "gt", "ge", "greater", "less", "greater_equal", "less_equal", "not_equal", "logical_and", "logical_or",
+    "logical_not", "logical_xor", "isnan", "isinf", "isfinite", "isclose", "isin", "bitwise_and", "bitwise_or",
+    "bitwise_xor", "bitwise_not", "long", "int", "short", "bool", "byte", "char", "one_hot", "randint_like",
+    "multinomial", "count_nonzero", "signbit", "isneginf", "isposinf",
+})
+#: dtype casts whose target decides differentiability.
+CASTS = frozenset({"to", "type"})
+#: differentiable almost nowhere: autograd gives a gradient, and it is zero.
+ZERO_GRADIENT = frozenset({"round", "floor", "ceil", "trunc", "fix", "sign", "sgn"})
+#: values that leave autograd as Python numbers or NumPy arrays.
+LEAVES_AUTOGRAD = frozenset({"item", "tolist", "numpy"})
+#: tensors rebuilt from values: a new leaf with no history.
+REBUILDS = frozenset({"tensor", "from_numpy", "new_tensor"})
+#: return the argument itself when it already is a tensor (dtype/device unchanged).
+PASS_THROUGH = frozenset({"as_tensor", "asarray", "alias", "contiguous", "type_as", "float", "double", "half",
+                          "bfloat16", "cpu", "cuda"})
+#: metadata reads: results are Python values, never tensors.
+METADATA = frozenset({"size", "dim", "ndimension", "numel", "shape", "dtype", "device", "ndim", "is_cuda",
+                      "requires_grad", "is_leaf", "stride", "storage_offset", "is_contiguous", "element_size",
+                      "nelement", "layout", "names", "is_floating_point", "is_complex", "data_ptr",
+                      "get_device", "is_grad_enabled", "__len__"})
+#: factories that ignore their tensor argument's values: ``zeros_like(x)`` has no gradient path to ``x``.
+FRESH = frozenset({"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+                   "new_zeros", "new_ones", "new_empty", "new_full", "zeros", "ones", "empty", "full", "arange",
+                   "randn", "rand", "randint", "linspace", "eye", "randperm", "tensor_split_sizes"})
+#: tensor-valued aliases that change the autograd identity (same storage).
+DETACH = frozenset({"detach", "detach_"})
+#: methods that end in ``_`` but do not write tensor data.
+NOT_DATA_WRITES = frozenset({"requires_grad_", "detach_", "share_memory_", "retain_grad_", "record_stream_",
+                             "register_hook_", "pin_memory_", "is_set_to_"})
+#: in-place ops that overwrite the target completely (its old value gets a zero gradient).
+OVERWRITES = frozenset({"zero", "fill", "copy", "normal", "uniform", "bernoulli", "random", "exponential",
+                        "geometric", "log_normal", "cauchy", "set"})
+#: view-returning names that schemas cannot answer (Python-level or multi-output).
+_EXTRA_VIEWS = frozenset({"view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "T", "mT", "H",
+                          "mH", "split", "chunk", "unbind", "tensor_split", "split_with_sizes", "hsplit", "vsplit",
+                          "dsplit", "movedim", "moveaxis", "swapaxes", "swapdims", "real", "imag", "narrow",
+                          "expand", "expand_as", "squeeze", "unsqueeze", "transpose", "t", "permute", "select",
+                          "diagonal", "as_strided", "unfold", "view_as_real", "view_as_complex", "alias",
+                          "flatten"})
+_MULTI_OUTPUT_VIEWS = frozenset({"split", "chunk", "unbind", "tensor_split", "split_with_sizes", "hsplit", "vsplit",
+                                 "dsplit"})
+_INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _schemas(name: str) -> tuple[torch._C.FunctionSchema, ...]:
+    packet = getattr(torch.ops.aten, name, None)
+    if packet is None:
+        return ()
+    try:
+        return tuple(getattr(packet, ov)._schema for ov in packet.overloads())
+    except Exception:  # noqa: BLE001 - an odd packet means "no schema facts", never a crash
+        return ()
+
+
+@functools.lru_cache(maxsize=None)
+def is_view_op(name: str) -> bool:
+    """True when the op's result may share storage (and version counter) with its first argument."""
+    if name in _EXTRA_VIEWS:
+        return True
+    for schema in _schemas(name):
+        if schema.returns and schema.arguments:
+            ret, arg = schema.returns[0].alias_info, schema.arguments[0].alias_info
+            if ret is not None and not ret.is_write and arg is not None and not arg.is_write:
+                return True
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def writes_first_arg(name: str) -> bool:
+    """True when the schema marks the first argument as written (``Tensor(a!) self``)."""
+    for schema in _schemas(name):
+        if schema.arguments:
+            info = schema.arguments[0].alias_info
+            if info is not None and info.is_write:
+                return True
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _signature_names(fn: Callable[..., Any]) -> tuple[str, ...] | None:
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class OpView:
+    """One fx node as an op: what fxgrad's tables are keyed by."""
+
+    name: str
+    #: the node's arguments by schema name (positional arguments by position).
+    args: dict[str, Any] = field(default_factory=dict)
+    #: the argument the op writes to, when it is in-place.
+    writes: Any = None
+    #: how the source spelled it (``"x.add_()"``, ``"+="``, ``"nn.ReLU(inplace=True)"`` ...).
+    spelling: str = ""
+    #: parameters a ``call_module`` brings: schema name -> qualified parameter name.
+    params: dict[str, str] = field(default_factory=dict)
+    #: True for ``torch.nn`` modules fxgrad knows; unknown leaf modules are opaque.
+    known: bool = True
+
+    @property
+    def inplace(self) -> bool:
+        return self.writes is not None
+
+
+def _bind(names: tuple[str, ...] | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound: dict[str, Any] = {}
+    for i, a in enumerate(args):
+        key = names[i] if names and i < len(names) else str(i)
+        bound[key] = a
+    bound.update(kwargs)
+    return bound
+
+
+def _schema_arg_names(name: str) -> tuple[str, ...] | None:
+    entry = SAVED.get(name)
+    if entry is not None:
+        return entry[0]
+    for schema in _schemas(name):
+        return tuple(a.name for a in schema.arguments)
+    return None
+
+
+def _schema_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Python spells the first argument ``input`` where aten says ``self``."""
+    names = _schema_arg_names(name)
+    if "input" in kwargs and names and names[0] == "self":
+        kwargs = dict(kwargs)
+        kwargs["self"] = kwargs.pop("input")
+    return kwargs
+
+
+def op_view(node: torch.fx.Node, modules: dict[str, nn.Module]) -> OpView:
+    """Normalise ``node`` to an :class:`OpView`."""
+    args, kwargs = tuple(node.args), dict(node.kwargs)
+    if node.op == "call_module":
+        mod = modules.get(str(node.target))
+        if mod is None:
+            return OpView("module", known=False)
+        entry = next((v for t, v in _MODULES.items() if type(mod) is t), None)
+        inplace = isinstance(mod, INPLACE_MODULE_TYPES) and getattr(mod, "inplace", False) is True
+        spelling = f"nn.{type(mod).__name__}(inplace=True)" if inplace else f"nn.{type(mod).__name__}"
+        if entry is None:
+            return OpView(type(mod).__name__, _bind(None, args, kwargs), writes=args[0] if inplace and args else None,
+                          spelling=spelling, known=False,
+                          params={n: f"{node.target}.{n}" for n, p in mod.named_parameters()})
+        name, first, param_attrs = entry
+        bound = {first: args[0]} if args else {}
+        params = {schema: f"{node.target}.{attr}" for schema, attr in param_attrs.items()
+                  if isinstance(getattr(mod, attr, None), nn.Parameter)}
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and not (
+                mod.training or mod.running_mean is None):
+            name = "batch_norm_eval"
+        return OpView(name, bound, writes=args[0] if inplace and args else None, spelling=spelling, params=params)
+
+    if node.op == "call_method":
+        method = str(node.target)
+        base = method[:-1] if method.endswith("_") and not method.endswith("__") else method
+        names = _schema_arg_names(base)
+        bound = _bind(names, args, kwargs)
+        if method.endswith("_") and not method.endswith("__") and method not in NOT_DATA_WRITES:
+            return OpView(base, bound, writes=args[0], spelling=f"x.{method}()")
+        return OpView(method, bound, spelling=f"x.{method}()")
+
+    if node.op == "call_function":
+        target = node.target
+        assert callable(target)
+        if target in AUGMENTED:
+            _, base = AUGMENTED[target]
+            sym = {"add": "+=", "sub": "-=", "mul": "*=", "div": "/=", "matmul": "@="}.get(base, f"{base}=")
+            return OpView(base, _bind(("self", "other"), args, kwargs), writes=args[0], spelling=sym)
+        if target is operator.setitem:
+            return OpView("setitem", _bind(("self", "index", "value"), args, kwargs), writes=args[0],
+                          spelling="x[i] = v")
+        if target in _OPERATORS:
+            name = _OPERATORS[target]
+            return OpView(name, _bind(("self", "other"), args, kwargs), spelling=name)
+        if target is getattr:
+            return OpView(f"getattr.{args[1]}", {"self": args[0]}, spelling=f"x.{args[1]}")
+        fname = getattr(target, "__name__", str(target))
+        module = getattr(target, "__module__", "") or ""
+        if fname.endswith("_") and not fname.endswith("__") and module.startswith("torch"):
+            base = fname[:-1]
+            bound = _bind(_schema_arg_names(base), args, _schema_kwargs(base, kwargs))
+            if fname not in NOT_DATA_WRITES:
+                return OpView(base, bound, writes=args[0] if args else None, spelling=f"torch.{fname}()")
+        bound = _bind(_schema_arg_names(fname), args, _schema_kwargs(fname, kwargs))
+        if target in _FUNCTIONAL:
+            py = dict(zip(_signature_names(target) or (), args, strict=False)) | kwargs
+            if py.get("inplace") is True:
+                first = next(iter(py.values()), None)
+                bound.pop("inplace", None)
+                return OpView(fname, bound, writes=first, spelling=f"F.{fname}(inplace=True)")
+        if "out" in kwargs and isinstance(kwargs["out"], torch.fx.Node):
+            return OpView(fname, bound, writes=kwargs["out"], spelling=f"torch.{fname}(out=...)")
+        return OpView(fname, bound, spelling=fname)
+
+    return OpView(node.op)
+
+
+_FUNCTIONAL: frozenset[Callable[..., Any]] = frozenset(
+    f for f in vars(F).values() if callable(f) and "inplace" in (_signature_names(f) or ())
+)
+
+
+def first_tensor_arg(view: OpView) -> Any:
+    """The argument the op is "about": the self/input of a method or function."""
+    return next(iter(view.args.values()), None)
+
+
+def is_integer_cast(node: torch.fx.Node, view: OpView) -> bool:
+    """``x.long()``, ``x.to(torch.int64)``, ``x.type(torch.bool)``: results that carry no gradient."""
+    if view.name in CASTS:
+        values = list(node.args[1:]) + list(node.kwargs.values())
+        return any(isinstance(v, torch.dtype) and v in _INT_DTYPES for v in values)
+    return False
+
+
+def multi_output_view(name: str) -> bool:
+    return name in _MULTI_OUTPUT_VIEWS
+
+
+def saved_args(view: OpView, requires_grad: Callable[[str], bool]) -> tuple[set[str], bool] | None:
+    """Schema names of the arguments (and ``"result"``) the op saves for backward, given which inputs need grad.
+
+    Returns ``None`` when fxgrad has no table entry for the op. The flag says whether the answer depends on the
+    backend (cuDNN vs CPU kernels, fused attention): the dry-run with real inputs decides those.
+    """
+    name = view.name
+    if name.endswith("_") and name[:-1] in SAVED and name not in SAVED:
+        name = name[:-1]
+    entry = SAVED.get(name)
+    if entry is None:
+        return None
+    _, per_input = entry
+    saved: set[str] = set()
+    for inp, names in per_input.items():
+        if requires_grad(inp):
+            saved.update(names)
+    return saved, name in BACKEND_DEPENDENT
+
+
+def module_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return list(module.named_parameters())
