@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .analysis import analyze
 from .capture import FaithfulTracer, trace
+from .inputs import Spec, spec
 from .errors import AnalysisError, FxgradError, InputError, TraceError, VerificationError
 from .report import Finding, ParamStatus, Report
 from .rules import RULES
@@ -17,9 +18,11 @@ __all__ = [
     "ParamStatus",
     "RULES",
     "Report",
+    "Spec",
     "TraceError",
     "VerificationError",
     "analyze",
+    "spec",
     "trace",
 ]
 

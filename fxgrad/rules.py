@@ -16,7 +16,7 @@ from .capture import node_origin
 from .facts import GraphFacts, NodeFacts, ParamFacts
 from .report import Finding, Related
 
-__all__ = ["Rule", "RULES", "RULES_BY_CODE", "run_rules", "select_codes"]
+__all__ = ["Rule", "RULES", "RULES_BY_CODE", "param_findings", "run_rules", "select_codes"]
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ def select_codes(select: Iterable[str] = (), ignore: Iterable[str] = ()) -> set[
     return {c for c in codes if not any(c.startswith(i) for i in ign)}
 
 
-def _param_findings(facts: GraphFacts) -> Iterator[Finding]:
+def param_findings(facts: GraphFacts) -> Iterator[Finding]:
     groups: dict[tuple[str, torch.fx.Node | None], list[ParamFacts]] = {}
     for p in facts.params.values():
         if p.status in ("no-grad", "zero-grad"):
@@ -284,5 +284,5 @@ def run_rules(facts: GraphFacts) -> list[Finding]:
             f = rule.check(nf, facts)
             if f is not None:
                 findings.append(f)
-    findings.extend(_param_findings(facts))
+    findings.extend(param_findings(facts))
     return findings

@@ -1,0 +1,70 @@
+"""Example inputs: real tensors, meta tensors, or shape specs that cost no memory at all.
+
+A dry-run never needs values, only shapes, dtypes and devices, so users can describe a batch of 4,096 images
+with ``fxgrad.spec((4096, 3, 224, 224))`` instead of allocating it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .errors import InputError
+
+__all__ = ["Spec", "spec", "as_args", "has_real_tensors", "map_inputs"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The shape, dtype and device of one input tensor, without its values."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    device: str | None = None
+    requires_grad: bool = False
+
+    def empty(self, device: torch.device | str | None = None) -> torch.Tensor:
+        t = torch.empty(self.shape, dtype=self.dtype, device=self.device or device or "cpu")
+        return t.requires_grad_(self.requires_grad) if self.requires_grad else t
+
+
+def spec(shape: tuple[int, ...] | list[int] | torch.Size, dtype: torch.dtype = torch.float32, *,
+         device: str | None = None, requires_grad: bool = False) -> Spec:
+    """Describe an input by shape: ``fxgrad.spec((8, 3, 224, 224), dtype=torch.float32)``."""
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"fxgrad.spec needs a shape like (8, 3, 32, 32), got {shape!r}.") from e
+    if any(d < 0 for d in dims):
+        raise InputError(f"fxgrad.spec got a negative dimension in {dims}.")
+    if not isinstance(dtype, torch.dtype):
+        raise InputError(f"fxgrad.spec needs a torch.dtype such as torch.float32, got {dtype!r}.")
+    return Spec(dims, dtype, device, requires_grad)
+
+
+def as_args(example_inputs: Any) -> tuple[Any, ...]:
+    """One tensor, a spec, or a tuple/list of them: the positional arguments of ``forward``."""
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list) and all(isinstance(a, (torch.Tensor, Spec)) for a in example_inputs):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def _leaves(args: Any) -> list[Any]:
+    return pytree.tree_leaves(args, is_leaf=lambda x: isinstance(x, Spec))
+
+
+def has_real_tensors(args: Any) -> bool:
+    """True when every tensor input has values (no specs, no meta tensors)."""
+    leaves = [a for a in _leaves(args) if isinstance(a, (torch.Tensor, Spec))]
+    return bool(leaves) and all(isinstance(a, torch.Tensor) and a.device.type != "meta" for a in leaves)
+
+
+def map_inputs(args: Any, fn: Callable[[torch.Tensor | Spec], Any]) -> Any:
+    return pytree.tree_map(lambda a: fn(a) if isinstance(a, (torch.Tensor, Spec)) else a, args,
+                           is_leaf=lambda x: isinstance(x, Spec))
