@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from .analysis import analyze
 from .capture import FaithfulTracer, trace
-from .inputs import Spec, spec
 from .errors import AnalysisError, FxgradError, InputError, TraceError, VerificationError
+from .inputs import Spec, spec
 from .report import Finding, ParamStatus, Report
 from .rules import RULES
 
 __all__ = [
+    "RULES",
     "AnalysisError",
     "FaithfulTracer",
     "Finding",
     "FxgradError",
     "InputError",
     "ParamStatus",
-    "RULES",
     "Report",
     "Spec",
     "TraceError",

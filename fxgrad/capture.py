@@ -192,9 +192,14 @@ _PROXY_METHODS: dict[str, Any] = {name: _augmented(op) for name, op in _AUGMENTE
 _PROXY_METHODS["__setitem__"] = _setitem
 
 
-@functools.lru_cache(maxsize=None)
+_PROXY_CLASSES: dict[type, type[torch.fx.Proxy]] = {}
+
+
 def _faithful_proxy_class(base: type[torch.fx.Proxy]) -> type[torch.fx.Proxy]:
-    return type(f"Faithful{base.__name__}", (base,), dict(_PROXY_METHODS))
+    if base not in _PROXY_CLASSES:
+        _PROXY_CLASSES[base] = type(f"Faithful{base.__name__}", (base,), dict(_PROXY_METHODS))
+        _PROXY_CLASSES[_PROXY_CLASSES[base]] = _PROXY_CLASSES[base]
+    return _PROXY_CLASSES[base]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -217,9 +222,13 @@ def _rebuilder(orig: Callable[..., Any]) -> Callable[..., Any]:
 
 def _emit(target: Callable[..., Any], *args: Any) -> torch.fx.Proxy | None:
     tracer = _current_tracer()
-    if tracer is None or getattr(_active, "quiet", 0):
+    if tracer is None or _is_quiet():
         return None
     return tracer.create_proxy("call_function", target, args, {})
+
+
+def _is_quiet() -> bool:
+    return bool(getattr(_active, "quiet", 0))
 
 
 @contextmanager
@@ -240,13 +249,13 @@ def _grad_mode_patches() -> list[tuple[type, str, Callable[..., Any]]]:
     """
     patches: list[tuple[type, str, Callable[..., Any]]] = []
 
-    def mode_manager(cls: type, mode: bool) -> None:
+    def mode_manager(cls: Any, mode: bool) -> None:
         orig_enter, orig_exit = cls.__enter__, cls.__exit__
 
         def enter(self: Any) -> None:
             with _quiet():
                 orig_enter(self)
-            if _current_tracer() is not None and not getattr(_active, "quiet", 0):
+            if _current_tracer() is not None and not _is_quiet():
                 self._fxgrad_prev = _emit(torch.is_grad_enabled)
                 _emit(torch._C._set_grad_enabled, mode)
 
@@ -268,7 +277,7 @@ def _grad_mode_patches() -> list[tuple[type, str, Callable[..., Any]]]:
     def sge_init(self: Any, mode: bool) -> None:
         with _quiet():
             orig_init(self, mode)
-        if _current_tracer() is not None and not getattr(_active, "quiet", 0):
+        if _current_tracer() is not None and not _is_quiet():
             self._fxgrad_prev = _emit(torch.is_grad_enabled)
             _emit(torch._C._set_grad_enabled, bool(mode))
 
@@ -292,7 +301,7 @@ def _grad_mode_patches() -> list[tuple[type, str, Callable[..., Any]]]:
     def inference_enter(self: Any) -> None:
         with _quiet():
             inf_enter(self)
-        if _current_tracer() is not None and not getattr(_active, "quiet", 0):
+        if _current_tracer() is not None and not _is_quiet():
             self._fxgrad_ctx = _emit(grad_mode._enter_inference_mode, bool(self.mode))
 
     def inference_exit(self: Any, *exc: Any) -> None:
@@ -367,17 +376,24 @@ class _FaithfulMixin:
         return graph
 
 
-@functools.lru_cache(maxsize=None)
+_TRACER_CLASSES: dict[type, type[torch.fx.Tracer]] = {}
+
+
 def faithful_tracer_class(base: type[torch.fx.Tracer]) -> type[torch.fx.Tracer]:
     """``base`` with fxgrad's fidelity added; ``FaithfulTracer`` is ``faithful_tracer_class(torch.fx.Tracer)``."""
     if issubclass(base, _FaithfulMixin):
         return base
+    if base in _TRACER_CLASSES:
+        return _TRACER_CLASSES[base]
     files = tuple(
         os.path.abspath(f)
         for klass in base.__mro__
         if klass.__module__ in sys.modules and (f := getattr(sys.modules[klass.__module__], "__file__", None))
     )
-    return type(f"Faithful{base.__name__}", (_FaithfulMixin, base), {"_fxgrad_extra_files": files})
+    combined: type[torch.fx.Tracer] = type(f"Faithful{base.__name__}", (_FaithfulMixin, base),
+                                           {"_fxgrad_extra_files": files})
+    _TRACER_CLASSES[base] = combined
+    return combined
 
 
 FaithfulTracer: type[torch.fx.Tracer] = faithful_tracer_class(torch.fx.Tracer)
@@ -465,7 +481,7 @@ def trace(
         def is_leaf(m: torch.nn.Module, qualname: str) -> bool:
             return isinstance(m, leaf_types) or qualname in leaf_names or base_is_leaf(m, qualname)
 
-        tracer_obj.is_leaf_module = is_leaf  # type: ignore[method-assign]
+        tracer_obj.is_leaf_module = is_leaf  # type: ignore[method-assign,assignment]
 
     modes = {name: m.training for name, m in model.named_modules()} if isinstance(model, torch.nn.Module) else {}
     try:

@@ -47,7 +47,6 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
-from . import ops
 from .capture import node_origin
 from .errors import InputError
 from .facts import GraphFacts, ParamFacts
@@ -55,7 +54,7 @@ from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .report import Finding, ParamStatus, Related, Report
 from .rules import RULES_BY_CODE
 
-__all__ = ["prove", "DryRun", "run_dryrun"]
+__all__ = ["DryRun", "prove", "run_dryrun"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ class DryRun:
     backend_nodes: set[torch.fx.Node] = field(default_factory=set)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _saved_attrs(kind: type) -> tuple[str, ...]:
     return tuple(a for a in dir(kind) if a.startswith("_saved_"))
 
@@ -180,10 +179,8 @@ def _fake_root(gm: torch.fx.GraphModule, mode: FakeTensorMode | None) -> tuple[n
     for name, p in gm.named_parameters(remove_duplicate=False):
         if id(p) in memo:
             continue
-        if mode is not None:
-            twin = mode.from_tensor(p)
-        else:
-            twin = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        twin: torch.Tensor = (mode.from_tensor(p) if mode is not None
+                              else nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
         memo[id(p)] = twin
         names[id(twin)] = name
     for b in gm.buffers():
@@ -198,9 +195,8 @@ def _backend_nodes(gm: torch.fx.GraphModule, facts: GraphFacts) -> set[torch.fx.
     out: set[torch.fx.Node] = set()
     for nf in facts:
         n = nf.node
-        if n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), _BACKEND_MODULES):
-            out.add(n)
-        elif nf.view.name in BACKEND_DEPENDENT or nf.view.name == "scaled_dot_product_attention":
+        is_module = n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), _BACKEND_MODULES)
+        if is_module or nf.view.name in BACKEND_DEPENDENT or nf.view.name == "scaled_dot_product_attention":
             out.add(n)
     return out
 
@@ -290,7 +286,9 @@ def prove(report: Report, gm: torch.fx.GraphModule, facts: GraphFacts, example_i
     if want_real and not real_inputs:
         raise InputError("dryrun='real' needs real tensors as example inputs, not shapes or meta tensors. "
                          "Hint: pass torch.randn(...) inputs, or use the default fake dry-run.")
-    if not want_real and real_inputs and _backend_nodes(gm, facts):
+    on_accelerator = any(isinstance(a, torch.Tensor) and a.device.type not in ("cpu", "meta")
+                         for a in pytree.tree_leaves(args))
+    if not want_real and real_inputs and on_accelerator and _backend_nodes(gm, facts):
         want_real = True
         report.notes.append("ran the dry-run on the real inputs: recurrent/attention layers save different "
                             "tensors on different backends, so the verdict is for the inputs' device")
@@ -327,8 +325,9 @@ def _failing_node_text(e: BaseException) -> str:
 
 def _input_error(e: BaseException) -> InputError:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return InputError(f"The example inputs do not fit the model: running it raised {type(e).__name__}{_failing_node_text(e)}: "
-                      f"{text}. Hint: check the shapes and dtypes of the example inputs (fxgrad.spec(...) or tensors).")
+    return InputError(f"The example inputs do not fit the model: running it raised {type(e).__name__}"
+                      f"{_failing_node_text(e)}: {text}. Hint: check the shapes and dtypes of the example inputs "
+                      "(fxgrad.spec(...) or tensors).")
 
 
 def _related(node: torch.fx.Node | None, role: str) -> tuple[Related, ...]:
@@ -431,16 +430,16 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
         new.append(replace(f, verdict="dry-run"))
     statuses: dict[str, ParamStatus] = {}
     for name, ps in report.params.items():
-        pf = params.get(name)
-        if pf is None:
+        proved_pf = params.get(name)
+        if proved_pf is None:
             statuses[name] = ps
             continue
-        cause = ps.cause if pf.status == ps.status else (
-            "the autograd graph from the outputs never reaches it" if pf.status == "no-grad" else "")
-        if pf.status == "no-grad" and not result.any_output_requires_grad:
-            cause = "no output of the model requires grad"
-        statuses[name] = ParamStatus(name, pf.status, cause, ps.location if pf.status == ps.status else None,
-                                     verdict="dry-run")
+        text = ps.cause if proved_pf.status == ps.status else (
+            "the autograd graph from the outputs never reaches it" if proved_pf.status == "no-grad" else "")
+        if proved_pf.status == "no-grad" and not result.any_output_requires_grad:
+            text = "no output of the model requires grad"
+        statuses[name] = ParamStatus(name, proved_pf.status, text,
+                                     ps.location if proved_pf.status == ps.status else None, verdict="dry-run")
     report.params = statuses
     report.findings = kept + new
     report.mode = "dry-run"

@@ -7,7 +7,7 @@ nothing is lost for debugging.
 
 from __future__ import annotations
 
-__all__ = ["FxgradError", "TraceError", "InputError", "AnalysisError", "VerificationError"]
+__all__ = ["AnalysisError", "FxgradError", "InputError", "TraceError", "VerificationError"]
 
 
 class FxgradError(Exception):

@@ -44,7 +44,7 @@ from torch.autograd import grad_mode
 from . import ops
 from .ops import OpView
 
-__all__ = ["GraphFacts", "NodeFacts", "SavedUse", "ParamFacts", "compute_facts"]
+__all__ = ["GraphFacts", "NodeFacts", "ParamFacts", "SavedUse", "compute_facts"]
 
 Root = Hashable
 
@@ -134,7 +134,9 @@ def _flat_nodes(a: Any) -> list[torch.fx.Node]:
 
 
 _METADATA_ATTRS = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "is_leaf", "layout",
-                             "names", "T", "mT", "H", "mH", "real", "imag", "grad_fn"})
+                             "names", "grad_fn"})
+#: attributes that are differentiable views of the tensor
+_VIEW_ATTRS = frozenset({"T", "mT", "H", "mH", "real", "imag"})
 
 
 def _attr(root: nn.Module, target: str) -> Any:
@@ -252,9 +254,11 @@ class _Pass:
         elif name == "getattr.data":
             diff, cut = False, "data"
         elif name.startswith("getattr."):
-            diff, value_result = False, name.split(".", 1)[1] in _METADATA_ATTRS - {"T", "mT", "H", "mH", "real", "imag"}
-            if name.split(".", 1)[1] in {"T", "mT", "H", "mH", "real", "imag"}:
+            attr = name.split(".", 1)[1]
+            if attr in _VIEW_ATTRS:
                 diff, value_result = True, False
+            else:
+                diff, value_result = False, attr in _METADATA_ATTRS
         elif name in ops.LEAVES_AUTOGRAD:
             diff, cut, value_result = False, "leaves", True
         elif name in ops.REBUILDS:
@@ -338,7 +342,8 @@ class _Pass:
             base_node = first
             base_f = first_f
             base_view = base_f.view
-            if base_f.node.op == "call_module" or (base_f.node.op != "placeholder" and self._returns_tuple(base_f)):
+            if (base_f.node.op == "call_module" and not base_f.view.known) or (
+                    base_f.node.op not in ("placeholder", "call_module") and self._returns_tuple(base_f)):
                 if ops.multi_output_view(base_view.name):
                     src = next(iter(_flat_nodes(base_f.node.args)), None)
                     src_f = self.nodes.get(src) if src is not None else None
@@ -381,10 +386,10 @@ class _Pass:
         elif root_f is not None and root_f.role in ("input", "buffer", "constant", "param"):
             nf.target_role = root_f.role
         nf.is_view_target = tf.vroot is not target and tf.vroot is not None
-        if isinstance(tf.sroot, tuple) or (isinstance(tf.sroot, torch.fx.Node) and tf.sroot in self.nodes
-                                           and self.nodes[tf.sroot].role == "param"):
-            if nf.grad_on and tf.croot == tf.vroot and self.nodes[self.state(target, nf)].live:
-                nf.leaf_write = nf.view.name != "requires_grad_"
+        on_param = isinstance(tf.sroot, tuple) or (
+            isinstance(tf.sroot, torch.fx.Node) and tf.sroot in self.nodes and self.nodes[tf.sroot].role == "param")
+        if on_param and nf.grad_on and tf.croot == tf.vroot and self.nodes[self.state(target, nf)].live:
+            nf.leaf_write = nf.view.name != "requires_grad_"
         # Version bump: tensors saved on this storage before now are settled here.
         for use in self.pending.pop(tf.sroot, []):
             if use.croot == tf.croot:
@@ -421,15 +426,17 @@ class _Pass:
                     self._save(SavedUse(nf.node, nf.node, arg, nf.croot, nf.sroot, backend))
                 continue
             if arg in view.params:
-                root = ("param", view.params[arg])
-                self._save(SavedUse(nf.node, view.params[arg], arg, root, root, backend))
+                proot = ("param", view.params[arg])
+                self._save(SavedUse(nf.node, view.params[arg], arg, proot, proot, backend))
                 continue
-            a = view.args.get(arg)
-            if isinstance(a, torch.fx.Node) and a in self.nodes:
-                af = self.nodes[self.state(a, nf)] if self.state(a, nf) in self.nodes else self.nodes[a]
+            arg_node = view.args.get(arg)
+            if isinstance(arg_node, torch.fx.Node) and arg_node in self.nodes:
+                current = self.state(arg_node, nf)
+                af = self.nodes.get(current, self.nodes[arg_node])
                 if af.role == "value":
                     continue
-                self._save(SavedUse(nf.node, a, arg, self.nodes[a].croot, self.nodes[a].sroot, backend))
+                orig = self.nodes[arg_node]
+                self._save(SavedUse(nf.node, arg_node, arg, orig.croot, orig.sroot, backend))
 
     def _save(self, use: SavedUse) -> None:
         self.pending.setdefault(use.sroot, []).append(use)

@@ -15,7 +15,7 @@ from torch.utils import _pytree as pytree
 
 from .errors import InputError
 
-__all__ = ["Spec", "spec", "as_args", "has_real_tensors", "map_inputs"]
+__all__ = ["Spec", "as_args", "has_real_tensors", "map_inputs", "spec"]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ._saved_table import BACKEND_DEPENDENT, SAVED
 
-__all__ = ["OpView", "op_view", "saved_args", "INPLACE_MODULE_TYPES"]
+__all__ = ["INPLACE_MODULE_TYPES", "OpView", "op_view", "saved_args"]
 
 # --------------------------------------------------------------------------------------------------------------
 # Source-level spellings.
@@ -155,25 +155,24 @@ _EXTRA_VIEWS = frozenset({"view", "view_as", "reshape", "reshape_as", "flatten",
                           "mH", "split", "chunk", "unbind", "tensor_split", "split_with_sizes", "hsplit", "vsplit",
                           "dsplit", "movedim", "moveaxis", "swapaxes", "swapdims", "real", "imag", "narrow",
                           "expand", "expand_as", "squeeze", "unsqueeze", "transpose", "t", "permute", "select",
-                          "diagonal", "as_strided", "unfold", "view_as_real", "view_as_complex", "alias",
-                          "flatten"})
+                          "diagonal", "as_strided", "unfold", "view_as_real", "view_as_complex", "alias"})
 _MULTI_OUTPUT_VIEWS = frozenset({"split", "chunk", "unbind", "tensor_split", "split_with_sizes", "hsplit", "vsplit",
                                  "dsplit"})
 _INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schemas(name: str) -> tuple[torch._C.FunctionSchema, ...]:
     packet = getattr(torch.ops.aten, name, None)
     if packet is None:
         return ()
     try:
         return tuple(getattr(packet, ov)._schema for ov in packet.overloads())
-    except Exception:  # noqa: BLE001 - an odd packet means "no schema facts", never a crash
+    except Exception:
         return ()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def is_view_op(name: str) -> bool:
     """True when the op's result may share storage (and version counter) with its first argument."""
     if name in _EXTRA_VIEWS:
@@ -186,7 +185,7 @@ def is_view_op(name: str) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def writes_first_arg(name: str) -> bool:
     """True when the schema marks the first argument as written (``Tensor(a!) self``)."""
     for schema in _schemas(name):
@@ -197,7 +196,7 @@ def writes_first_arg(name: str) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signature_names(fn: Callable[..., Any]) -> tuple[str, ...] | None:
     try:
         return tuple(inspect.signature(fn).parameters)
@@ -309,11 +308,11 @@ def op_view(node: torch.fx.Node, modules: dict[str, nn.Module]) -> OpView:
                 return OpView(base, bound, writes=args[0] if args else None, spelling=f"torch.{fname}()")
         bound = _bind(_schema_arg_names(fname), args, _schema_kwargs(fname, kwargs))
         if target in _FUNCTIONAL:
-            py = dict(zip(_signature_names(target) or (), args, strict=False)) | kwargs
+            py: dict[str, Any] = dict(zip(_signature_names(target) or (), args, strict=False)) | kwargs
             if py.get("inplace") is True:
-                first = next(iter(py.values()), None)
+                written = next(iter(py.values()), None)
                 bound.pop("inplace", None)
-                return OpView(fname, bound, writes=first, spelling=f"F.{fname}(inplace=True)")
+                return OpView(fname, bound, writes=written, spelling=f"F.{fname}(inplace=True)")
         if "out" in kwargs and isinstance(kwargs["out"], torch.fx.Node):
             return OpView(fname, bound, writes=kwargs["out"], spelling=f"torch.{fname}(out=...)")
         return OpView(fname, bound, spelling=fname)

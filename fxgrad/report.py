@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from .capture import SourceLocation
 
-__all__ = ["Finding", "ParamStatus", "Report", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "Finding", "ParamStatus", "Report"]
 
 #: version of the JSON schema of :meth:`Report.to_dict`; bumped on any incompatible change.
 SCHEMA_VERSION = 1

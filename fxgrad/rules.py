@@ -16,7 +16,7 @@ from .capture import node_origin
 from .facts import GraphFacts, NodeFacts, ParamFacts
 from .report import Finding, Related
 
-__all__ = ["Rule", "RULES", "RULES_BY_CODE", "param_findings", "run_rules", "select_codes"]
+__all__ = ["RULES", "RULES_BY_CODE", "Rule", "param_findings", "run_rules", "select_codes"]
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ import itertools
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,21 @@ BACKEND_DEPENDENT_REASONS: dict[str, str] = {
     "rnn_tanh_cell": "composite; CUDA/cuDNN paths differ from the CPU decomposition",
     "rnn_relu_cell": "composite; CUDA/cuDNN paths differ from the CPU decomposition",
     "batch_norm": "cuDNN / MIOpen / native kernels are chosen at runtime",
+    "batch_norm_eval": "cuDNN / MIOpen / native kernels are chosen at runtime",
     "instance_norm": "routes through batch_norm (cuDNN / native)",
     "rms_norm": "CUDA may use the fused _fused_rms_norm kernel",
+}
+
+# Hand-written remarks rendered as comments above the entries (facts found by the probes).
+NOTES: dict[str, str] = {
+    "batch_norm": "training=True and training=False save the same inputs on CPU (running stats included); "
+    "the running stats are updated inside the kernel without a version bump, so calling the same "
+    "BatchNorm twice is fine, but a user in-place op on running_mean/var breaks backward",
+    "batch_norm_eval": "not an aten op: the training=False call of aten::batch_norm (fxgrad's name for "
+    "an eval-mode BatchNorm); argument names are aten's (F.batch_norm orders them differently)",
+    "linear": "via addmm/matmul: a non-contiguous N-D input is copied by the reshape and then not saved",
+    "matmul": "folds N-D @ 2-D into mm on a reshaped view; saves copies instead for non-contiguous inputs",
+    "cross_entropy": "not an aten op (F.cross_entropy); arguments named like aten::cross_entropy_loss",
 }
 
 
@@ -102,8 +116,8 @@ class _Derivative:
     saved_outputs: tuple[str, ...]  # torchgen return names that the formula keeps
 
 
-def _analyse_yaml_entry(spec: str, body: dict[str, Any]) -> tuple[str, str, Entry] | None:
-    """Return (base name, overload name, entry) for one derivatives.yaml definition."""
+def _analyse_yaml_entry(spec: str, body: dict[str, Any]) -> tuple[str, str, Entry, tuple[int, int]]:
+    """Return (base, overload, entry, (#tensor args, #positional args)) for one yaml definition."""
     from torchgen.api import cpp
     from torchgen.api.types import BaseCType, NamedCType, tensorT
     from torchgen.model import FunctionSchema
@@ -196,7 +210,7 @@ def _analyse_yaml_entry(spec: str, body: dict[str, Any]) -> tuple[str, str, Entr
             inputs = [n for n in inputs if n != "self"]
         outputs = [ret_rename[n] for n in all_saved_outputs]
         saved[name] = _order(arg_names, set(inputs) | set(outputs))
-    return base, overload, (arg_names, saved)
+    return base, overload, (arg_names, saved), (len(tensor_args), len(schema.arguments.flat_positional))
 
 
 def _order(arg_names: tuple[str, ...], names: Iterable[str]) -> tuple[str, ...]:
@@ -212,26 +226,26 @@ def _order(arg_names: tuple[str, ...], names: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(names), key=key))
 
 
-def _overload_priority(overload: str) -> int:
-    if overload == "Tensor":
-        return 0
-    if overload == "":
-        return 1
-    if overload.startswith("Tensor") or overload == "self":
-        return 2
-    return 3
+def _merge(entries: list[tuple[str, Entry]], shapes: list[tuple[int, int]]) -> Entry:
+    """Merge the overloads of one base name.
 
-
-def _merge(entries: list[tuple[str, Entry]]) -> Entry:
-    """Merge the overloads of one base name: arg names of the preferred overload, union of saves."""
-    best = min(range(len(entries)), key=lambda i: (_overload_priority(entries[i][0]), i))
+    Argument names come from the ``Tensor`` overload if there is one, else from the overload with
+    the most tensor arguments, then the most positional arguments, then the fewest arguments
+    (``max.dim`` over ``max``, ``sum.dim_IntList`` over ``sum``, ``sort`` over ``sort.stable``) so
+    that positional indices of typical Python calls line up.  Saved sets are unioned.
+    ``shapes[i]`` is (#tensor args, #positional args) of ``entries[i]``.
+    """
+    best = min(
+        range(len(entries)),
+        key=lambda i: (entries[i][0] != "Tensor", -shapes[i][0], -shapes[i][1], len(entries[i][1][0]), i),
+    )
     arg_names = entries[best][1][0]
     merged: dict[str, set[str]] = {}
     for _, (_, saved) in entries:
         for x, names in saved.items():
             merged.setdefault(x, set()).update(names)
     all_names = list(arg_names) + [n for _, (a, _) in entries for n in a if n not in arg_names]
-    keys = sorted(merged, key=lambda n: all_names.index(n) if n in all_names else len(all_names))
+    keys = sorted(merged, key=all_names.index)
     return arg_names, {x: _order(arg_names, merged[x]) for x in keys}
 
 
@@ -243,6 +257,7 @@ def yaml_table(path: Path | None = None) -> tuple[Table, set[str]]:
     with open(path or derivatives_yaml_path()) as f:
         definitions = yaml.safe_load(f)
     by_base: dict[str, list[tuple[str, Entry]]] = {}
+    shapes: dict[str, list[tuple[int, int]]] = {}
     inactive: dict[str, bool] = {}
     for defn in definitions:
         spec = defn["name"]
@@ -255,17 +270,15 @@ def yaml_table(path: Path | None = None) -> tuple[Table, set[str]]:
         qualname = "aten::" + spec.split("(")[0]
         # same defaults as torchgen's with_native_function for a plain NativeFunction
         with parametrize(use_const_ref_for_mutable_tensors=False, use_ilistref_for_tensor_lists=False):
-            analysed = _analyse_yaml_entry(spec, dict(body))
-        if analysed is None:
-            continue
-        base, overload, entry = analysed
+            base, overload, entry, shape = _analyse_yaml_entry(spec, dict(body))
         if "backward" in base:
             continue  # only forward ops are needed
         active = _autograd_kernel_active(qualname)
         inactive[base] = inactive.get(base, True) and not active
         if active:
             by_base.setdefault(base, []).append((overload, entry))
-    table = {base: _merge(entries) for base, entries in by_base.items()}
+            shapes.setdefault(base, []).append(shape)
+    table = {base: _merge(entries, shapes[base]) for base, entries in by_base.items()}
     return table, {b for b, v in inactive.items() if v and b not in table}
 
 
@@ -287,12 +300,13 @@ class Probe:
     overload: str = "default"  # aten overload giving the argument names ...
     pyfunc: Callable[..., Any] | None = None  # ... or a Python function's signature
     variant: str = ""
+    names_from: str = ""  # aten op whose schema names the arguments (default: ``key``)
 
 
 def probe_arg_names(p: Probe) -> tuple[str, ...]:
     if p.pyfunc is not None:
         return tuple(inspect.signature(p.pyfunc).parameters)
-    schema = getattr(getattr(torch.ops.aten, p.key), p.overload)._schema
+    schema = getattr(getattr(torch.ops.aten, p.names_from or p.key), p.overload)._schema
     return tuple(a.name for a in schema.arguments)
 
 
@@ -338,7 +352,7 @@ def observe(p: Probe, requires_grad: Iterable[str]) -> frozenset[str]:
     return frozenset(found)
 
 
-def _probes() -> list[Probe]:  # noqa: PLR0915 - a flat list of cases
+def _probes() -> list[Probe]:
     ri = torch.randint
     P = Probe
     cell_args = ("input", "hx", "w_ih", "w_hh", "b_ih", "b_hh")
@@ -362,11 +376,10 @@ def _probes() -> list[Probe]:  # noqa: PLR0915 - a flat list of cases
         return P(k, lambda: {"self": _r(3, 4)}, lambda i: fn(i["self"]), ("self",), overload)
 
     lin = ("input", "weight", "bias")
-    bn_args = ("input", "weight", "bias", "running_mean", "running_var")
 
-    def bn(training: bool) -> Probe:
+    def bn(training: bool, key: str = "batch_norm") -> Probe:
         return P(
-            "batch_norm",
+            key,
             lambda: {
                 "input": _r(4, 3, 5),
                 "weight": _r(3),
@@ -375,9 +388,13 @@ def _probes() -> list[Probe]:  # noqa: PLR0915 - a flat list of cases
                 "running_var": torch.ones(3),
                 "training": training,
             },
-            lambda i: torch.batch_norm(*(i[n] for n in bn_args), i["training"], 0.1, 1e-5, True),
+            lambda i: torch.batch_norm(
+                i["input"], i["weight"], i["bias"], i["running_mean"], i["running_var"],
+                i["training"], 0.1, 1e-5, True,
+            ),
             lin,
             variant=f"training={training}",
+            names_from="batch_norm",
         )
 
     def inorm(use_input_stats: bool) -> Probe:
@@ -390,7 +407,10 @@ def _probes() -> list[Probe]:  # noqa: PLR0915 - a flat list of cases
                 "running_mean": torch.zeros(3),
                 "running_var": torch.ones(3),
             },
-            lambda i: torch.instance_norm(*(i[n] for n in bn_args), use_input_stats, 0.1, 1e-5, False),
+            lambda i: torch.instance_norm(
+                i["input"], i["weight"], i["bias"], i["running_mean"], i["running_var"],
+                use_input_stats, 0.1, 1e-5, False,
+            ),
             lin,
             variant=f"use_input_stats={use_input_stats}",
         )
@@ -463,8 +483,9 @@ def _probes() -> list[Probe]:  # noqa: PLR0915 - a flat list of cases
             make,
             lambda i: fn(i[first], i["target"], i.get("weight")),
             (first,),
-            pyfunc=F.cross_entropy if key == "cross_entropy" else None,
             variant=f"weight={'tensor' if weighted else 'None'}",
+            # F.cross_entropy has no aten op of its own: name its arguments like cross_entropy_loss
+            names_from="cross_entropy_loss" if key == "cross_entropy" else "",
         )
 
     return [
@@ -492,6 +513,7 @@ def _probes() -> list[Probe]:  # noqa: PLR0915 - a flat list of cases
           lambda i: torch.einsum(i["equation"], *i["tensors"]), ("tensors",)),
         bn(True),
         bn(False),
+        bn(False, "batch_norm_eval"),
         P("layer_norm",
           lambda: {"input": _r(2, 3, 4), "normalized_shape": [4], "weight": _r(4), "bias": _r(4)},
           lambda i: torch.layer_norm(i["input"], i["normalized_shape"], i["weight"], i["bias"]), lin),
@@ -506,8 +528,8 @@ def _probes() -> list[Probe]:  # noqa: PLR0915 - a flat list of cases
           lambda i: torch.dropout(i["input"], i["p"], i["train"]), ("input",), variant="train=True"),
         P("dropout", lambda: {"input": _r(4, 5), "p": 0.5, "train": False},
           lambda i: torch.dropout(i["input"], i["p"], i["train"]), ("input",), variant="train=False"),
-        ce("cross_entropy", F.cross_entropy, "input", False),
-        ce("cross_entropy", F.cross_entropy, "input", True),
+        ce("cross_entropy", F.cross_entropy, "self", False),
+        ce("cross_entropy", F.cross_entropy, "self", True),
         ce("cross_entropy_loss", torch.ops.aten.cross_entropy_loss, "self", False),
         ce("cross_entropy_loss", torch.ops.aten.cross_entropy_loss, "self", True),
         ce("nll_loss", torch.ops.aten.nll_loss, "self", False),
@@ -524,6 +546,8 @@ def _probes() -> list[Probe]:  # noqa: PLR0915 - a flat list of cases
         pad("circular"),
         interp("nearest"),
         interp("bilinear"),
+        P("max_pool1d", lambda: {"self": _r(1, 2, 6), "kernel_size": [2]},
+          lambda i: torch.max_pool1d(i["self"], i["kernel_size"]), ("self",)),
         P("max_pool2d", lambda: {"self": _r(1, 2, 4, 4), "kernel_size": [2, 2]},
           lambda i: torch.max_pool2d(i["self"], i["kernel_size"]), ("self",)),
         aap(2),
@@ -586,10 +610,13 @@ def _check_probes() -> list[Probe]:
         P("binary_cross_entropy_with_logits",
           lambda: {"self": _r(3, 4), "target": torch.rand(3, 4), "weight": torch.rand(4),
                    "pos_weight": torch.rand(4)},
-          lambda i: torch.binary_cross_entropy_with_logits(i["self"], i["target"], i["weight"], i["pos_weight"]),
+          lambda i: torch.binary_cross_entropy_with_logits(
+              i["self"], i["target"], i["weight"], i["pos_weight"]
+          ),
           ("self", "target")),
         P("cat", lambda: {"tensors": [_r(2, 3), _r(2, 3)]}, lambda i: torch.cat(i["tensors"]), ("tensors",)),
-        P("stack", lambda: {"tensors": [_r(2, 3), _r(2, 3)]}, lambda i: torch.stack(i["tensors"]), ("tensors",)),
+        P("stack", lambda: {"tensors": [_r(2, 3), _r(2, 3)]}, lambda i: torch.stack(i["tensors"]),
+          ("tensors",)),
         P("where", lambda: {"condition": torch.rand(3, 4) > 0.5, "self": _r(3, 4), "other": _r(3, 4)},
           lambda i: torch.where(i["condition"], i["self"], i["other"]), ("self", "other")),
     ]
@@ -665,12 +692,14 @@ def _build() -> tuple[Table, dict[str, list[str]], list[str]]:
     checks = [p for p in _check_probes() if p.key in table]
     warnings += [f"check probe {p.key!r}: no yaml entry" for p in _check_probes() if p.key not in table]
     for key, res in _run_probes(checks, lambda p: table[p.key][0]).items():
-        args, saved = table[key]
+        saved = table[key][1]
         for x, names in res.entry[1].items():
             if not set(names) <= set(saved.get(x, ())):
                 warnings.append(f"yaml/eager mismatch {key}[{x}]: yaml {saved.get(x)} eager {names}")
         for note in res.notes:
             warnings.append(f"{key}: {note}")
+    for key, note in NOTES.items():
+        comments.setdefault(key, []).append(note)
     for key, reason in BACKEND_DEPENDENT_REASONS.items():
         comments.setdefault(key, []).append(f"backend-dependent: {reason}")
     warnings.append(f"{n_yaml} ops from derivatives.yaml, {len(table) - n_yaml} empirical")
@@ -686,39 +715,45 @@ def backend_dependent() -> frozenset[str]:
     return frozenset(BACKEND_DEPENDENT_REASONS)
 
 
-def _fmt(obj: Any, indent: int, width: int = LINE_LENGTH) -> str:
-    """Black-ish formatting of nested tuples / dicts of strings."""
+def _flat(o: Any) -> str:
+    if isinstance(o, str):
+        return json.dumps(o)
+    if isinstance(o, tuple):
+        inner = ", ".join(_flat(x) for x in o)
+        return f"({inner},)" if len(o) == 1 else f"({inner})"
+    if isinstance(o, dict):
+        return "{" + ", ".join(f"{_flat(k)}: {_flat(v)}" for k, v in o.items()) + "}"
+    raise TypeError(type(o))
 
-    def flat(o: Any) -> str:
-        if isinstance(o, str):
-            return json.dumps(o)
-        if isinstance(o, tuple):
-            inner = ", ".join(flat(x) for x in o)
-            return f"({inner},)" if len(o) == 1 else f"({inner})"
-        if isinstance(o, dict):
-            return "{" + ", ".join(f"{flat(k)}: {flat(v)}" for k, v in o.items()) + "}"
-        raise TypeError(type(o))
 
-    one = flat(obj)
-    if indent + len(one) <= width or isinstance(obj, str) or not obj:
-        return one
-    pad = " " * (indent + 4)
+def _fmt(obj: Any, indent: int, prefix: str = "", width: int = LINE_LENGTH) -> list[str]:
+    """Black-style lines for ``prefix + obj + ","`` at ``indent`` (nested tuples / dicts of strings)."""
+    pad = " " * indent
+    one = _flat(obj)
+    if indent + len(prefix) + len(one) + 1 <= width or isinstance(obj, str) or not obj:
+        return [f"{pad}{prefix}{one},"]
+    lines = [f"{pad}{prefix}{'(' if isinstance(obj, tuple) else '{'}"]
     if isinstance(obj, tuple):
-        items = [pad + _fmt(x, indent + 4, width - 1) + "," for x in obj]
-        return "(\n" + "\n".join(items) + "\n" + " " * indent + ")"
-    items = []
-    for k, v in obj.items():
-        head = f"{flat(k)}: "
-        items.append(pad + head + _fmt(v, indent + 4 + len(head), width - 1).lstrip() + ",")
-    return "{\n" + "\n".join(items) + "\n" + " " * indent + "}"
+        for x in obj:
+            lines += _fmt(x, indent + 4, "", width)
+    else:
+        for k, v in obj.items():
+            lines += _fmt(v, indent + 4, f"{_flat(k)}: ", width)
+    lines.append(f"{pad}{')' if isinstance(obj, tuple) else '}'},")
+    return lines
+
+
+def _comment(text: str, indent: int) -> list[str]:
+    pad = " " * indent + "# "
+    return textwrap.wrap(text, LINE_LENGTH - len(pad), initial_indent=pad, subsequent_indent=pad + "  ")
 
 
 def render(table: Table, comments: dict[str, list[str]]) -> str:
     out = [
         "# This file is GENERATED by tools/gen_saved_table.py -- do not edit by hand.",
-        f"# Source: torch {torch.__version__} torchgen/packaged/autograd/derivatives.yaml (backward formulas,",
-        "# torchgen's saved_variables() rules and save guards) plus empirical saved_tensors_hooks probes",
-        "# on CPU for composite ops without an effective derivatives.yaml entry.",
+        f"# Source: torch {torch.__version__}: torchgen/packaged/autograd/derivatives.yaml (backward",
+        "# formulas, torchgen's saved_variables() rules and save guards) plus empirical",
+        "# saved_tensors_hooks probes on CPU for composite ops without an effective derivatives.yaml entry.",
         "# Regenerate: .venv/bin/python tools/gen_saved_table.py",
         "#",
         "# SAVED[op][1][x] = inputs/outputs whose storage autograd saves when x is the only input that",
@@ -727,28 +762,29 @@ def render(table: Table, comments: dict[str, list[str]]) -> str:
         "from __future__ import annotations",
         "",
         f"TORCH_VERSION: str = {json.dumps(torch.__version__)}",
-        "# op base name -> (argument names in schema order, {input that requires grad: names of the tensors"
-        " saved for its gradient})",
+        "# op base name -> (argument names in schema order,",
+        "#                  {input that requires grad: names of the tensors saved for its gradient})",
         "SAVED: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {",
     ]
     for key, value in table.items():
         for line in comments.get(key, []):
-            out.append(f"    # {key}: {line}")
-        head = f"    {json.dumps(key)}: "
-        out.append(head + _fmt(value, 4).lstrip() + ",")
+            out += _comment(f"{key}: {line}", 4)
+        out += _fmt(value, 4, f"{json.dumps(key)}: ")
     out.append("}")
     out.append("# ops whose saved set depends on the device/backend (cuDNN vs CPU, fused attention ...)")
-    names = ", ".join(json.dumps(n) for n in sorted(backend_dependent()))
-    line = f"BACKEND_DEPENDENT: frozenset[str] = frozenset({{{names}}})"
+    names = tuple(sorted(backend_dependent()))
+    line = f"BACKEND_DEPENDENT: frozenset[str] = frozenset({{{', '.join(json.dumps(n) for n in names)}}})"
     if len(line) > LINE_LENGTH:
-        body = "\n".join(f"        {json.dumps(n)}," for n in sorted(backend_dependent()))
+        body = "\n".join(f"        {json.dumps(n)}," for n in names)
         line = "BACKEND_DEPENDENT: frozenset[str] = frozenset(\n    {\n" + body + "\n    }\n)"
     out.append(line)
     return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if the generated file is out of date")
     parser.add_argument("-o", "--output", type=Path, default=OUTPUT)
     ns = parser.parse_args(argv)
