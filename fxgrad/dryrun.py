@@ -325,9 +325,9 @@ def _failing_node_text(e: BaseException) -> str:
 
 def _input_error(e: BaseException) -> InputError:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return InputError(f"The example inputs do not fit the model: running it raised {type(e).__name__}"
-                      f"{_failing_node_text(e)}: {text}. Hint: check the shapes and dtypes of the example inputs "
-                      "(fxgrad.spec(...) or tensors).")
+    return InputError(f"Running the model on the example inputs raised {type(e).__name__}{_failing_node_text(e)}: "
+                      f"{text} Hint: check the shapes and dtypes of the example inputs (fxgrad.spec(...) or "
+                      "tensors); if they are right, this line fails in eager PyTorch too.")
 
 
 def _related(node: torch.fx.Node | None, role: str) -> tuple[Related, ...]:

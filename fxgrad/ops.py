@@ -252,6 +252,28 @@ def _schema_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+#: Python argument names that aten spells differently, per op (``F.embedding(input, weight)`` is aten
+#: ``embedding(weight, indices)``).
+_PY_TO_ATEN: dict[str, dict[str, str]] = {"embedding": {"input": "indices"}}
+
+
+def _bind_call(target: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Arguments by aten schema name; Python-level functions (``torch.nn.functional``) bind by their own
+    signature first, because their positional order can differ from aten's (``F.batch_norm``, ``F.embedding``)."""
+    schema = _schema_arg_names(name)
+    py_names = _signature_names(target) if getattr(target, "__code__", None) is not None else None
+    if not py_names or schema is None:
+        return _bind(schema, args, _schema_kwargs(name, kwargs))
+    rename = _PY_TO_ATEN.get(name, {})
+    bound: dict[str, Any] = {}
+    for key, value in _bind(py_names, args, kwargs).items():
+        key = rename.get(key, key)
+        if key == "input" and "input" not in schema and "self" in schema:
+            key = "self"
+        bound[key] = value
+    return bound
+
+
 def op_view(node: torch.fx.Node, modules: dict[str, nn.Module]) -> OpView:
     """Normalise ``node`` to an :class:`OpView`."""
     args, kwargs = tuple(node.args), dict(node.kwargs)
@@ -306,7 +328,7 @@ def op_view(node: torch.fx.Node, modules: dict[str, nn.Module]) -> OpView:
             bound = _bind(_schema_arg_names(base), args, _schema_kwargs(base, kwargs))
             if fname not in NOT_DATA_WRITES:
                 return OpView(base, bound, writes=args[0] if args else None, spelling=f"torch.{fname}()")
-        bound = _bind(_schema_arg_names(fname), args, _schema_kwargs(fname, kwargs))
+        bound = _bind_call(target, fname, args, kwargs)
         if target in _FUNCTIONAL:
             py: dict[str, Any] = dict(zip(_signature_names(target) or (), args, strict=False)) | kwargs
             if py.get("inplace") is True:

@@ -213,9 +213,9 @@ RULES: tuple[Rule, ...] = (
          "enabled: forward raises", "Autograd forbids in-place changes of leaves that require grad.",
          check=_check_leaf),
     Rule("FXG104", "inplace-alias", "warning", "in-place op on a view or alias of another tensor that is used "
-         "later", "The write is visible through every alias.", fixable=True, check=_check_alias),
+         "later", "The write is visible through every alias.", check=_check_alias),
     Rule("FXG105", "inplace-input", "warning", "in-place op mutates a graph input (visible to the caller)",
-         "The caller's tensor changes.", fixable=True, check=_check_input),
+         "The caller's tensor changes.", check=_check_input),
     Rule("FXG106", "inplace-behind-counter", "error", "in-place write through `.data` into a tensor saved for "
          "backward: silently wrong gradients", "`.data` has its own version counter, so autograd cannot notice.",
          check=_check_silent),
