@@ -204,7 +204,7 @@ def _signature_names(fn: Callable[..., Any]) -> tuple[str, ...] | None:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpView:
     """One fx node as an op: what fxgrad's tables are keyed by."""
 
@@ -274,72 +274,123 @@ def _bind_call(target: Callable[..., Any], name: str, args: tuple[Any, ...], kwa
     return bound
 
 
-def op_view(node: torch.fx.Node, modules: dict[str, nn.Module]) -> OpView:
-    """Normalise ``node`` to an :class:`OpView`."""
-    args, kwargs = tuple(node.args), dict(node.kwargs)
-    if node.op == "call_module":
-        mod = modules.get(str(node.target))
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """What an fx target means, independent of the node's arguments (cached per target)."""
+
+    name: str
+    arg_names: tuple[str, ...] | None
+    writes_first: bool
+    spelling: str
+    #: Python-level function: bind by its own signature (``F.batch_norm``), look for ``inplace=True``
+    python: bool = False
+
+
+_AUG_SYMBOL = {"add": "+=", "sub": "-=", "mul": "*=", "div": "/=", "matmul": "@=", "floor_divide": "//=",
+               "remainder": "%=", "pow": "**=", "bitwise_and": "&=", "bitwise_or": "|=", "bitwise_xor": "^="}
+_TEMPLATES: dict[tuple[str, Any], _Template] = {}
+
+
+def _template(op: str, target: Any) -> _Template:
+    key = (op, target)
+    cached = _TEMPLATES.get(key)
+    if cached is not None:
+        return cached
+    if op == "call_method":
+        method = str(target)
+        writes = method.endswith("_") and not method.endswith("__") and method not in NOT_DATA_WRITES
+        base = method[:-1] if writes else method
+        t = _Template(base, _schema_arg_names(base), writes, f"x.{method}()")
+    elif target in AUGMENTED:
+        base = AUGMENTED[target][1]
+        t = _Template(base, ("self", "other"), True, _AUG_SYMBOL.get(base, f"{base}="))
+    elif target is operator.setitem:
+        t = _Template("setitem", ("self", "index", "value"), True, "x[i] = v")
+    elif target in _OPERATORS:
+        t = _Template(_OPERATORS[target], ("self", "other"), False, _OPERATORS[target])
+    else:
+        fname = getattr(target, "__name__", str(target))
+        module = getattr(target, "__module__", "") or ""
+        writes = (fname.endswith("_") and not fname.endswith("__") and module.startswith("torch")
+                  and fname not in NOT_DATA_WRITES)
+        name = fname[:-1] if writes else fname
+        python = getattr(target, "__code__", None) is not None and _signature_names(target) is not None
+        spelling = f"torch.{fname}()" if writes else fname
+        t = _Template(name, _schema_arg_names(name), writes, spelling, python)
+    _TEMPLATES[key] = t
+    return t
+
+
+class OpViewer:
+    """Normalises nodes to :class:`OpView` s; caches what depends only on the target or the module."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self._modules: dict[str, tuple[str, str | None, str, dict[str, str], bool, bool]] = {}
+
+    def _module(self, target: str) -> tuple[str, str | None, str, dict[str, str], bool, bool] | None:
+        if target in self._modules:
+            return self._modules[target]
+        mod = self.modules.get(target)
         if mod is None:
-            return OpView("module", known=False)
-        entry = next((v for t, v in _MODULES.items() if type(mod) is t), None)
+            return None
+        entry = _MODULES.get(type(mod))
         inplace = isinstance(mod, INPLACE_MODULE_TYPES) and getattr(mod, "inplace", False) is True
         spelling = f"nn.{type(mod).__name__}(inplace=True)" if inplace else f"nn.{type(mod).__name__}"
         if entry is None:
-            return OpView(type(mod).__name__, _bind(None, args, kwargs), writes=args[0] if inplace and args else None,
-                          spelling=spelling, known=False,
-                          params={n: f"{node.target}.{n}" for n, p in mod.named_parameters()})
-        name, first, param_attrs = entry
-        bound = {first: args[0]} if args else {}
-        params = {schema: f"{node.target}.{attr}" for schema, attr in param_attrs.items()
-                  if isinstance(getattr(mod, attr, None), nn.Parameter)}
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and not (
-                mod.training or mod.running_mean is None):
-            name = "batch_norm_eval"
-        return OpView(name, bound, writes=args[0] if inplace and args else None, spelling=spelling, params=params)
+            params = {n: f"{target}.{n}" for n, _ in mod.named_parameters()}
+            info = (type(mod).__name__, None, spelling, params, inplace, False)
+        else:
+            name, first, param_attrs = entry
+            params = {schema: f"{target}.{attr}" for schema, attr in param_attrs.items()
+                      if isinstance(getattr(mod, attr, None), nn.Parameter)}
+            if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and not (
+                    mod.training or mod.running_mean is None):
+                name = "batch_norm_eval"
+            info = (name, first, spelling, params, inplace, True)
+        self._modules[target] = info
+        return info
 
-    if node.op == "call_method":
-        method = str(node.target)
-        base = method[:-1] if method.endswith("_") and not method.endswith("__") else method
-        names = _schema_arg_names(base)
-        bound = _bind(names, args, kwargs)
-        if method.endswith("_") and not method.endswith("__") and method not in NOT_DATA_WRITES:
-            return OpView(base, bound, writes=args[0], spelling=f"x.{method}()")
-        return OpView(method, bound, spelling=f"x.{method}()")
-
-    if node.op == "call_function":
+    def __call__(self, node: torch.fx.Node) -> OpView:
+        op = node.op
+        args = node.args
+        if op == "call_module":
+            info = self._module(str(node.target))
+            if info is None:
+                return OpView("module", known=False)
+            name, first, spelling, params, inplace, known = info
+            if not known:
+                bound = _bind(None, tuple(args), dict(node.kwargs))
+            else:
+                bound = {first: args[0]} if args and first else {}
+            return OpView(name, bound, args[0] if inplace and args else None, spelling, params, known)
+        if op not in ("call_method", "call_function"):
+            return OpView(op)
         target = node.target
-        assert callable(target)
-        if target in AUGMENTED:
-            _, base = AUGMENTED[target]
-            sym = {"add": "+=", "sub": "-=", "mul": "*=", "div": "/=", "matmul": "@="}.get(base, f"{base}=")
-            return OpView(base, _bind(("self", "other"), args, kwargs), writes=args[0], spelling=sym)
-        if target is operator.setitem:
-            return OpView("setitem", _bind(("self", "index", "value"), args, kwargs), writes=args[0],
-                          spelling="x[i] = v")
-        if target in _OPERATORS:
-            name = _OPERATORS[target]
-            return OpView(name, _bind(("self", "other"), args, kwargs), spelling=name)
         if target is getattr:
-            return OpView(f"getattr.{args[1]}", {"self": args[0]}, spelling=f"x.{args[1]}")
-        fname = getattr(target, "__name__", str(target))
-        module = getattr(target, "__module__", "") or ""
-        if fname.endswith("_") and not fname.endswith("__") and module.startswith("torch"):
-            base = fname[:-1]
-            bound = _bind(_schema_arg_names(base), args, _schema_kwargs(base, kwargs))
-            if fname not in NOT_DATA_WRITES:
-                return OpView(base, bound, writes=args[0] if args else None, spelling=f"torch.{fname}()")
-        bound = _bind_call(target, fname, args, kwargs)
-        if target in _FUNCTIONAL:
-            py: dict[str, Any] = dict(zip(_signature_names(target) or (), args, strict=False)) | kwargs
-            if py.get("inplace") is True:
-                written = next(iter(py.values()), None)
-                bound.pop("inplace", None)
-                return OpView(fname, bound, writes=written, spelling=f"F.{fname}(inplace=True)")
-        if "out" in kwargs and isinstance(kwargs["out"], torch.fx.Node):
-            return OpView(fname, bound, writes=kwargs["out"], spelling=f"torch.{fname}(out=...)")
-        return OpView(fname, bound, spelling=fname)
+            return OpView(f"getattr.{args[1]}", {"self": args[0]}, None, f"x.{args[1]}")
+        t = _template(op, target)
+        kwargs = node.kwargs
+        if t.python:
+            bound = _bind_call(target, t.name, tuple(args), dict(kwargs))  # type: ignore[arg-type]
+            if bound.get("inplace") is True:
+                bound.pop("inplace")
+                names = _signature_names(target)  # type: ignore[arg-type]
+                written = args[0] if args else (kwargs.get(names[0]) if names else None)
+                return OpView(t.name, bound, written, f"F.{t.name}(inplace=True)")
+        else:
+            bound = _bind(t.arg_names, tuple(args), _schema_kwargs(t.name, dict(kwargs)) if kwargs else {})
+        if t.writes_first:
+            return OpView(t.name, bound, args[0] if args else None, t.spelling)
+        out = kwargs.get("out") if kwargs else None
+        if isinstance(out, torch.fx.Node):
+            return OpView(t.name, bound, out, f"torch.{t.name}(out=...)")
+        return OpView(t.name, bound, None, t.spelling)
 
-    return OpView(node.op)
+
+def op_view(node: torch.fx.Node, modules: dict[str, nn.Module]) -> OpView:
+    """Normalise one node (for many nodes, keep an :class:`OpViewer`)."""
+    return OpViewer(modules)(node)
 
 
 _FUNCTIONAL: frozenset[Callable[..., Any]] = frozenset(
@@ -383,6 +434,3 @@ def saved_args(view: OpView, requires_grad: Callable[[str], bool]) -> tuple[set[
             saved.update(names)
     return saved, name in BACKEND_DEPENDENT
 
-
-def module_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return list(module.named_parameters())
