@@ -337,6 +337,7 @@ class OpViewer:
         entry = _MODULES.get(type(mod))
         inplace = isinstance(mod, INPLACE_MODULE_TYPES) and getattr(mod, "inplace", False) is True
         spelling = f"nn.{type(mod).__name__}(inplace=True)" if inplace else f"nn.{type(mod).__name__}"
+        info: tuple[str, str | None, str, dict[str, str], bool, bool]
         if entry is None:
             params = {n: f"{target}.{n}" for n, _ in mod.named_parameters()}
             info = (type(mod).__name__, None, spelling, params, inplace, False)
