@@ -207,6 +207,11 @@ def _faithful_proxy_class(base: type[torch.fx.Proxy]) -> type[torch.fx.Proxy]:
 # --------------------------------------------------------------------------------------------------------------
 
 _REBUILDERS = ("tensor", "as_tensor", "asarray", "from_numpy")
+#: factories called without traced arguments: plain fx runs them once at trace time and bakes the result into
+#: the graph as a constant, so ``buf = torch.zeros(4, 8); buf[:, :4] = h`` writes into one tensor shared by every
+#: call. As nodes, they allocate afresh on each call, as eager does.
+_FACTORIES = ("zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint", "randperm", "eye",
+              "linspace", "logspace")
 
 
 def _rebuilder(orig: Callable[..., Any]) -> Callable[..., Any]:
@@ -216,6 +221,18 @@ def _rebuilder(orig: Callable[..., Any]) -> Callable[..., Any]:
         if proxy is None:
             return orig(*args, **kwargs)
         return proxy.tracer.create_proxy("call_function", orig, args, kwargs)
+
+    return wrapper
+
+
+def _factory(orig: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(orig)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        proxy = _find_proxy(args, kwargs)
+        tracer = proxy.tracer if proxy is not None else _current_tracer()
+        if tracer is None or _is_quiet():
+            return orig(*args, **kwargs)
+        return tracer.create_proxy("call_function", orig, args, kwargs)
 
     return wrapper
 
@@ -322,11 +339,12 @@ def _patched(tracer: torch.fx.Tracer) -> Iterator[None]:
     stack: list[torch.fx.Tracer] = _active.__dict__.setdefault("stack", [])
     prev_grad = torch.is_grad_enabled()
     try:
-        for name in _REBUILDERS:
+        own = set(getattr(tracer, "_TORCH_METHODS_TO_PATCH", ()))  # a tracer that patches them itself (HFTracer)
+        for name in (*_REBUILDERS, *_FACTORIES):
             orig = getattr(torch, name)
-            if getattr(orig, "__fxgrad_patched__", False):
+            if getattr(orig, "__fxgrad_patched__", False) or (name in _FACTORIES and name in own):
                 continue
-            wrapper = _rebuilder(orig)
+            wrapper = _rebuilder(orig) if name in _REBUILDERS else _factory(orig)
             wrapper.__fxgrad_patched__ = True  # type: ignore[attr-defined]
             undo.append((torch, name, orig))
             setattr(torch, name, wrapper)
@@ -353,6 +371,9 @@ class _FaithfulMixin:
 
     _fxgrad_extra_files: tuple[str, ...] = ()
     module_stack: Any
+    #: plain fx hands buffers to forward as real tensors: `self.running.mul_(0.9)` then runs *at trace time*,
+    #: changes the user's buffer and leaves no node. Proxies keep the update in the graph and the model intact.
+    proxy_buffer_attributes: bool = True
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         p: torch.fx.Proxy = super().proxy(node)  # type: ignore[misc]

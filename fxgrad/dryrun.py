@@ -119,6 +119,9 @@ class _Runner(torch.fx.Interpreter):
         self.param_of: dict[int, str] = {}
 
     def run_node(self, n: torch.fx.Node) -> Any:
+        writes = self.facts[n].view.writes if n in self.facts.nodes else None
+        target = list(_tensors(self.env[writes])) if isinstance(writes, torch.fx.Node) and writes in self.env else []
+        before = [t._version for t in target]
         try:
             result = super().run_node(n)
         except Exception as e:
@@ -130,6 +133,13 @@ class _Runner(torch.fx.Interpreter):
             with torch.no_grad():
                 result = super().run_node(n)
         self._after(n, result)
+        # A write that moved the target's own version counter but not a saved tensor's, on the same storage,
+        # went behind that tensor's counter (``.data``): backward will not notice.
+        moved = [t for t, v in zip(target, before, strict=True) if t._version != v]
+        for t in moved:
+            for rec in self.pending.get(_key(t), ()):
+                if rec.changed_at is None and rec.silent_at is None and rec.saver is not n:
+                    rec.silent_at = n
         return result
 
     def _inputs(self, n: torch.fx.Node) -> list[torch.Tensor]:
@@ -164,12 +174,6 @@ class _Runner(torch.fx.Interpreter):
             for rec in self.pending.get(_key(t), ()):
                 if rec.changed_at is None and rec.tensor._version != rec.version:
                     rec.changed_at = n
-        writes = self.facts[n].view.writes if n in self.facts.nodes else None
-        if isinstance(writes, torch.fx.Node) and writes in self.env:
-            for t in _tensors(self.env[writes]):
-                for rec in self.pending.get(_key(t), ()):
-                    if rec.changed_at is None and rec.silent_at is None and rec.saver is not n:
-                        rec.silent_at = n
 
 
 def _fake_root(gm: torch.fx.GraphModule, mode: FakeTensorMode | None) -> tuple[nn.Module, dict[int, str]]:
@@ -349,6 +353,8 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
     # FXG102: proved conflicts, one finding per mutating node.
     groups: dict[torch.fx.Node | None, list[tuple[torch.fx.Node | None, str]]] = {}
     for mutator, saver, text in result.conflicts:
+        if mutator in result.leaf_errors:
+            continue  # forward already raised there (FXG103); the write only happened because we went on
         groups.setdefault(mutator, []).append((saver, text))
     for mutator, items in groups.items():
         anchor = mutator or items[0][0]

@@ -43,6 +43,7 @@ from torch import nn
 from torch.autograd import grad_mode
 
 from . import ops
+from ._saved_table import BACKEND_DEPENDENT, SAVED
 from .ops import OpView
 
 __all__ = ["GraphFacts", "NodeFacts", "ParamFacts", "SavedUse", "compute_facts"]
@@ -50,7 +51,7 @@ __all__ = ["GraphFacts", "NodeFacts", "ParamFacts", "SavedUse", "compute_facts"]
 Root = Hashable
 
 
-@dataclass
+@dataclass(slots=True)
 class SavedUse:
     """A tensor that ``saver`` saved for backward, and the in-place op that later overwrote it, if any."""
 
@@ -62,7 +63,7 @@ class SavedUse:
     backend_dependent: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeFacts:
     node: torch.fx.Node
     index: int
@@ -85,6 +86,14 @@ class NodeFacts:
     target_role: str = ""
     target_live: bool = False
     leaf_write: bool = False
+    #: a write of autograd metadata (``detach_``, ``requires_grad_``) rather than data
+    meta_write: bool = False
+    #: eager forward raises here: autograd rejects the call (the error's text)
+    forward_error: str | None = None
+    #: autograd has no derivative for this op: backward raises when it reaches it
+    no_derivative: bool = False
+    #: a view returned by ``split``/``chunk``/``unbind`` (or a view of one): in-place writes are forbidden
+    multi_view: bool = False
     alias_read_after: bool = False
     is_view_target: bool = False
     overwritten: list[SavedUse] = field(default_factory=list)  # version bumped: backward raises
@@ -136,6 +145,17 @@ def _flat_nodes(a: Any) -> list[torch.fx.Node]:
 
 _METADATA_ATTRS = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "is_leaf", "layout",
                              "names", "grad_fn"})
+#: ops whose input edges are fixed by their name: (differentiable, cut kind, result is a plain value, zero grad)
+_EDGES: dict[str, tuple[bool, str | None, bool, bool]] = {
+    **{n: (False, "detach", False, False) for n in ops.DETACH},
+    "getattr.data": (False, "data", False, False),
+    **{n: (False, "leaves", True, False) for n in ops.LEAVES_AUTOGRAD},
+    **{n: (False, "rebuild", False, False) for n in ops.REBUILDS},
+    **{n: (False, None, True, False) for n in ops.METADATA},
+    **{n: (False, "integer", False, False) for n in ops.INTEGER_RESULT},
+    **{n: (False, None, False, False) for n in ops.FRESH},
+    **{n: (True, None, False, True) for n in ops.ZERO_GRADIENT},
+}
 #: attributes that are differentiable views of the tensor
 _VIEW_ATTRS = frozenset({"T", "mT", "H", "mH", "real", "imag"})
 
@@ -159,10 +179,16 @@ class _Pass:
         self.nodes: dict[torch.fx.Node, NodeFacts] = {}
         self.buffer_ids = {id(b) for b in gm.buffers()}
         self.module_param_cache: dict[str, list[str]] = {}
+        #: roots of leaves that require grad: an in-place write on them (or a view) with grad enabled raises
+        self.leaf_roots: set[Root] = set()
+        #: parameters frozen by ``requires_grad_(False)`` in forward, and the node that froze them
+        self.frozen: dict[str, torch.fx.Node] = {}
         self.param_names: dict[int, str] = {}
         self.named_params = list(self.model.named_parameters())
         for name, p in self.named_params:
             self.param_names.setdefault(id(p), name)
+            if p.requires_grad:
+                self.leaf_roots.add(("param", self.param_names[id(p)]))
         self.grad_values: dict[torch.fx.Node, bool] = {}  # is_grad_enabled nodes -> their value
         self.mode_stack: list[bool] = []
         self.grad_on = True
@@ -215,6 +241,8 @@ class _Pass:
             if node.op == "placeholder":
                 nf.role = "input"
                 nf.live = str(node.target) in self.inputs_require_grad
+                if nf.live:
+                    self.leaf_roots.add(node)
             elif node.op == "get_attr":
                 self._get_attr(nf)
             elif node.op == "output":
@@ -254,85 +282,119 @@ class _Pass:
         else:
             nf.role = "value"
 
-    def _op(self, nf: NodeFacts) -> None:
-        node, view, name = nf.node, nf.view, nf.view.name
-        args = node.all_input_nodes
-        states = [self.state(a, nf) for a in args]
-        roles = [self.nodes[s].role if s in self.nodes else "activation" for s in states]
-        first = args[0] if args else None
-        first_f = self.nodes.get(first) if first is not None else None
-
-        # What kind of edge each input is.
-        diff, zero, cut = True, False, None
-        value_result = False
-        if name in ops.DETACH:
-            diff, cut = False, "detach"
-        elif name == "getattr.data":
-            diff, cut = False, "data"
-        elif name.startswith("getattr."):
-            attr = name.split(".", 1)[1]
-            if attr in _VIEW_ATTRS:
-                diff, value_result = True, False
-            else:
-                diff, value_result = False, attr in _METADATA_ATTRS
-        elif name in ops.LEAVES_AUTOGRAD:
-            diff, cut, value_result = False, "leaves", True
-        elif name in ops.REBUILDS:
-            diff, cut = False, "rebuild"
-        elif name in ops.METADATA:
-            diff, value_result = False, True
-        elif name in ops.INTEGER_RESULT or ops.is_integer_cast(node, view):
-            diff, cut = False, "integer"
-        elif name == "requires_grad_":
+    def _edge(self, nf: NodeFacts) -> tuple[bool, str | None, bool, bool]:
+        """(differentiable, cut kind, result is a plain value, zero gradient) of the node's input edges."""
+        name = nf.view.name
+        fixed = _EDGES.get(name)
+        if fixed is not None:
+            return fixed
+        if name == "getitem":
+            return self._getitem_edge(nf)
+        if name.startswith("getattr."):
+            attr = name[8:]
+            if attr == "indices":
+                return (False, "integer", False, False)
+            return (True, None, False, False) if attr in _VIEW_ATTRS else (False, None, attr in _METADATA_ATTRS,
+                                                                             False)
+        if name == "requires_grad_":
+            node = nf.node
             flag = node.args[1] if len(node.args) > 1 else node.kwargs.get("requires_grad", True)
-            diff = flag is not False
-            cut = None if diff else "requires_grad"
-        elif name in ops.FRESH:
-            diff = False
-        elif name in ops.ZERO_GRADIENT:
-            zero = True
-        if args and all(r == "value" for r in roles) and node.op != "call_module":
+            return (True, None, False, False) if flag is not False else (False, "requires_grad", False, False)
+        if name in ops.CASTS and ops.is_integer_cast(nf.node, nf.view):
+            return (False, "integer", False, False)
+        return (True, None, False, False)
+
+    def _getitem_edge(self, nf: NodeFacts) -> tuple[bool, str | None, bool, bool]:
+        """``h.topk(2)[1]``, ``h.max(dim=1)[1]``, ``torch.sort(h)[1]``: the indices half is an integer tensor."""
+        node = nf.node
+        base = node.args[0] if node.args else None
+        index = node.args[1] if len(node.args) > 1 else None
+        if isinstance(base, torch.fx.Node) and index == 1 and base in self.nodes:
+            bname = self.nodes[base].view.name
+            if bname in ops.VALUES_INDICES and (
+                    bname not in ("max", "min", "median", "nanmedian") or len(base.args) > 1 or "dim" in base.kwargs):
+                return (False, "integer", False, False)
+        return (True, None, False, False)
+
+    def _op(self, nf: NodeFacts) -> None:
+        node, view = nf.node, nf.view
+        name = view.name
+        nodes = self.nodes
+        args = node.all_input_nodes
+        states = [self.state(a, nf) for a in args] if self.last_mut else args
+        first = args[0] if args else None
+        first_f = nodes.get(first) if first is not None else None
+
+        diff, cut, value_result, zero = self._edge(nf)
+        if not value_result and args and node.op != "call_module" and all(
+                s in nodes and nodes[s].role == "value" for s in states):
             value_result = True
         if value_result:
             nf.role = "value"
 
-        write_target = view.writes if isinstance(view.writes, torch.fx.Node) else None
-        overwrites = write_target is not None and name in ops.OVERWRITES
-        deps: list[tuple[torch.fx.Node, bool, bool]] = []
-        for a, s in zip(args, states, strict=True):
-            is_self = a is write_target
-            if not nf.grad_on:
-                # In-place under no_grad keeps the target's history; nothing else is recorded.
-                d = is_self and name not in ops.DETACH
-                deps.append((s, d, False))
-            elif is_self and overwrites:
-                deps.append((s, True, True))  # zero_/fill_/copy_: the old value gets a zero gradient
-            else:
-                deps.append((s, diff, zero))
+        writes = view.writes
+        write_target = writes if isinstance(writes, torch.fx.Node) else None
+        grad_on = nf.grad_on
+        live_in: torch.fx.Node | None = None  # a live input whose gradient would flow through this node
+        any_live: torch.fx.Node | None = None
+        if write_target is None and grad_on:
+            deps = [(s, diff, zero) for s in states]
+            for s in states:
+                sf = nodes.get(s)
+                if sf is not None and sf.live:
+                    any_live = any_live or s
+                    if diff:
+                        live_in = s
+                        break
+        else:
+            overwrites = write_target is not None and name in ops.OVERWRITES
+            deps = []
+            for a, s in zip(args, states, strict=True):
+                is_self = a is write_target
+                if not grad_on:
+                    # In-place under no_grad keeps the target's history; nothing else is recorded.
+                    d, z = is_self and name not in ops.DETACH, False
+                elif is_self and overwrites:
+                    d, z = True, True  # zero_/fill_/copy_: the old value gets a zero gradient
+                else:
+                    d, z = diff, zero
+                deps.append((s, d, z))
+                sf = nodes.get(s)
+                if sf is not None and sf.live:
+                    any_live = any_live or s
+                    if d and live_in is None:
+                        live_in = s
         nf.deps = deps
+        nf.zero = zero
 
-        if not nf.grad_on and cut is None and any(self.nodes[s].live for s in states if s in self.nodes):
+        if not grad_on and cut is None and any_live is not None:
             cut = "no_grad"
-        if cut is not None:
-            live_in = next((s for s in states if s in self.nodes and self.nodes[s].live), None)
-            if live_in is not None or cut == "no_grad":
-                nf.cut, nf.cut_input = cut, live_in
+        if cut is not None and (any_live is not None or cut == "no_grad"):
+            nf.cut, nf.cut_input = cut, any_live
 
-        live_in_any = any(d and self.nodes[s].live for s, d, _ in deps if s in self.nodes)
+        if grad_on and live_in is not None and view.spelling.endswith("(out=...)"):
+            nf.forward_error = (f"{name}(): functions with out=... arguments don't support automatic "
+                                "differentiation, but one of the arguments requires grad.")
+        if grad_on and live_in is not None and name in ops.NO_DERIVATIVE:
+            nf.no_derivative = True
         if node.op == "call_module":
-            nf.module_params = self._module_params(str(node.target))
-            nf.live = nf.grad_on and (live_in_any or bool(nf.module_params))
-            if not nf.grad_on and nf.module_params and nf.cut is None:
+            nf.module_params = [p for p in self._module_params(str(node.target)) if p not in self.frozen]
+            nf.live = grad_on and (live_in is not None or bool(nf.module_params))
+            if not grad_on and nf.module_params and nf.cut is None:
                 nf.cut = "no_grad"
         else:
-            nf.live = nf.grad_on and live_in_any and not value_result
-        if name == "requires_grad_" and first_f is not None:
-            nf.live = (first_f.role == "param" and diff) or (diff and self.nodes[states[0]].live)
-
-        self._aliases(nf, first, first_f, states)
-        if write_target is not None:
+            nf.live = grad_on and live_in is not None and not value_result
+        if write_target is not None and not nf.live and grad_on is False and live_in is not None:
+            nf.live = True  # in-place under no_grad: the target keeps requiring grad
+        if first_f is not None and not value_result:
+            self._aliases(nf, first, first_f, states)
+        for pname in view.param_writes:
+            self._write_root(nf, ("param", self.param_names.get(id(_attr(self.gm, pname)), pname)))
+        if write_target is not None and name in ops.META_WRITES:
+            self._meta_write(nf, write_target, diff)
+        elif write_target is not None:
             self._write(nf, write_target)
-        if nf.live or (write_target is not None and nf.grad_on):
+        if (nf.live or (write_target is not None and grad_on)) and not nf.meta_write:
             self._record_saved(nf)
 
     def _aliases(self, nf: NodeFacts, first: torch.fx.Node | None, first_f: NodeFacts | None,
@@ -362,16 +424,19 @@ class _Pass:
                     src_f = self.nodes.get(src) if src is not None else None
                     if src_f is not None:
                         nf.vroot, nf.croot, nf.sroot = src_f.vroot, src_f.croot, src_f.sroot
+                        nf.multi_view = True
                 return
             index = node.args[1] if len(node.args) > 1 else None
             advanced = any(self.nodes[i].role != "value" for i in _flat_nodes(index) if i in self.nodes)
-            if isinstance(index, (list, tuple)) and any(isinstance(i, (list, tuple)) for i in index):
-                advanced = True
+            if isinstance(index, list) or (isinstance(index, tuple) and any(isinstance(i, list) for i in index)):
+                advanced = True  # x[[0, 1]] indexes with a list: a copy, like indexing with a tensor
             if not advanced and base_node is not None:
                 nf.vroot, nf.croot, nf.sroot = base_f.vroot, base_f.croot, base_f.sroot
+                nf.multi_view = base_f.multi_view
             return
-        if ops.is_view_op(name):
+        if ops.is_view_op(name) or (name.startswith("getattr.") and name[8:] in _VIEW_ATTRS):
             nf.vroot, nf.croot, nf.sroot = first_f.vroot, first_f.croot, first_f.sroot
+            nf.multi_view = first_f.multi_view
 
     def _returns_tuple(self, nf: NodeFacts) -> bool:
         name = nf.view.name
@@ -399,54 +464,100 @@ class _Pass:
         elif root_f is not None and root_f.role in ("input", "buffer", "constant", "param"):
             nf.target_role = root_f.role
         nf.is_view_target = tf.vroot is not target and tf.vroot is not None
-        on_param = isinstance(tf.sroot, tuple) or (
-            isinstance(tf.sroot, torch.fx.Node) and tf.sroot in self.nodes and self.nodes[tf.sroot].role == "param")
-        if on_param and nf.grad_on and tf.croot == tf.vroot and self.nodes[self.state(target, nf)].live:
-            nf.leaf_write = nf.view.name != "requires_grad_"
-        # Version bump: tensors saved on this storage before now are settled here.
-        for use in self.pending.pop(tf.sroot, []):
-            if use.croot == tf.croot:
-                nf.overwritten.append(use)
-            else:
-                nf.silently_written.append(use)
+        if nf.grad_on and tf.vroot in self.leaf_roots and nf.target_live:
+            nf.leaf_write = True
+        elif nf.grad_on and tf.multi_view and nf.target_live:
+            nf.forward_error = ("Output 0 of SplitBackward0 is a view and is being modified inplace. This view is the "
+                                "output of a function that returns multiple views. Such functions do not allow the "
+                                "output views to be modified inplace.")
+        self._settle(nf, tf.sroot, tf.croot)
         nf.unknown_savers = self.pending_unknown.pop(tf.sroot, [])
         self.last_mut[tf.vroot] = nf
 
+    def _settle(self, nf: NodeFacts, sroot: Root, croot: Root) -> None:
+        """A data write: tensors saved on this storage before now are overwritten (same version counter) or
+        silently written (another counter, i.e. through ``.data``)."""
+        for use in self.pending.pop(sroot, []):
+            if use.croot == croot:
+                nf.overwritten.append(use)
+            else:
+                nf.silently_written.append(use)
+
+    def _write_root(self, nf: NodeFacts, root: Root) -> None:
+        """An op that writes a parameter it owns (``nn.Embedding(max_norm=...)`` renormalises its weight)."""
+        self._settle(nf, root, root)
+
+    def _meta_write(self, nf: NodeFacts, target: torch.fx.Node, flag: bool) -> None:
+        """``detach_()`` / ``requires_grad_(flag)``: later reads see the new autograd state; no data changes."""
+        tf = self.nodes.get(target)
+        if tf is None:
+            return
+        nf.target, nf.target_role, nf.meta_write = target, tf.role, True
+        before = self.state(target, nf)
+        was_live = before in self.nodes and self.nodes[before].live
+        nf.target_live = was_live
+        root = tf.vroot
+        if nf.view.name == "requires_grad_":
+            is_leaf = root in self.leaf_roots or not was_live
+            if not flag and was_live and not is_leaf:
+                nf.forward_error = ("you can only change requires_grad flags of leaf variables. If you want to use a "
+                                    "computed variable in a subgraph that doesn't require differentiation use "
+                                    "var_no_grad = var.detach().")
+            nf.live = flag if is_leaf else was_live
+            if isinstance(root, tuple):
+                if flag:
+                    self.frozen.pop(root[1], None)
+                    self.leaf_roots.add(root)
+                else:
+                    self.frozen[root[1]] = nf.node
+                    self.leaf_roots.discard(root)
+            elif flag and not was_live:
+                self.leaf_roots.add(root)
+        else:
+            nf.live = False
+        self.last_mut[root] = nf
+
+    def _requires(self, a: Any, nf: NodeFacts) -> bool:
+        if not isinstance(a, torch.fx.Node):
+            return False
+        s = self.state(a, nf) if self.last_mut else a
+        sf = self.nodes.get(s)
+        return sf is not None and sf.live
+
     def _record_saved(self, nf: NodeFacts) -> None:
         view = nf.view
-
-        def requires(name: str) -> bool:
-            if name in view.params:
-                return True
-            a = view.args.get(name)
-            if isinstance(a, torch.fx.Node):
-                s = self.state(a, nf)
-                return s in self.nodes and self.nodes[s].live
-            return False
-
-        answer = ops.saved_args(view, requires)
-        if answer is None:
-            if view.name not in ops.PASS_THROUGH and not ops.is_view_op(view.name) and nf.node.op != "output":
-                for a in _flat_nodes(nf.node.args):
+        name = view.name
+        entry = SAVED.get(name)
+        if entry is None and name.endswith("_"):
+            entry = SAVED.get(name[:-1])
+        if entry is None:
+            if name not in ops.PASS_THROUGH and not ops.is_view_op(name):
+                for a in nf.node.all_input_nodes:
                     af = self.nodes.get(a)
                     if af is not None and af.role != "value":
                         self.pending_unknown.setdefault(af.sroot, []).append(nf.node)
             return
-        names, backend = answer
-        for arg in sorted(names):
+        params, args = view.params, view.args
+        names: set[str] = set()
+        for inp, saved in entry[1].items():
+            if saved and (inp in params or self._requires(args.get(inp), nf)):
+                names.update(saved)
+        if not names:
+            return
+        backend = name in BACKEND_DEPENDENT
+        for arg in names:
             if arg.startswith("result"):
                 if arg == "result":
                     self._save(SavedUse(nf.node, nf.node, arg, nf.croot, nf.sroot, backend))
                 continue
-            if arg in view.params:
-                proot = ("param", view.params[arg])
-                self._save(SavedUse(nf.node, view.params[arg], arg, proot, proot, backend))
+            if arg in params:
+                proot = ("param", params[arg])
+                self._save(SavedUse(nf.node, params[arg], arg, proot, proot, backend))
                 continue
-            arg_node = view.args.get(arg)
+            arg_node = args.get(arg)
             if isinstance(arg_node, torch.fx.Node) and arg_node in self.nodes:
                 current = self.state(arg_node, nf)
-                af = self.nodes.get(current, self.nodes[arg_node])
-                if af.role == "value":
+                if self.nodes.get(current, self.nodes[arg_node]).role == "value":
                     continue
                 orig = self.nodes[arg_node]
                 self._save(SavedUse(nf.node, arg_node, arg, orig.croot, orig.sroot, backend))
@@ -511,7 +622,8 @@ class _Pass:
                 pf.cause = self._zero_cause(reach[0])
             else:
                 pf.status = "no-grad"
-                pf.cause = next((f.node for f in used if f.role != "param" and f.cut == "no_grad"), None)
+                pf.cause = self.frozen.get(name) or next(
+                    (f.node for f in used if f.role != "param" and f.cut == "no_grad"), None)
                 if pf.cause is None:
                     pf.cause = next((f.cause for f in used if f.cause is not None), None)
         return out

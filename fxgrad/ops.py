@@ -147,6 +147,24 @@ DETACH = frozenset({"detach", "detach_"})
 #: methods that end in ``_`` but do not write tensor data.
 NOT_DATA_WRITES = frozenset({"requires_grad_", "detach_", "share_memory_", "retain_grad_", "record_stream_",
                              "register_hook_", "pin_memory_", "is_set_to_"})
+#: writes of autograd metadata, not data: later reads see the change, the version counter does not move.
+META_WRITES = frozenset({"detach_", "requires_grad_"})
+#: ops that return (values, indices): the second output is an integer tensor.
+VALUES_INDICES = frozenset({"topk", "sort", "max", "min", "kthvalue", "mode", "median", "nanmedian", "cummax",
+                            "cummin"})
+#: ops whose derivative autograd does not implement: backward raises if it reaches them.
+NO_DERIVATIVE = frozenset({"floor_divide", "rfloor_divide"})
+#: dropout variants: ``inplace=True`` writes only while training.
+DROPOUTS = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"})
+#: reflected operators (``2.0 ** h``, ``1.0 / h``): what they save, in the generated table's format. ``1.0 / h``
+#: is ``reciprocal(h) * 1.0``: only an intermediate is saved; ``2.0 ** h`` is ``pow.Scalar``: exponent and result.
+REFLECTED_SAVED: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
+    "radd": (("other", "self"), {"self": ()}),
+    "rsub": (("other", "self"), {"self": ()}),
+    "rmul": (("other", "self"), {"self": ()}),
+    "rdiv": (("other", "self"), {"self": ()}),
+    "rpow": (("other", "self"), {"self": ("self", "result")}),
+}
 #: in-place ops that overwrite the target completely (its old value gets a zero gradient).
 OVERWRITES = frozenset({"zero", "fill", "copy", "normal", "uniform", "bernoulli", "random", "exponential",
                         "geometric", "log_normal", "cauchy", "set"})
@@ -219,6 +237,8 @@ class OpView:
     params: dict[str, str] = field(default_factory=dict)
     #: True for ``torch.nn`` modules fxgrad knows; unknown leaf modules are opaque.
     known: bool = True
+    #: qualified names of parameters the op writes in place (``nn.Embedding(max_norm=...)`` renormalises its weight)
+    param_writes: tuple[str, ...] = ()
 
     @property
     def inplace(self) -> bool:
@@ -298,16 +318,23 @@ def _template(op: str, target: Any) -> _Template:
         return cached
     if op == "call_method":
         method = str(target)
-        writes = method.endswith("_") and not method.endswith("__") and method not in NOT_DATA_WRITES
-        base = method[:-1] if writes else method
-        t = _Template(base, _schema_arg_names(base), writes, f"x.{method}()")
+        if method == "__setitem__":  # a real tensor written with a traced value: ``buf[i] = proxy``
+            t = _Template("setitem", ("self", "index", "value"), True, "x[i] = v")
+        elif method in META_WRITES:
+            t = _Template(method, _schema_arg_names(method[:-1]), True, f"x.{method}()")
+        else:
+            writes = method.endswith("_") and not method.endswith("__") and method not in NOT_DATA_WRITES
+            base = method[:-1] if writes else method
+            t = _Template(base, _schema_arg_names(base), writes, f"x.{method}()")
     elif target in AUGMENTED:
         base = AUGMENTED[target][1]
         t = _Template(base, ("self", "other"), True, _AUG_SYMBOL.get(base, f"{base}="))
     elif target is operator.setitem:
         t = _Template("setitem", ("self", "index", "value"), True, "x[i] = v")
     elif target in _OPERATORS:
-        t = _Template(_OPERATORS[target], ("self", "other"), False, _OPERATORS[target])
+        name = _OPERATORS[target]
+        names = _schema_arg_names(name) or ("self", "other")
+        t = _Template(name, names[:2] if len(names) >= 2 else ("self", "other"), False, name)
     else:
         fname = getattr(target, "__name__", str(target))
         module = getattr(target, "__module__", "") or ""
@@ -327,6 +354,7 @@ class OpViewer:
     def __init__(self, modules: dict[str, nn.Module]) -> None:
         self.modules = modules
         self._modules: dict[str, tuple[str, str | None, str, dict[str, str], bool, bool]] = {}
+        self._param_writes: dict[str, tuple[str, ...]] = {}
 
     def _module(self, target: str) -> tuple[str, str | None, str, dict[str, str], bool, bool] | None:
         if target in self._modules:
@@ -336,6 +364,8 @@ class OpViewer:
             return None
         entry = _MODULES.get(type(mod))
         inplace = isinstance(mod, INPLACE_MODULE_TYPES) and getattr(mod, "inplace", False) is True
+        if inplace and isinstance(mod, nn.modules.dropout._DropoutNd) and not mod.training:
+            inplace = False  # F.dropout(training=False) returns its input untouched
         spelling = f"nn.{type(mod).__name__}(inplace=True)" if inplace else f"nn.{type(mod).__name__}"
         info: tuple[str, str | None, str, dict[str, str], bool, bool]
         if entry is None:
@@ -349,6 +379,8 @@ class OpViewer:
                     mod.training or mod.running_mean is None):
                 name = "batch_norm_eval"
             info = (name, first, spelling, params, inplace, True)
+        if isinstance(mod, nn.Embedding) and mod.max_norm is not None:
+            self._param_writes[target] = (f"{target}.weight",)
         self._modules[target] = info
         return info
 
@@ -364,7 +396,8 @@ class OpViewer:
                 bound = _bind(None, tuple(args), dict(node.kwargs))
             else:
                 bound = {first: args[0]} if args and first else {}
-            return OpView(name, bound, args[0] if inplace and args else None, spelling, params, known)
+            return OpView(name, bound, args[0] if inplace and args else None, spelling, params, known,
+                          self._param_writes.get(str(node.target), ()))
         if op not in ("call_method", "call_function"):
             return OpView(op)
         target = node.target
@@ -372,8 +405,14 @@ class OpViewer:
             return OpView(f"getattr.{args[1]}", {"self": args[0]}, None, f"x.{args[1]}")
         t = _template(op, target)
         kwargs = node.kwargs
+        if target in _OPERATORS and len(args) == 2 and not isinstance(args[0], torch.fx.Node) and isinstance(
+                args[1], torch.fx.Node):
+            # ``2.0 ** h``: Python calls ``h.__rpow__(2.0)``, a different op with a different saved set
+            return OpView(f"r{t.name}", {"other": args[0], "self": args[1]}, None, t.spelling)
         if t.python:
             bound = _bind_call(target, t.name, tuple(args), dict(kwargs))  # type: ignore[arg-type]
+            if t.name in DROPOUTS and bound.get("training", True) is False:
+                bound.pop("inplace", None)  # a no-op outside training: nothing is written
             if bound.get("inplace") is True:
                 bound.pop("inplace")
                 names = _signature_names(target)  # type: ignore[arg-type]

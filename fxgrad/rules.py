@@ -44,7 +44,10 @@ def _lost(nf: NodeFacts, facts: GraphFacts) -> list[str]:
 
 
 def _load_bearing(nf: NodeFacts, facts: GraphFacts) -> bool:
-    """The cut matters: its result reaches the output, and the value it cuts gets no gradient elsewhere."""
+    """The cut matters: parameters lose their gradient here, or its result reaches the output and the value it
+    cuts gets no gradient through any other path."""
+    if _lost(nf, facts):
+        return True
     if not nf.data_reach:
         return False
     if nf.cut_input is not None and not facts[nf.cut_input].reach:
@@ -136,7 +139,7 @@ def _check_leaf(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
 
 
 def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
-    if nf.target is None or nf.target_role != "activation" or nf.leaf_write:
+    if nf.target is None or nf.target_role != "activation" or nf.leaf_write or nf.meta_write or nf.forward_error:
         return None
     if [u for u in nf.overwritten + nf.silently_written if facts[u.saver].reach]:
         return None
@@ -156,17 +159,32 @@ def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | Non
 
 
 def _check_alias(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
-    if nf.target is None or not nf.alias_read_after or nf.target_role not in ("activation",):
+    if nf.target is None or nf.meta_write or not nf.alias_read_after or nf.target_role not in ("activation",):
         return None
     return _finding("FXG104", nf, f"In-place `{nf.view.spelling}` writes `{nf.target.name}`, which shares memory "
                     "with another tensor that is read later: that read sees the new values.")
 
 
 def _check_input(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
-    if nf.target is None or nf.target_role != "input":
+    if nf.target is None or nf.meta_write or nf.target_role != "input":
         return None
     return _finding("FXG105", nf, f"In-place `{nf.view.spelling}` changes the graph input `{nf.target.name}` "
                     "(or a view of it): the caller's tensor is modified.")
+
+
+def _check_no_derivative(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
+    if not nf.no_derivative or not nf.reach:
+        return None
+    return _finding("FXG009", nf, f"`{nf.view.spelling}` has no derivative: backward() will raise \"RuntimeError: "
+                    f"the derivative for '{nf.view.name}' is not implemented\" when the gradient reaches it. Detach "
+                    "its input if no gradient is meant to flow, or use a differentiable op.")
+
+
+def _check_forward_error(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
+    if not nf.forward_error:
+        return None
+    return _finding("FXG010", nf, f"Autograd rejects `{nf.view.spelling or nf.view.name}` here: forward raises "
+                    f"\"RuntimeError: {nf.forward_error}\"")
 
 
 RULES: tuple[Rule, ...] = (
@@ -202,6 +220,11 @@ RULES: tuple[Rule, ...] = (
          check=_cut_rule("rebuild", "FXG008",
                          lambda nf, f: f"`{nf.view.spelling}` builds a new tensor without the history of "
                          f"{_name(nf, f)}.")),
+    Rule("FXG009", "no-derivative", "error", "op without a derivative on the gradient path (`//`, `floor_divide`): "
+         "`backward()` raises", "Autograd records the op but cannot differentiate it.", check=_check_no_derivative),
+    Rule("FXG010", "autograd-forward-error", "error", "autograd rejects the call in forward: `requires_grad_(False)` "
+         "on a non-leaf, in-place on a view returned by `split`/`chunk`/`unbind`, `out=` with inputs that require "
+         "grad", "These raise during forward, before any gradient exists.", check=_check_forward_error),
     Rule("FXG101", "inplace-activation", "warning", "in-place op on an activation (`x.add_()`, `torch.relu_`, "
          "`inplace=True`, in-place modules, `+=`, `x[i] = v`, `out=`)",
          "Legal as long as no op saved the overwritten tensor for backward; fragile under later edits.",

@@ -1,0 +1,360 @@
+"""fxgrad's verdicts against eager PyTorch, case by case.
+
+Every expectation here is measured in the same test: :func:`oracle.eager_truth` runs the model's real forward
+and backward, and fxgrad's report must say what eager did. Known disagreements stay in place as strict xfails
+that name the fxgrad bug, so they turn into failures the day they are fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import fxgrad
+from fxgrad.rules import RULES
+
+from .corpus import CASES, Case, build, build_inputs
+from .oracle import Truth, eager_truth, grads_differ
+
+# Static verdicts (no example inputs) that disagree with eager: fxgrad bugs, reported to the lead.
+STATIC_BUGS: dict[str, str] = {
+    "DropoutEvalInplaceOnSaved": "fxgrad bug: `F.dropout(y, 0.5, training=False, inplace=True)` is a no-op in eager, "
+    "but static analysis reports FXG102 on sigmoid's output",
+    "EinsumThenMul_": "fxgrad bug: `einsum('ij,jk->ik', h, W)` then `h.mul_()` -- static analysis does not know einsum "
+    "saves its operands (FXG101 only); eager backward raises",
+    "RpowThenMul_": "fxgrad bug: `y = 2.0 ** h; y.mul_(2)` -- `operator.pow` with a scalar base is not known to save "
+    "its result (FXG101 only); eager backward raises",
+}
+# Dry-run verdicts (with example inputs) that disagree with eager.
+DRYRUN_BUGS: dict[str, str] = {
+    "ReshapeCopyInplace": "fxgrad bug: the dry-run proves `z = y.t().reshape(-1)` is a copy (no FXG102) but keeps "
+    "the static FXG104 ('shares memory with another tensor that is read later', false: outputs equal the "
+    "out-of-place program) and reports no FXG101 for the legal in-place on an activation",
+    "DropoutEvalInplaceOnSaved": "fxgrad bug: the dry-run reports FXG106 (write behind the version counter) for "
+    "`F.dropout(y, training=False, inplace=True)`, a no-op: eager gradients equal the program without it; and no "
+    "FXG101",
+}
+
+
+def _cases(bugs: dict[str, str]) -> list[object]:
+    return [pytest.param(c, id=name, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=bugs[name])
+                         if name in bugs else ())
+            for name, c in CASES.items()]
+
+
+def _truth(c: Case, *, reference: bool = False) -> Truth:
+    return eager_truth(build(c, reference=reference), build_inputs(c))
+
+
+def _outputs_differ(a: Truth, b: Truth) -> bool:
+    return len(a.outputs) != len(b.outputs) or any(
+        x.shape != y.shape or not torch.allclose(x, y, rtol=1e-4, atol=1e-6)
+        for x, y in zip(a.outputs, b.outputs, strict=False))
+
+
+def _silently_wrong(truth: Truth, ref: Truth | None) -> bool:
+    """Same forward values as the out-of-place program, different gradients: a write autograd did not see."""
+    return ref is not None and not _outputs_differ(truth, ref) and grads_differ(truth.grads, ref.grads)
+
+
+def mismatches(report: fxgrad.Report, truth: Truth, ref: Truth | None, *, decidable: bool) -> list[str]:
+    """Every way ``report`` disagrees with what eager did (empty: they agree)."""
+    # Suppression hides a finding from the user; it does not change what fxgrad found.
+    found = report.findings + report.suppressed
+    codes = {f.code for f in found}
+    status = {name: p.status for name, p in report.params.items()}
+    bad: list[str] = []
+
+    def expect(what: str, fxgrad_says: object, eager_says: object) -> None:
+        if fxgrad_says != eager_says:
+            bad.append(f"{what}: fxgrad {fxgrad_says!r}, eager {eager_says!r}")
+
+    expect("reported parameters", set(status), set(truth.grads))
+    if decidable:
+        expect("FXG103 (forward raises the leaf error)", "FXG103" in codes, truth.leaf_error)
+    if decidable and truth.forward_error is None:  # when forward raises, eager never reaches backward
+        expect("FXG102 (backward raises the in-place error)", "FXG102" in codes, truth.inplace_error)
+    if truth.forward_error is None:
+        expect("FXG105 (the caller's input changes)", "FXG105" in codes, truth.inputs_mutated)
+    if truth.clean_run:
+        expect("no-grad or unused parameters", {n for n, s in status.items() if s in ("no-grad", "unused")},
+               set(truth.no_grad_params))
+        expect("unused parameters", {n for n, s in status.items() if s == "unused"}, set(truth.unused_params))
+        expect("zero-grad parameters", {n for n, s in status.items() if s == "zero-grad"},
+               set(truth.zero_grad_params))
+        if decidable:
+            expect("FXG101 (legal in-place on an activation)", "FXG101" in codes, truth.activation_mutated)
+    if ref is not None and truth.clean_run and decidable:
+        expect("FXG104 (a later read sees the in-place write)", "FXG104" in codes, _outputs_differ(truth, ref))
+        expect("FXG106 (silently wrong gradient)", "FXG106" in codes, _silently_wrong(truth, ref))
+    if decidable:
+        eager_ok = truth.clean_run and not (truth.no_grad_params - truth.unused_params) and not _silently_wrong(
+            truth, ref)
+        expect("no error-severity finding", not any(f.severity == "error" for f in found), eager_ok)
+    return bad
+
+
+@pytest.mark.parametrize("c", _cases(STATIC_BUGS))
+def test_static_verdicts_match_eager(c: Case) -> None:
+    truth = _truth(c)
+    ref = _truth(c, reference=True) if c.reference else None
+    report = fxgrad.analyze(build(c))
+    assert report.mode == "static"
+    problems = mismatches(report, truth, ref, decidable=c.static_ok)
+    assert not problems, f"{c.name} ({c.what}):\n  " + "\n  ".join(problems) + f"\n{report}"
+
+
+@pytest.mark.parametrize("c", _cases(DRYRUN_BUGS))
+def test_dryrun_verdicts_match_eager(c: Case) -> None:
+    truth = _truth(c)
+    ref = _truth(c, reference=True) if c.reference else None
+    if truth.forward_error is not None and not truth.leaf_error:
+        # The model raises on any input; fxgrad may say so as an error or as a report that is not ok.
+        try:
+            report = fxgrad.analyze(build(c), build_inputs(c))
+        except fxgrad.FxgradError as e:
+            assert truth.forward_error.splitlines()[0][:40] in str(e)
+            assert e.__cause__ is not None
+            return
+        assert not report.ok, f"eager forward raises ({truth.forward_error}) but the report is ok:\n{report}"
+        return
+    report = fxgrad.analyze(build(c), build_inputs(c))
+    problems = mismatches(report, truth, ref, decidable=True)
+    assert not problems, f"{c.name} ({c.what}):\n  " + "\n  ".join(problems) + f"\n{report}"
+
+
+def test_corpus_is_large_and_documented() -> None:
+    assert len(CASES) >= 45
+    for c in CASES.values():
+        assert c.what and c.what != c.name, f"{c.name} needs a docstring saying what it exercises"
+    undecidable = [c for c in CASES.values() if not c.static_ok]
+    assert all(c.reason for c in undecidable)
+    assert len(undecidable) <= len(CASES) // 10, "static_ok=False is for the few legitimately undecidable cases"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The article's examples.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_article_example_2_has_no_findings() -> None:
+    c = CASES["Ex2MulScalar"]
+    truth = _truth(c)
+    assert truth.clean_run and not truth.no_grad_params and not truth.zero_grad_params
+    report = fxgrad.analyze(build(c))
+    assert report.findings == []
+    assert {p.status for p in report.params.values()} == {"ok"}
+
+
+def test_article_example_3_is_one_legal_inplace_warning() -> None:
+    ex2, ex3 = _truth(CASES["Ex2MulScalar"]), _truth(CASES["Ex3InplaceMulScalar"])
+    # `t *= 2.0` computes exactly what `t * 2.0` computes, gradients included: nothing breaks.
+    assert ex3.clean_run and not grads_differ(ex2.grads, ex3.grads)
+    report = fxgrad.analyze(build(CASES["Ex3InplaceMulScalar"]))
+    assert [f.code for f in report.findings] == ["FXG101"]
+    assert report.ok
+    finding = report.findings[0]
+    assert finding.location is not None and finding.location.code == "t *= 2.0"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One flagged and one clean model per code, each side backed by an eager measurement.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _lost(t: Truth, r: Truth | None) -> bool:
+    return t.clean_run and bool(t.no_grad_params - t.unused_params)
+
+
+_SIGNALS: dict[str, Callable[[Truth, Truth | None], bool]] = {
+    "cut": _lost,
+    "zero": lambda t, r: t.clean_run and bool(t.zero_grad_params),
+    "activation": lambda t, r: t.clean_run and t.activation_mutated,
+    "inplace_error": lambda t, r: t.inplace_error,
+    "leaf_error": lambda t, r: t.leaf_error,
+    "alias": lambda t, r: r is not None and _outputs_differ(t, r),
+    "input": lambda t, r: t.inputs_mutated,
+    "silent": _silently_wrong,
+    "unused": lambda t, r: t.clean_run and bool(t.unused_params),
+    "no_derivative": lambda t, r: t.backward_error is not None and "not implemented" in t.backward_error,
+    "forward_error": lambda t, r: t.forward_error is not None and not t.leaf_error,
+}
+
+#: code -> (flagged case, clean case, the eager signal that tells them apart)
+PAIRS: dict[str, tuple[str, str, str]] = {
+    "FXG001": ("Detach", "DictOutputOneDetached", "cut"),
+    "FXG002": ("DataRead", "DataWriteUnsaved", "cut"),
+    "FXG003": ("NoGradBlock", "BufferUpdateNoGrad", "cut"),
+    "FXG004": ("ItemRetensor", "ItemOfInputForScale", "cut"),
+    "FXG005": ("RequiresGradFalseFunctional", "RequiresGradFalseOnInput", "cut"),
+    "FXG006": ("ArgmaxBeforeOutput", "ArgmaxGather", "cut"),
+    "FXG007": ("RoundZeroGrad", "StraightThroughEstimator", "zero"),
+    "FXG008": ("NewTensorRebuild", "NewTensorOfInput", "cut"),
+    "FXG009": ("FloorDivideNoDerivative", "FloorZeroGrad", "no_derivative"),
+    "FXG010": ("ChunkViewInplace", "ChunkThenOutOfPlace", "forward_error"),
+    "FXG101": ("Ex3InplaceMulScalar", "Ex2MulScalar", "activation"),
+    "FXG102": ("SigmoidMul_", "EluThenAdd_", "inplace_error"),
+    "FXG103": ("ParamInplaceGradEnabled", "ParamInplaceNoGrad", "leaf_error"),
+    "FXG104": ("AliasReadAfterWrite", "ViewWriteReadView", "alias"),
+    "FXG105": ("InputInplaceMul_", "LinearOutputAdd_", "input"),
+    "FXG106": ("DataWriteIntoSaved", "DataWriteUnsaved", "silent"),
+    "FXG201": ("Detach", "DictOutputOneDetached", "cut"),
+    "FXG202": ("RoundZeroGrad", "StraightThroughEstimator", "zero"),
+    "FXG203": ("UnusedSubmodule", "UnusedTupleOutputBranch", "unused"),
+}
+
+
+@pytest.mark.parametrize("code", sorted(PAIRS))
+def test_rule_flagged_and_clean(code: str) -> None:
+    flagged, clean, signal = PAIRS[code]
+    for name, expected in ((flagged, True), (clean, False)):
+        c = CASES[name]
+        truth = _truth(c)
+        ref = _truth(c, reference=True) if c.reference else None
+        assert _SIGNALS[signal](truth, ref) is expected, f"eager does not show {signal!r}={expected} for {name}"
+        report = fxgrad.analyze(build(c))
+        assert (code in report.codes()) is expected, f"{code} on {name}:\n{report}"
+
+
+def test_every_rule_has_a_flagged_and_a_clean_case() -> None:
+    codes = [r.code for r in RULES]
+    assert len(codes) == len(set(codes)), "rule codes must be unique"
+    assert sorted(codes) == sorted(PAIRS), "every rule needs a flagged/clean pair (and no pair without a rule)"
+    for code, (flagged, clean, signal) in PAIRS.items():
+        assert flagged in CASES and clean in CASES and flagged != clean, code
+        assert signal in _SIGNALS, code
+
+
+def test_findings_name_the_users_line() -> None:
+    c = CASES["SigmoidMul_"]
+    assert _truth(c).inplace_error
+    (finding,) = fxgrad.analyze(build(c)).by_code("FXG102")
+    assert finding.location is not None
+    assert finding.location.file.endswith("corpus.py")
+    assert finding.location.code == "t.mul_(2.0)"
+    assert [r.location.code for r in finding.related if r.location] == ["t = torch.sigmoid(self.linear(x))"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# analyze() leaves the model and the process as they were.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _snapshot(model: nn.Module) -> dict[str, object]:
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "grad": {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
+        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "training": {k: m.training for k, m in model.named_modules()},
+        "inplace": {k: getattr(m, "inplace", None) for k, m in model.named_modules()},
+        "versions": {k: v._version for k, v in model.state_dict(keep_vars=True).items()},
+    }
+
+
+def _same(a: dict[str, object], b: dict[str, object]) -> bool:
+    for key in a:
+        x, y = a[key], b[key]
+        assert isinstance(x, dict) and isinstance(y, dict)
+        if x.keys() != y.keys():
+            return False
+        for k in x:
+            u, v = x[k], y[k]
+            if isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor):
+                if u.shape != v.shape or not torch.equal(u, v):
+                    return False
+            elif u != v:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("name", ["ConvBnReluInplace", "ResNetBasicBlock", "RequiresGradFalseThenModule",
+                                  "ParamInplaceNoGrad", "BufferUpdateNoGrad",
+                                  "SetGradEnabledCall", "InferenceModeBlock", "SigmoidModuleReluInplace"])
+@pytest.mark.parametrize("with_inputs", [False, True], ids=["static", "dry-run"])
+@pytest.mark.parametrize("grad_enabled", [True, False], ids=["grad", "no_grad"])
+def test_analyze_leaves_the_model_untouched(name: str, with_inputs: bool, grad_enabled: bool) -> None:
+    c = CASES[name]
+    model = build(c)
+    # State a user might have: an accumulated gradient, a frozen parameter, a submodule in eval mode.
+    params = list(model.parameters())
+    params[0].grad = torch.full_like(params[0], 0.25)
+    params[-1].requires_grad_(False)
+    list(model.modules())[-1].eval()
+    before = _snapshot(model)
+    torch.set_grad_enabled(True)
+    rng = torch.get_rng_state()
+    with torch.set_grad_enabled(grad_enabled):
+        fxgrad.analyze(model, build_inputs(c) if with_inputs else None)
+        assert torch.is_grad_enabled() is grad_enabled
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert _same(before, _snapshot(model))
+    assert torch.is_grad_enabled()
+
+
+def test_the_untouched_check_can_fail() -> None:
+    """The snapshot comparison above sees what eager forward changes (running stats, requires_grad, grad mode)."""
+    for name in ("ConvBnReluInplace", "RequiresGradFalseThenModule", "ParamInplaceNoGrad"):
+        model = build(CASES[name])
+        before = _snapshot(model)
+        model(*build_inputs(CASES[name]))
+        assert not _same(before, _snapshot(model)), name
+    model = build(CASES["SetGradEnabledCall"])
+    try:
+        torch.set_grad_enabled(True)
+        torch.set_grad_enabled(False)
+        model(*build_inputs(CASES["SetGradEnabledCall"]))  # leaves grad mode on: eager changes global state
+        assert torch.is_grad_enabled()
+    finally:
+        torch.set_grad_enabled(True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Selecting and suppressing findings.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_ignore_and_select_filter_findings() -> None:
+    c = CASES["InputSavedThenMul_"]
+    truth = _truth(c)
+    assert truth.inplace_error and truth.inputs_mutated
+    full = fxgrad.analyze(build(c))
+    assert {"FXG102", "FXG105"} <= set(full.codes())
+
+    no102 = fxgrad.analyze(build(c), ignore=["FXG102"])
+    assert "FXG102" not in no102.codes() and "FXG105" in no102.codes()
+    assert [f.code for f in no102.suppressed] == ["FXG102"]
+
+    no_family = fxgrad.analyze(build(c), ignore=["FXG1"])
+    assert not [code for code in no_family.codes() if code.startswith("FXG1")]
+    assert {"FXG102", "FXG105"} <= {f.code for f in no_family.suppressed}
+
+    only_inputs = fxgrad.analyze(build(c), select=["FXG105"])
+    assert only_inputs.codes() == ["FXG105"]
+    # Filtering hides findings; it does not change the parameter verdicts.
+    assert {k: p.status for k, p in only_inputs.params.items()} == {k: p.status for k, p in full.params.items()}
+
+    with pytest.raises(fxgrad.InputError, match="FXG999"):
+        fxgrad.analyze(build(c), ignore=["FXG999"])
+
+
+def test_suppression_comment_silences_its_code_only() -> None:
+    flagged, suppressed = CASES["Detach"], CASES["SuppressedDetach"]
+    assert _truth(suppressed).no_grad_params == _truth(flagged).no_grad_params == {"a.weight", "a.bias"}
+    assert "FXG001" in fxgrad.analyze(build(flagged)).codes()
+    report = fxgrad.analyze(build(suppressed))
+    assert "FXG001" not in report.codes()
+    assert [f.code for f in report.suppressed] == ["FXG001"]
+    assert "FXG201" in report.codes()  # ignore[FXG001] does not hide the parameter verdict
+    assert report.params["a.weight"].status == "no-grad"
+
+
+def test_bare_suppression_comment_silences_every_code_on_its_line() -> None:
+    c = CASES["SuppressedAll"]
+    assert _truth(c).no_grad_params == {"a.weight", "a.bias"}
+    report = fxgrad.analyze(build(c))
+    assert report.findings == []
+    assert {f.code for f in report.suppressed} == {"FXG001", "FXG201"}
+    assert report.params["a.weight"].status == "no-grad"  # the verdict stays true
