@@ -52,7 +52,7 @@ from .errors import InputError
 from .facts import GraphFacts, ParamFacts
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .report import Finding, ParamStatus, Related, Report
-from .rules import RULES_BY_CODE
+from .rules import RULES_BY_CODE, inplace_warning
 
 __all__ = ["DryRun", "prove", "run_dryrun"]
 
@@ -88,6 +88,8 @@ class DryRun:
     reached_params: set[str] = field(default_factory=set)
     any_output_requires_grad: bool = False
     backend_nodes: set[torch.fx.Node] = field(default_factory=set)
+    #: in-place nodes whose write another tensor read later really shares memory with (FXG104 proved)
+    aliased_writes: set[torch.fx.Node] = field(default_factory=set)
 
 
 @functools.cache
@@ -116,7 +118,12 @@ class _Runner(torch.fx.Interpreter):
         self.saved: dict[tuple[int, str], _Saved] = {}
         self.pending: dict[Any, list[_Saved]] = {}
         self.leaf_errors: dict[torch.fx.Node, str] = {}
-        self.param_of: dict[int, str] = {}
+        #: storages of the tensors that static FXG104 findings say alias each other
+        self.watch: set[torch.fx.Node] = set()
+        for nf in facts:
+            if nf.alias_seen is not None and nf.target is not None:
+                self.watch.update((nf.alias_seen, nf.target))
+        self.storages: dict[torch.fx.Node, set[Any]] = {}
 
     def run_node(self, n: torch.fx.Node) -> Any:
         writes = self.facts[n].view.writes if n in self.facts.nodes else None
@@ -148,6 +155,8 @@ class _Runner(torch.fx.Interpreter):
 
     def _after(self, n: torch.fx.Node, result: Any) -> None:
         outputs = list(_tensors(result))
+        if n in self.watch:
+            self.storages[n] = {_key(t) for t in outputs}
         # Step 2: the autograd nodes this fx node created, and what they saved.
         frontier = [t.grad_fn for t in outputs if t.grad_fn is not None]
         while frontier:
@@ -274,6 +283,10 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
         if rec.silent_at is not None and rec.grad_fn in seen and rec.tensor._version == rec.version:
             result.silent.append((rec.silent_at, rec.saver))
     result.backend_nodes = _backend_nodes(gm, facts)
+    for nf in facts:
+        if nf.alias_seen is not None and nf.target is not None and (
+                runner.storages.get(nf.alias_seen, set()) & runner.storages.get(nf.target, set())):
+            result.aliased_writes.add(nf.node)
     return result
 
 
@@ -345,8 +358,11 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
     by_node: dict[str, list[Finding]] = {}
     for f in report.findings:
         by_node.setdefault(f.node, []).append(f)
-    kept = [f for f in report.findings if f.code not in ("FXG101", "FXG102", "FXG103", "FXG106",
+    kept = [f for f in report.findings if f.code not in ("FXG101", "FXG102", "FXG103", "FXG104", "FXG106",
                                                          "FXG201", "FXG202", "FXG203")]
+    # FXG104: the static alias is proved when the two tensors really share a storage (reshape may copy).
+    kept += [replace(f, verdict="dry-run") for f in report.findings
+             if f.code == "FXG104" and any(n.name == f.node for n in result.aliased_writes)]
     new: list[Finding] = []
     conflicted: set[torch.fx.Node] = set()
 
@@ -410,12 +426,15 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
                            "out-of-place form.", module=origin.module, location=origin.location, verdict="dry-run"))
         conflicted.add(node)
 
-    # FXG101: the static in-place warnings that the dry-run did not turn into errors, now proved harmless.
-    for f in report.findings:
-        if f.code == "FXG101" and not any(n.name == f.node for n in conflicted):
-            msg = f.message.split(" Not proved statically")[0]
-            msg = msg.replace("so backward stays correct today", "so backward stays correct (proved by the dry-run)")
-            new.append(replace(f, message=msg, verdict="dry-run", backend_dependent=f.node in backend_names))
+    # FXG101: every in-place write on an activation that requires grad and that the dry-run found harmless.
+    for nf in facts:
+        if (nf.target is None or nf.meta_write or nf.forward_error or nf.target_role != "activation"
+                or not nf.target_live or nf.node in conflicted):
+            continue
+        warning = inplace_warning(nf, proved=True) if nf.grad_on else next(
+            (f for f in report.findings if f.code == "FXG101" and f.node == nf.node.name), None)
+        if warning is not None:
+            new.append(replace(warning, verdict="dry-run", backend_dependent=nf.node.name in backend_names))
 
     # Parameters: reached AccumulateGrad nodes get a gradient.
     params: dict[str, ParamFacts] = {}

@@ -95,6 +95,8 @@ class NodeFacts:
     #: a view returned by ``split``/``chunk``/``unbind`` (or a view of one): in-place writes are forbidden
     multi_view: bool = False
     alias_read_after: bool = False
+    #: the first alias of the written tensor read after the write (what makes FXG104 true)
+    alias_seen: torch.fx.Node | None = None
     is_view_target: bool = False
     overwritten: list[SavedUse] = field(default_factory=list)  # version bumped: backward raises
     silently_written: list[SavedUse] = field(default_factory=list)  # storage written behind the counter
@@ -208,6 +210,8 @@ class _Pass:
             return a
         if m.target is not a and m.node is not a:
             m.alias_read_after = True
+            if m.alias_seen is None:
+                m.alias_seen = a
         return m.node
 
     def _module_params(self, target: str) -> list[str]:
@@ -518,6 +522,8 @@ class _Pass:
         self.last_mut[root] = nf
 
     def _requires(self, a: Any, nf: NodeFacts) -> bool:
+        if isinstance(a, (list, tuple)):
+            return any(self._requires(x, nf) for x in a)
         if not isinstance(a, torch.fx.Node):
             return False
         s = self.state(a, nf) if self.last_mut else a
@@ -527,7 +533,7 @@ class _Pass:
     def _record_saved(self, nf: NodeFacts) -> None:
         view = nf.view
         name = view.name
-        entry = SAVED.get(name)
+        entry = SAVED.get(name) or ops.REFLECTED_SAVED.get(name)
         if entry is None and name.endswith("_"):
             entry = SAVED.get(name[:-1])
         if entry is None:
@@ -554,8 +560,10 @@ class _Pass:
                 proot = ("param", params[arg])
                 self._save(SavedUse(nf.node, params[arg], arg, proot, proot, backend))
                 continue
-            arg_node = args.get(arg)
-            if isinstance(arg_node, torch.fx.Node) and arg_node in self.nodes:
+            value = args.get(arg)
+            for arg_node in value if isinstance(value, (list, tuple)) else (value,):
+                if not isinstance(arg_node, torch.fx.Node) or arg_node not in self.nodes:
+                    continue
                 current = self.state(arg_node, nf)
                 if self.nodes.get(current, self.nodes[arg_node]).role == "value":
                     continue

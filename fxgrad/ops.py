@@ -409,6 +409,10 @@ class OpViewer:
                 args[1], torch.fx.Node):
             # ``2.0 ** h``: Python calls ``h.__rpow__(2.0)``, a different op with a different saved set
             return OpView(f"r{t.name}", {"other": args[0], "self": args[1]}, None, t.spelling)
+        if t.name == "einsum" and args and isinstance(args[0], str):
+            # torch.einsum(equation, *operands) or torch.einsum(equation, [operands])
+            ops_ = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+            return OpView("einsum", {"equation": args[0], "tensors": list(ops_)}, None, "einsum")
         if t.python:
             bound = _bind_call(target, t.name, tuple(args), dict(kwargs))  # type: ignore[arg-type]
             if t.name in DROPOUTS and bound.get("training", True) is False:

@@ -16,7 +16,7 @@ from .capture import node_origin
 from .facts import GraphFacts, NodeFacts, ParamFacts
 from .report import Finding, Related
 
-__all__ = ["RULES", "RULES_BY_CODE", "Rule", "param_findings", "run_rules", "select_codes"]
+__all__ = ["RULES", "RULES_BY_CODE", "Rule", "inplace_warning", "param_findings", "run_rules", "select_codes"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,14 @@ def _check_leaf(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
                     "grad enabled: forward raises \"RuntimeError: a leaf Variable that requires grad is being used "
                     "in an in-place operation.\" Wrap it in torch.no_grad() if it is a deliberate update, else use "
                     "the out-of-place form.")
+
+
+def inplace_warning(nf: NodeFacts, *, proved: bool) -> Finding:
+    """FXG101 for a legal in-place op on an activation; ``proved`` when the dry-run showed nothing saved it."""
+    assert nf.target is not None
+    how = "(proved by the dry-run)" if proved else "today"
+    return _finding("FXG101", nf, f"In-place `{nf.view.spelling}` on activation `{nf.target.name}`: no earlier op "
+                    f"saved it for backward, so backward stays correct {how}; a later edit that saves it would break.")
 
 
 def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | None:

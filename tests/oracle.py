@@ -127,11 +127,17 @@ class _Recorder(TorchFunctionMode):
         inplace = name in _AUGMENTED or (name.endswith("_") and not name.endswith("__") and name not in _NOT_WRITES)
         if kwargs.get("inplace") is True or isinstance(kwargs.get("out"), torch.Tensor):
             inplace = True
-        if inplace and args and isinstance(args[0], torch.Tensor):
-            t = kwargs["out"] if isinstance(kwargs.get("out"), torch.Tensor) else args[0]
-            self.mutations.append(Mutation(name, t.requires_grad, t.is_leaf, torch.is_grad_enabled(),
-                                           _storage(t) in self.input_storages))
-        return func(*args, **kwargs)
+        if not (inplace and args and isinstance(args[0], torch.Tensor)):
+            return func(*args, **kwargs)
+        t = kwargs["out"] if isinstance(kwargs.get("out"), torch.Tensor) else args[0]
+        before = (t.requires_grad, t.is_leaf, torch.is_grad_enabled(), _storage(t) in self.input_storages)
+        version = t._version
+        result = func(*args, **kwargs)
+        # A call spelled in-place that wrote nothing (``F.dropout(training=False, inplace=True)``) is no mutation:
+        # the version counter says whether data was written.
+        if t._version != version or name in ("detach_", "requires_grad_"):
+            self.mutations.append(Mutation(name, *before))
+        return result
 
 
 def _clone_inputs(inputs: Sequence[Any]) -> tuple[Any, ...]:

@@ -20,23 +20,9 @@ from .corpus import CASES, Case, build, build_inputs
 from .oracle import Truth, eager_truth, grads_differ
 
 # Static verdicts (no example inputs) that disagree with eager: fxgrad bugs, reported to the lead.
-STATIC_BUGS: dict[str, str] = {
-    "DropoutEvalInplaceOnSaved": "fxgrad bug: `F.dropout(y, 0.5, training=False, inplace=True)` is a no-op in eager, "
-    "but static analysis reports FXG102 on sigmoid's output",
-    "EinsumThenMul_": "fxgrad bug: `einsum('ij,jk->ik', h, W)` then `h.mul_()` -- static analysis does not know einsum "
-    "saves its operands (FXG101 only); eager backward raises",
-    "RpowThenMul_": "fxgrad bug: `y = 2.0 ** h; y.mul_(2)` -- `operator.pow` with a scalar base is not known to save "
-    "its result (FXG101 only); eager backward raises",
-}
+STATIC_BUGS: dict[str, str] = {}
 # Dry-run verdicts (with example inputs) that disagree with eager.
-DRYRUN_BUGS: dict[str, str] = {
-    "ReshapeCopyInplace": "fxgrad bug: the dry-run proves `z = y.t().reshape(-1)` is a copy (no FXG102) but keeps "
-    "the static FXG104 ('shares memory with another tensor that is read later', false: outputs equal the "
-    "out-of-place program) and reports no FXG101 for the legal in-place on an activation",
-    "DropoutEvalInplaceOnSaved": "fxgrad bug: the dry-run reports FXG106 (write behind the version counter) for "
-    "`F.dropout(y, training=False, inplace=True)`, a no-op: eager gradients equal the program without it; and no "
-    "FXG101",
-}
+DRYRUN_BUGS: dict[str, str] = {}
 
 
 def _cases(bugs: dict[str, str]) -> list[object]:

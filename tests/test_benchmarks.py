@@ -1,0 +1,45 @@
+"""Smoke test of ``python -m benchmarks --quick``: every section runs and lands in the JSON. No timing is checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--quiet", "--no-plots", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+
+    assert results["size"] == "quick"
+    for key in ("cpu", "cores", "torch", "torch_threads"):
+        assert results["machine"][key]
+    speed = results["analysis_speed"]
+    tools = {r["tool"] for r in speed["rows"]}
+    assert {"torch.fx.symbolic_trace", "fxgrad.trace", "static analysis", "dry-run", "fix (no verification)"} <= tools
+    assert {r["family"] for r in speed["rows"]} == {"mlp", "resnet", "transformer"}
+    assert {r["tool"] for r in speed["alternatives"]} >= {"make_fx(functionalize)", "torch.export+run_decompositions"}
+    assert {r["tool"] for r in speed["anomaly"]} == {"forward+backward", "detect_anomaly forward+backward"}
+    assert {r["family"] for r in speed["verification"]} >= {"resnet", "resnet-broken"}
+    for r in speed["rows"]:
+        assert r["median_ms"] > 0 and r["ms_per_1k_nodes"] > 0 and r["runs"] >= 1
+
+    cost = results["fix_runtime_cost"]["rows"]
+    assert {r["variant"] for r in cost} == {"original", 'fix(only="breaking")', 'fix(only="all")',
+                                            "make_fx(functionalize)"}
+    assert all(r["peak_bytes"] > 0 for r in cost)
+
+    memory = results["dryrun_memory"]["rows"]
+    assert memory and all(r["real_forward_tensor_bytes"] > 0 for r in memory)
+
+    assert {t["target"] for t in results["targets"]} >= {"static analysis vs symbolic_trace", "dry-run speed",
+                                                         "verification cost"}
+    assert "Targets" in proc.stdout
