@@ -5,6 +5,7 @@ from __future__ import annotations
 from .analysis import analyze
 from .capture import FaithfulTracer, trace
 from .errors import AnalysisError, FxgradError, InputError, TraceError, VerificationError
+from .fixing import FixRecord, fix
 from .inputs import Spec, spec
 from .report import Finding, ParamStatus, Report
 from .rules import RULES
@@ -14,6 +15,7 @@ __all__ = [
     "AnalysisError",
     "FaithfulTracer",
     "Finding",
+    "FixRecord",
     "FxgradError",
     "InputError",
     "ParamStatus",
@@ -22,6 +24,7 @@ __all__ = [
     "TraceError",
     "VerificationError",
     "analyze",
+    "fix",
     "spec",
     "trace",
 ]

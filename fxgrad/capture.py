@@ -96,9 +96,15 @@ _FXGRAD_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _STDLIB_DIR = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
 
 
+#: fxgrad's own demo models are user code as far as source lines go
+_EXAMPLES_FILE = os.path.join(_FXGRAD_DIR, "examples.py")
+
+
 @functools.lru_cache(maxsize=4096)
 def _is_library_file(filename: str, extra: tuple[str, ...]) -> bool:
     path = os.path.abspath(filename)
+    if path == _EXAMPLES_FILE:
+        return False
     if filename.startswith("<") and filename != "<string>":
         return True  # generated code (<eval_with_key>), frozen modules
     if path.startswith((_TORCH_DIR, _FXGRAD_DIR)) or path in extra:
@@ -184,12 +190,25 @@ def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[torch.fx.Proxy, Any],
     return method
 
 
+def _getattr(self: torch.fx.Proxy, k: str) -> Any:
+    """fx creates an attribute's node lazily, at its first use: note the line of the access itself (so
+    ``h = enc(x).data`` points at that line, not at the line that later uses ``h``)."""
+    base: Any = type(self).__bases__[0]
+    attr = base.__getattr__(self, k)  # the wrapped proxy class's own (HFProxy has one)
+    tracer = self.tracer
+    pending = getattr(tracer, "_fxgrad_attr_lines", None)
+    if pending is not None:
+        pending[(self.node, k)] = _user_frame_location(getattr(tracer, "_fxgrad_extra_files", ()))
+    return attr
+
+
 def _setitem(self: torch.fx.Proxy, key: Any, value: Any) -> None:
     self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
 
 
 _PROXY_METHODS: dict[str, Any] = {name: _augmented(op) for name, op in _AUGMENTED.items()}
 _PROXY_METHODS["__setitem__"] = _setitem
+_PROXY_METHODS["__getattr__"] = _getattr
 
 
 _PROXY_CLASSES: dict[type, type[torch.fx.Proxy]] = {}
@@ -332,6 +351,75 @@ def _grad_mode_patches() -> list[tuple[type, str, Callable[..., Any]]]:
     return patches
 
 
+_MODULE_FILE = os.path.abspath(torch.nn.modules.module.__file__)
+
+
+def _called_from_user_code() -> bool:
+    """Is the innermost frame outside ``nn.Module``'s own methods a user's? (fx itself also walks parameters.)"""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename) == _MODULE_FILE:
+        frame = frame.f_back
+    tracer = _current_tracer()
+    extra = getattr(tracer, "_fxgrad_extra_files", ())
+    return frame is not None and not _is_library_file(frame.f_code.co_filename, extra)
+
+
+def _state_iterator(orig: Callable[..., Any]) -> Callable[..., Any]:
+    """``named_parameters`` / ``named_buffers`` that hand user code proxies instead of the real tensors.
+
+    Plain fx gives ``for p in self.parameters(): p.data.clamp_(-c, c)`` (WGAN clipping, EMA target updates) the
+    real parameters: the loop then runs once, at trace time, on the user's model, and leaves no node.
+    """
+
+    @functools.wraps(orig)
+    def wrapper(mod: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        items = orig(mod, *args, **kwargs)
+        tracer = _current_tracer()
+        if tracer is None or _is_quiet() or not _called_from_user_code():
+            return items
+        try:
+            base = tracer.path_of_module(mod)
+        except NameError:
+            return items
+        prefix = f"{base}." if base else ""
+        cache: dict[str, torch.fx.Proxy] = tracer.__dict__.setdefault("_fxgrad_state_proxies", {})
+
+        def proxied() -> Iterator[tuple[str, Any]]:
+            for name, _ in items:
+                qual = prefix + name
+                if qual not in cache:
+                    cache[qual] = tracer.create_proxy("get_attr", qual, (), {})
+                yield name, cache[qual]
+
+        return proxied()
+
+    return wrapper
+
+
+def _function_apply(orig: Any) -> Any:
+    """``MyFunction.apply(x)`` as one opaque node: tracing into ``forward`` would lose the custom backward."""
+
+    def apply(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        proxy = _find_proxy(args, kwargs)
+        if proxy is None or _is_quiet():
+            return orig.__func__(cls, *args, **kwargs)
+        target = _APPLIES.get(cls)
+        if target is None:
+            def target(*a: Any, **k: Any) -> Any:
+                return cls.apply(*a, **k)
+
+            target.__name__ = target.__qualname__ = f"{cls.__name__}.apply"
+            target.__module__ = getattr(cls, "__module__", "") or ""
+            target.__fxgrad_function__ = cls  # type: ignore[attr-defined]
+            _APPLIES[cls] = target
+        return proxy.tracer.create_proxy("call_function", target, args, kwargs)
+
+    return classmethod(apply)
+
+
+_APPLIES: dict[type, Callable[..., Any]] = {}
+
+
 @contextmanager
 def _patched(tracer: torch.fx.Tracer) -> Iterator[None]:
     """Install every patch and make ``tracer`` the active one; undo all of it whatever happens."""
@@ -351,6 +439,14 @@ def _patched(tracer: torch.fx.Tracer) -> Iterator[None]:
         for cls, name, fn in _grad_mode_patches():
             undo.append((cls, name, cls.__dict__[name]))
             setattr(cls, name, fn)
+        if not own:  # tracers with their own patching conventions (HFTracer) read module state themselves
+            for name in ("named_parameters", "named_buffers"):
+                orig_iter = torch.nn.Module.__dict__[name]
+                undo.append((torch.nn.Module, name, orig_iter))
+                setattr(torch.nn.Module, name, _state_iterator(orig_iter))
+        function_cls = torch.autograd.function.Function
+        undo.append((function_cls, "apply", function_cls.__dict__["apply"]))
+        function_cls.apply = _function_apply(function_cls.__dict__["apply"])  # type: ignore[method-assign]
         stack.append(tracer)
         yield
     finally:
@@ -388,10 +484,13 @@ class _FaithfulMixin:
             stack = getattr(self, "module_stack", None)
             module = next(reversed(stack.values()))[0] if stack else ""
         where = None if node.op in ("placeholder", "output") else _user_frame_location(self._fxgrad_extra_files)
+        if node.target is getattr and len(node.args) == 2 and isinstance(node.args[1], str):
+            where = self._fxgrad_attr_lines.pop((node.args[0], node.args[1]), where)
         node.meta[META_KEY] = NodeOrigin(module, where)
         return node
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None, **kwargs: Any) -> torch.fx.Graph:
+        self._fxgrad_attr_lines: dict[tuple[Any, str], SourceLocation | None] = {}
         with _patched(self):  # type: ignore[arg-type]
             graph: torch.fx.Graph = super().trace(root, concrete_args, **kwargs)  # type: ignore[misc]
         return graph
@@ -447,8 +546,8 @@ def node_origin(node: torch.fx.Node) -> NodeOrigin:
 
 
 _HINT = (
-    "Hint: pass concrete_args for arguments that decide control flow, keep the offending submodule opaque "
-    "with leaf_modules=[...], or give example inputs so fxgrad can capture the model by running it."
+    "Hint: pass concrete_args for arguments that decide control flow, or keep the offending submodule opaque "
+    "with leaf_modules=[...]."
 )
 
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import io
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -65,7 +67,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="show Python tracebacks and fxgrad's debug log")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, *, static: bool = True) -> None:
     p.add_argument("target", metavar="TARGET",
                    help="path/to/file.py:NAME or package.module:NAME; NAME is an nn.Module subclass with a "
                         "no-argument constructor, a factory function returning a module, or a module instance")
@@ -75,8 +77,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", dest="inputs_factory", metavar="FILE.py:FUNC",
                    help="a function returning the example inputs (a tuple of positional arguments, or the one "
                         "argument), for models that take integers, dicts or several tensors")
-    p.add_argument("--static", action="store_true",
-                   help="skip the dry-run on the example inputs: static verdicts from fxgrad's op tables only")
+    if static:
+        p.add_argument("--static", action="store_true",
+                       help="skip the dry-run on the example inputs: static verdicts from fxgrad's op tables only")
 
 
 def _parser() -> _Parser:
@@ -115,10 +118,12 @@ def _parser() -> _Parser:
     fix = sub.add_parser("fix", help="rewrite in-place ops out of place and verify the result",
                          description="Rewrite the model's in-place ops out of place, verify outputs and gradients, "
                          "and print each rewrite.")
-    _add_model_args(fix)
-    fix.add_argument("--only", choices=("breaking", "all"), default="breaking",
-                     help="breaking (default): only in-place ops that make backward fail or compute wrong "
-                          "gradients; all: every rewritable in-place op")
+    _add_model_args(fix, static=False)
+    fix.add_argument("--only", choices=("breaking", "all"), default=None,
+                     help="breaking (the default with example inputs): only in-place ops that make forward or "
+                          "backward raise; all (the default without): every in-place op that can be rewritten safely")
+    fix.add_argument("--unsafe", action="store_true",
+                     help="also rewrite in-place writes the caller sees (graph inputs), and say what changes")
     fix.add_argument("--out", type=Path, metavar="FILE", help="write the fixed GraphModule's Python code here")
     _add_common(fix)
 
@@ -138,8 +143,15 @@ def _parser() -> _Parser:
 def _check_codes(codes: Sequence[str], flag: str) -> None:
     unknown = [c for c in codes if not any(code.startswith(c) for code in RULES_BY_CODE)]
     if unknown:
-        raise InputError(f"{flag} names unknown code {', '.join(unknown)}. Hint: codes look like FXG102; prefixes "
-                         "like FXG1 select a family (see `fxgrad demo`).")
+        raise InputError(f"{flag} names unknown code {', '.join(unknown)}. Hint: the codes are {_code_ranges()}; a "
+                         "prefix like FXG1 selects a family.")
+
+
+def _code_ranges() -> str:
+    families: dict[str, list[str]] = {}
+    for code in RULES_BY_CODE:
+        families.setdefault(code[:4], []).append(code)
+    return ", ".join(f"{c[0]}–{c[-1]}" if len(c) > 1 else c[0] for c in families.values())
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...] | None]:
@@ -192,28 +204,28 @@ def _paint(text: str) -> str:
     return "\n".join(out)
 
 
-def _silence_hints(findings: Sequence[Finding]) -> list[str]:
-    """How to accept each kind of finding once: the line comment where there is a line, else --ignore."""
+def _silence_hints(findings: Sequence[Finding]) -> str:
+    """How to accept each kind of finding once: the comment on its line (where it has one), or --ignore."""
     rows = []
     for code in sorted({f.code for f in findings}):
         has_line = any(f.location is not None and f.code == code for f in findings)
-        how = f"`# fxgrad: ignore[{code}]` on the line, or " if has_line else ""
-        rows.append(f"  {code}  silence with {how}--ignore {code} (or ignore = [\"{code}\"] in [tool.fxgrad])")
-    return rows
+        rows.append([code, f"# fxgrad: ignore[{code}]" if has_line else "(no line)", f"--ignore {code}"])
+    return tabulate(rows, headers=["code", "on the line", "everywhere"], tablefmt="plain")
 
 
-def _table(report: Report, fail_on: str, stream: TextIO, *, status_line: bool = True) -> str:
+def _table(report: Report, stream: TextIO, *, status: int | None = None, why: str = "") -> str:
+    """The report's table, how to silence each kind of finding, and (with ``status``) the exit status line."""
     text = report.render()
     if _colour(stream):
         text = _paint(text)
     lines = [text]
     if report.findings:
-        lines += ["", "To accept a finding on purpose:", *_silence_hints(report.findings)]
-    if not status_line:
+        lines += ["", "To accept a finding on purpose, silence it on its line, or everywhere with --ignore (or "
+                  "ignore = [...] in [tool.fxgrad]):", _silence_hints(report.findings)]
+    if status is None:
         return "\n".join(lines)
     errors, warnings_ = len(report.errors), len(report.warnings)
-    lines += ["", f"{errors} error(s), {warnings_} warning(s); exit status {_exit_status(report, fail_on)} "
-              f"(--fail-on {fail_on})."]
+    lines += ["", f"{errors} error(s), {warnings_} warning(s); exit status {status} ({why})."]
     return "\n".join(lines)
 
 
@@ -263,6 +275,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
             report = apply_baseline(report, load_baseline(args.baseline), args.baseline)
         else:
             recorded = write_baseline(args.baseline, report)
+    if recorded is not None:
+        status, why = EXIT_OK, f"findings recorded in the new baseline {args.baseline}"
+    else:
+        status, why = _exit_status(report, fail_on), f"--fail-on {fail_on}"
 
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=2))
@@ -271,15 +287,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
         print(json.dumps(to_sarif(report, root=args.root, fallback=_model_location(model)), indent=2))
     else:
-        print(_table(report, fail_on, sys.stdout))
+        print(_table(report, sys.stdout, status=status, why=why))
     if recorded is not None:
-        print(f"fxgrad: recorded {recorded} finding(s) in the baseline {args.baseline}; later runs report only new "
-              "ones.", file=sys.stderr)
-        return EXIT_OK
-    return _exit_status(report, fail_on)
+        _err(f"fxgrad: recorded {recorded} finding(s) in the baseline {args.baseline}; later runs report only new "
+             "ones.")
+    return status
 
 
-def _cmd_fix(args: argparse.Namespace) -> int:
+def _fixer() -> Any:
     try:
         from .fixing import fix
     except ModuleNotFoundError as e:
@@ -287,10 +302,116 @@ def _cmd_fix(args: argparse.Namespace) -> int:
             raise
         raise InputError("`fxgrad fix` is not available in this version of fxgrad. Hint: run `fxgrad check` and "
                          "rewrite the reported in-place ops by hand.") from e
+    return fix
+
+
+def _first_sentence(text: str) -> str:
+    text = _one_line(text)
+    cut = text.find(". ")
+    return text if cut < 0 else text[: cut + 1]
+
+
+def _render_fix(record: Any) -> str:
+    """Each rewrite as a before/after pair at the user's line, the ops left and why, the verification figures."""
+    unsafe = ", unsafe" if record.unsafe else ""
+    out = [f"fxgrad fix for {record.model} (only={record.only}{unsafe})", ""]
+    if record.rewrites:
+        out.append(f"REWRITTEN ({len(record.rewrites)})")
+        for r in record.rewrites:
+            where = f"{r.location}  {r.location.code}" if r.location else "<model>"
+            out.append(f"{where}" + (f"  [{', '.join(r.codes)}]" if r.codes else ""))
+            out.append(f"    before: {r.before}")
+            out.append(f"    after:  {r.after}")
+            if r.unsafe_change:
+                out.append(f"    changes for the caller: {r.unsafe_change}")
+    else:
+        out.append("Nothing rewritten.")
+    if record.left:
+        out += ["", f"LEFT IN PLACE ({len(record.left)})"]
+        for lf in record.left:
+            where = f"{lf.location}  {lf.location.code}" if lf.location else "<model>"
+            out.append(f"{where}" + (f"  [{lf.code}]" if lf.code else ""))
+            out.append(f"    `{lf.spelling}`: {lf.reason}")
+    out.append("")
+    v = record.verification
+    if v is None:
+        out.append("NOT VERIFIED")
+    else:
+        why = f" (the original raises {_first_sentence(v.original_error)})" if v.original_error else ""
+        out.append(f"VERIFIED against {v.reference}{why}: {'ok' if v.ok else 'MISMATCH'}")
+        rows = [[c.kind, c.name, "x".join(map(str, c.shape)) or "scalar", c.dtype.removeprefix("torch."),
+                 f"{c.max_abs:.3g}", f"{c.max_rel:.3g}", ("ok" if c.ok else "MISMATCH") + (f" ({c.note})" if c.note
+                                                                                         else "")]
+                for c in v.checks]
+        if rows:
+            out.append(tabulate(rows, headers=["value", "name", "shape", "dtype", "max abs err", "max rel err", ""],
+                                tablefmt="simple"))
+        out += [f"change: {c}" for c in v.changes]
+    out += [f"note: {n}" for n in record.notes]
+    return "\n".join(out)
+
+
+def _global_line(name: str, obj: Any) -> str:
+    """An import or assignment that binds ``name`` as the generated code's globals bind it."""
+    if isinstance(obj, str):
+        return f"{name} = {obj}"  # annotations are kept as source text, e.g. 'torch.Tensor'
+    if isinstance(obj, float):
+        return f"{name} = float({str(obj)!r})"  # inf, nan
+    if obj is type(None):
+        return f"{name} = type(None)"
+    if inspect.ismodule(obj):
+        return f"import {obj.__name__} as {name}"
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if module and qualname and "<" not in qualname:
+        head, _, rest = qualname.partition(".")
+        line = f"from {module} import {head}" + (f" as {name}" if not rest and head != name else "")
+        return line + (f"\n{name} = {head}.{rest}" if rest else "")
+    return f"# {name}: {obj!r} has no import; define it before use"
+
+
+def _gm_source(gm: Any, args: argparse.Namespace) -> str:
+    """The fixed GraphModule as a self-contained module: imports, and a class whose forward() is the graph's."""
+    code = gm.graph.python_code("self")
+    used = [n for n in code.globals if n != "torch" and re.search(rf"\b{re.escape(n)}\b", code.src)]
+    command = " ".join(["fxgrad fix", args.target, *(f"--input {s}" for s in args.input_specs),
+                        *([f"--inputs {args.inputs_factory}"] if args.inputs_factory else []),
+                        *([f"--only {args.only}"] if args.only else []), *(["--unsafe"] if args.unsafe else [])])
+    body = "\n".join(f"    {line}" if line.strip() else "" for line in code.src.strip("\n").splitlines())
+    return "\n".join([
+        f"# Written by `{command}`.",
+        "# The fixed model: forward() computes what the original computes, with the rewritten in-place ops out of",
+        "# place. Port the changed lines to your own forward(), or get this module in code with",
+        "# fxgrad.fix(model, example_inputs). Its submodules and parameters are the original model's.",
+        "import torch",
+        *(_global_line(n, code.globals[n]) for n in used),
+        "",
+        "",
+        f"class {type(gm).__name__}(torch.nn.Module):",
+        body.rstrip(),
+        "",
+    ])
+
+
+def _cmd_fix(args: argparse.Namespace) -> int:
+    fix = _fixer()
     model, inputs = _load(args)
-    gm = fix(model, inputs, only=args.only)
-    print(gm.code)
-    return EXIT_OK
+    gm = fix(model, inputs, only=args.only, unsafe=args.unsafe)
+    record = gm.meta["fxgrad"]
+    print(_render_fix(record))
+    if args.out is not None:
+        try:
+            args.out.write_text(_gm_source(gm, args))
+        except OSError as e:
+            raise InputError(f"Cannot write --out {args.out} ({e.strerror}). Hint: check that its directory "
+                             "exists.") from e
+        print(f"\nwrote the fixed module's code to {args.out}")
+    # what is left: the fixed graph, analysed like the original
+    after = _analyze(gm, inputs)
+    if after.errors:
+        print(f"\nstill failing after the fix: {', '.join(sorted({f.code for f in after.errors}))} "
+              f"(`fxgrad check {args.target}` shows where)")
+        return EXIT_FINDINGS
+    return EXIT_OK if record.verification is None or record.verification.ok else EXIT_FINDINGS
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -301,47 +422,77 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except KeyError as e:
         raise InputError(f"{e.args[0]}. Hint: run `fxgrad demo` to list them.") from None
     full = bool(args.names) or args.all
-    rows, status = [], EXIT_OK
+    try:
+        fix = _fixer()
+    except InputError:
+        fix = None
+    rows, surprises = [], []
     for ex in chosen:
-        report = _analyze(ex.model(), ex.inputs())
+        model, inputs = ex.model(), ex.inputs()
+        report = _analyze(model, inputs)
         found = {f.code for f in report.findings}
         silenced = {f.code for f in report.suppressed}
         if found != ex.codes or silenced != ex.suppressed:
-            status = EXIT_FINDINGS
-            log.warning("example %s: expected %s, fxgrad reported %s", ex.name, sorted(ex.codes), sorted(found))
+            surprises.append(f"{ex.name} (expected {', '.join(sorted(ex.codes)) or 'nothing'}, got "
+                             f"{', '.join(sorted(found)) or 'nothing'})")
+        record: Any = None
+        fix_error = ""
+        if fix is not None and any(f.fixable for f in report.findings):
+            try:
+                record = fix(model, ex.inputs(), only="all").meta["fxgrad"]
+            except FxgradError as e:
+                fix_error = _first_sentence(str(e))
         if full:
-            _print_example(ex, report)
+            _print_example(ex, report, record, fix_error)
         else:
-            rows.append(_demo_row(ex, report))
+            rows.append(_demo_row(ex, report, record, fix_error))
     if not full:
         print(f"fxgrad demo: {len(chosen)} small models, each with one pitfall (fxgrad/examples.py)\n")
-        print(tabulate(rows, headers=["example", "fxgrad reports", "line", "what eager PyTorch does"],
+        print(tabulate(rows, headers=["example", "codes", "line", "fix", "what eager PyTorch does"],
                        tablefmt="simple"))
         print("\n`fxgrad demo EXAMPLE` shows an example's full report; `fxgrad demo --all` shows every one.\n"
               "Each model is a TARGET too: fxgrad check fxgrad.examples:SigmoidMul --input 8x4")
-    if status != EXIT_OK:
-        print("fxgrad: some examples did not get the findings they document (see above).", file=sys.stderr)
-    return status
+    if surprises:  # the examples document what fxgrad finds; a difference is a bug worth reporting
+        _err(f"fxgrad: warning: examples reported differently than documented: {'; '.join(surprises)}.")
+    return EXIT_OK
 
 
-def _demo_row(ex: Any, report: Report) -> list[str]:
+def _fix_summary(record: Any, fix_error: str) -> str:
+    if fix_error:
+        return "fix failed"
+    if record is None:
+        return ""
+    parts = []
+    if record.rewrites:
+        parts.append(f"rewrote {len(record.rewrites)}" + (", verified" if record.verified else ""))
+    if record.left:
+        parts.append(f"left {len(record.left)}")
+    return "; ".join(parts)
+
+
+def _demo_row(ex: Any, report: Report, record: Any, fix_error: str) -> list[str]:
     first = report.sorted_findings()[0] if report.findings else None
-    codes = ", ".join(sorted({f.code for f in report.findings})) or "-"
+    codes = ", ".join(sorted({f.code for f in report.findings}))
     if report.suppressed and not report.findings:
-        codes = "- (" + ", ".join(sorted({f.code for f in report.suppressed})) + " silenced)"
+        codes = ", ".join(sorted({f.code for f in report.suppressed})) + " silenced"
     line = first.location.code if first is not None and first.location is not None else ""
-    if len(line) > 40:
-        line = line[:39] + "…"
-    return [ex.name, codes, line, ex.eager.text]
+    if len(line) > 36:
+        line = line[:35] + "…"
+    return [ex.name, codes or "-", line, _fix_summary(record, fix_error), ex.eager.text]
 
 
-def _print_example(ex: Any, report: Report) -> None:
+def _print_example(ex: Any, report: Report, record: Any, fix_error: str) -> None:
     print(f"=== {ex.name}: {ex.description}")
     print(f"eager PyTorch: {ex.eager.text}")
     print(f"check it yourself: fxgrad check {ex.target}" + "".join(
         f" --input {'x'.join(map(str, t.shape))}" for t in ex.inputs() if hasattr(t, "shape")))
     print()
-    print(_table(report, "error", sys.stdout, status_line=False))
+    print(_table(report, sys.stdout))
+    if record is not None:
+        print()
+        print(_render_fix(record))
+    elif fix_error:
+        print(f"\nfxgrad fix failed: {fix_error}")
     print()
 
 
@@ -357,24 +508,43 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+#: where the command line's own messages go: stderr as it was before library output was silenced
+_stderr: list[TextIO] = []
+
+
+def _err(message: str) -> None:
+    print(message, file=_stderr[-1] if _stderr else sys.stderr)
+
+
 @contextmanager
-def _quiet_warnings(verbose: bool) -> Iterator[None]:
-    """Warnings that the model raises while fxgrad traces or dry-runs it are noise on the command line."""
-    with warnings.catch_warnings():
-        if not verbose:
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Warnings and stray stderr output (torch.fx prints a failing generated forward) while fxgrad traces,
+    dry-runs or verifies the model are noise on the command line; ``--verbose`` keeps them."""
+    _stderr.append(sys.stderr)
+    try:
+        with warnings.catch_warnings():
+            if verbose:
+                yield
+                return
             warnings.simplefilter("ignore")
-        yield
+            with redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        _stderr.pop()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``fxgrad`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     verbose = False
+    package_log = logging.getLogger(__package__)
+    level = package_log.level
     try:
         args = _parser().parse_args(argv)
         verbose = bool(getattr(args, "verbose", False))
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                            format="fxgrad: %(levelname)s: %(name)s: %(message)s")
-        with _quiet_warnings(verbose):
+        logging.basicConfig(format="fxgrad: %(levelname)s: %(name)s: %(message)s")
+        if verbose:
+            package_log.setLevel(logging.DEBUG)
+        with _quiet(verbose):
             return _COMMANDS[args.command](args)
     except _UsageError as e:
         print(f"fxgrad: error: {_one_line(str(e))}", file=sys.stderr)
@@ -384,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"fxgrad: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # `fxgrad check ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("fxgrad: interrupted", file=sys.stderr)
         return 130
@@ -393,3 +567,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fxgrad: internal error: {type(e).__name__}: {_one_line(str(e))}. Hint: run with --verbose for the "
               "traceback, and please report it.", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        package_log.setLevel(level)

@@ -14,6 +14,7 @@ Unknown keys and wrongly typed values are errors: a misspelt setting must not be
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +58,17 @@ def find_config(start: Path | None = None) -> Path | None:
     return None
 
 
+def _shown(path: Path) -> str:
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith(".." + os.sep + "..") else rel
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"{path} is not valid TOML ({e}). Hint: fix the file, or run fxgrad with --isolated "
+        raise InputError(f"{_shown(path)} is not valid TOML ({e}). Hint: fix the file, or run fxgrad with --isolated "
                          "to ignore it.") from e
 
 
@@ -70,7 +76,7 @@ def _codes(path: Path, key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InputError(f"[tool.fxgrad] {key} in {path} must be a list of codes. Hint: e.g. {key} = "
+        raise InputError(f"[tool.fxgrad] {key} in {_shown(path)} must be a list of codes. Hint: e.g. {key} = "
                          "[\"FXG101\", \"FXG2\"].")
     return tuple(v.strip().upper() for v in value if v.strip())
 
@@ -79,14 +85,14 @@ def load_config(path: Path) -> Config:
     """Read and check the ``[tool.fxgrad]`` table of ``path``."""
     table = _read(path).get("tool", {}).get("fxgrad", {})
     if not isinstance(table, dict):
-        raise InputError(f"[tool.fxgrad] in {path} must be a table. Hint: write it as a [tool.fxgrad] section.")
+        raise InputError(f"[tool.fxgrad] in {_shown(path)} must be a table. Hint: write it as a [tool.fxgrad] section.")
     unknown = sorted(set(table) - set(_KEYS))
     if unknown:
-        raise InputError(f"Unknown setting {', '.join(repr(k) for k in unknown)} in [tool.fxgrad] of {path}. "
+        raise InputError(f"Unknown setting {', '.join(repr(k) for k in unknown)} in [tool.fxgrad] of {_shown(path)}. "
                          f"Hint: fxgrad reads {', '.join(_KEYS)}.")
     fail_on = table.get("fail-on")
     if fail_on is not None and fail_on not in FAIL_ON:
-        raise InputError(f"[tool.fxgrad] fail-on in {path} is {fail_on!r}. Hint: use one of "
+        raise InputError(f"[tool.fxgrad] fail-on in {_shown(path)} is {fail_on!r}. Hint: use one of "
                          f"{', '.join(FAIL_ON)}.")
     return Config(path=path, select=_codes(path, "select", table.get("select", [])),
                   ignore=_codes(path, "ignore", table.get("ignore", [])), fail_on=fail_on)

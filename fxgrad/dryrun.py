@@ -34,7 +34,7 @@ inputs are given, so the verdict is the one for the inputs' device, and the find
 from __future__ import annotations
 
 import copy
-import functools
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -52,7 +52,7 @@ from .errors import InputError
 from .facts import GraphFacts, ParamFacts
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .report import Finding, ParamStatus, Related, Report
-from .rules import RULES_BY_CODE, inplace_warning
+from .rules import OVERLAP_ERROR, RULES_BY_CODE, inplace_warning, without_counterfactuals
 
 __all__ = ["DryRun", "prove", "run_dryrun"]
 
@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 
 _INPLACE_ERROR = "modified by an inplace operation"
 _LEAF_ERRORS = ("leaf Variable that requires grad", "view of a leaf Variable that requires grad")
+#: forward errors autograd raises by design (FXG010): the dry-run reports them and goes on past the node
+_AUTOGRAD_ERRORS = ("you can only change requires_grad flags of leaf variables", "is a view and is being modified "
+                    "inplace", "don't support automatic differentiation", "cannot resize variables that require grad",
+                    "A view was created in no_grad mode")
 _BACKEND_MODULES: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoderLayer,
                                                  nn.TransformerDecoderLayer, nn.Transformer)
 
@@ -84,23 +88,45 @@ class DryRun:
     conflicts: list[tuple[torch.fx.Node | None, torch.fx.Node | None, str]] = field(default_factory=list)
     #: (writing node, saving node): storage written behind the version counter, saver's backward will run
     silent: list[tuple[torch.fx.Node, torch.fx.Node]] = field(default_factory=list)
-    leaf_errors: dict[torch.fx.Node, str] = field(default_factory=dict)
+    #: node -> (code, the error eager forward raises there)
+    forward_errors: dict[torch.fx.Node, tuple[str, str]] = field(default_factory=dict)
     reached_params: set[str] = field(default_factory=set)
     any_output_requires_grad: bool = False
     backend_nodes: set[torch.fx.Node] = field(default_factory=set)
+    #: nodes whose grad_fn has no derivative and is reached from the outputs: backward raises (FXG009)
+    no_derivative: set[torch.fx.Node] = field(default_factory=set)
     #: in-place nodes whose write another tensor read later really shares memory with (FXG104 proved)
     aliased_writes: set[torch.fx.Node] = field(default_factory=set)
 
 
-@functools.cache
+_SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
+
+
 def _saved_attrs(kind: type) -> tuple[str, ...]:
-    return tuple(a for a in dir(kind) if a.startswith("_saved_"))
+    """What a grad_fn saved: ``_saved_*`` for built-in ops, ``saved_tensors`` for custom ``autograd.Function`` s."""
+    if kind not in _SAVED_ATTRS:
+        names = tuple(a for a in dir(kind) if a.startswith("_saved_"))
+        _SAVED_ATTRS[kind] = names + (("saved_tensors",) if hasattr(kind, "saved_tensors") else ())
+    return _SAVED_ATTRS[kind]
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a value: nested tuples/lists/dicts, dataclasses and ``ModelOutput``-like objects."""
     for leaf in pytree.tree_leaves(value):
         if isinstance(leaf, torch.Tensor):
             yield leaf
+        elif dataclasses.is_dataclass(leaf) and not isinstance(leaf, type):
+            yield from _tensors([getattr(leaf, f.name) for f in dataclasses.fields(leaf)])
+        elif callable(getattr(leaf, "to_tuple", None)):
+            yield from _tensors(leaf.to_tuple())
+
+
+def _grad_fn(t: torch.Tensor) -> Any:
+    """``t.grad_fn``, or None where autograd refuses to build it (a multi-output view written in place)."""
+    try:
+        return t.grad_fn
+    except RuntimeError:
+        return None
 
 
 def _key(t: torch.Tensor) -> Any:
@@ -117,7 +143,7 @@ class _Runner(torch.fx.Interpreter):
         self.node_of: dict[Any, torch.fx.Node] = {}
         self.saved: dict[tuple[int, str], _Saved] = {}
         self.pending: dict[Any, list[_Saved]] = {}
-        self.leaf_errors: dict[torch.fx.Node, str] = {}
+        self.forward_errors: dict[torch.fx.Node, tuple[str, str]] = {}
         #: storages of the tensors that static FXG104 findings say alias each other
         self.watch: set[torch.fx.Node] = set()
         for nf in facts:
@@ -129,16 +155,35 @@ class _Runner(torch.fx.Interpreter):
         writes = self.facts[n].view.writes if n in self.facts.nodes else None
         target = list(_tensors(self.env[writes])) if isinstance(writes, torch.fx.Node) and writes in self.env else []
         before = [t._version for t in target]
-        try:
-            result = super().run_node(n)
-        except Exception as e:
-            if not any(msg in str(e) for msg in _LEAF_ERRORS):
-                e.fxgrad_node = n  # type: ignore[attr-defined]
-                raise
-            # Forward raises here in eager; record it and go on as if under no_grad to prove the rest.
-            self.leaf_errors[n] = str(e).splitlines()[0]
+        if self.forward_errors:
+            # Eager stopped at the first forward error; go on without autograd only to prove nothing more breaks
+            # the run itself (the findings after it would be counterfactual).
             with torch.no_grad():
                 result = super().run_node(n)
+            self._after(n, result)
+            return result
+        if any(torch._debug_has_internal_overlap(t) == 1 for t in target):
+            # Fake tensors skip the overlap check eager makes before writing an expanded view: make it here.
+            self.forward_errors[n] = ("FXG107", OVERLAP_ERROR)
+            result = self.env[writes] if isinstance(writes, torch.fx.Node) else None
+        else:
+            try:
+                result = super().run_node(n)
+            except Exception as e:
+                code = ("FXG103" if any(msg in str(e) for msg in _LEAF_ERRORS)
+                        else "FXG010" if any(msg in str(e) for msg in _AUTOGRAD_ERRORS) else None)
+                if code is None:
+                    e.fxgrad_node = n  # type: ignore[attr-defined]
+                    raise
+                # Forward raises here in eager; record it and go on (as if under no_grad, or skipping the call)
+                # to prove the rest.
+                self.forward_errors[n] = (code, str(e).splitlines()[0])
+                try:
+                    with torch.no_grad():
+                        result = super().run_node(n)
+                except Exception:
+                    first = n.all_input_nodes[0] if n.all_input_nodes else None
+                    result = self.env.get(first) if first is not None else None
         self._after(n, result)
         # A write that moved the target's own version counter but not a saved tensor's, on the same storage,
         # went behind that tensor's counter (``.data``): backward will not notice.
@@ -158,7 +203,7 @@ class _Runner(torch.fx.Interpreter):
         if n in self.watch:
             self.storages[n] = {_key(t) for t in outputs}
         # Step 2: the autograd nodes this fx node created, and what they saved.
-        frontier = [t.grad_fn for t in outputs if t.grad_fn is not None]
+        frontier = [g for g in map(_grad_fn, outputs) if g is not None]
         while frontier:
             g = frontier.pop()
             if g in self.node_of:
@@ -252,21 +297,23 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
     finally:
         torch._C._set_grad_enabled(grad_was)
         fake_log.setLevel(level)
-    result.leaf_errors = runner.leaf_errors
+    result.forward_errors = runner.forward_errors
 
     # Step 4: what backward will reach from the outputs, and what it will find when it unpacks.
     roots = [t for t in _tensors(out) if t.requires_grad and (t.is_floating_point() or t.is_complex())]
     result.any_output_requires_grad = bool(roots)
     seen: set[Any] = set()
-    frontier = [t.grad_fn for t in roots if t.grad_fn is not None]
+    frontier = [g for g in map(_grad_fn, roots) if g is not None]
     for t in roots:
-        if t.grad_fn is None and id(t) in names:
+        if t.is_leaf and id(t) in names:
             result.reached_params.add(names[id(t)])
     while frontier:
         g = frontier.pop()
         if g in seen:
             continue
         seen.add(g)
+        if type(g).__name__ in ("NotImplemented", "Error") and g in runner.node_of:
+            result.no_derivative.add(runner.node_of[g])
         variable = getattr(g, "variable", None)
         if variable is not None and id(variable) in names:
             result.reached_params.add(names[id(variable)])
@@ -358,8 +405,8 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
     by_node: dict[str, list[Finding]] = {}
     for f in report.findings:
         by_node.setdefault(f.node, []).append(f)
-    kept = [f for f in report.findings if f.code not in ("FXG101", "FXG102", "FXG103", "FXG104", "FXG106",
-                                                         "FXG201", "FXG202", "FXG203")]
+    kept = [f for f in report.findings if f.code not in ("FXG009", "FXG010", "FXG101", "FXG102", "FXG103", "FXG104",
+                                                         "FXG106", "FXG107", "FXG201", "FXG202", "FXG203")]
     # FXG104: the static alias is proved when the two tensors really share a storage (reshape may copy).
     kept += [replace(f, verdict="dry-run") for f in report.findings
              if f.code == "FXG104" and any(n.name == f.node for n in result.aliased_writes)]
@@ -369,8 +416,8 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
     # FXG102: proved conflicts, one finding per mutating node.
     groups: dict[torch.fx.Node | None, list[tuple[torch.fx.Node | None, str]]] = {}
     for mutator, saver, text in result.conflicts:
-        if mutator in result.leaf_errors:
-            continue  # forward already raised there (FXG103); the write only happened because we went on
+        if mutator in result.forward_errors:
+            continue  # forward already raised there; the write only happened because we went on
         groups.setdefault(mutator, []).append((saver, text))
     for mutator, items in groups.items():
         anchor = mutator or items[0][0]
@@ -415,15 +462,29 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
             related=tuple(r for s in dict.fromkeys(savers) for r in _related(s, "saved by"))))
         conflicted.add(writer)
 
-    # FXG103: forward raised on an in-place op on a leaf.
-    rule103 = RULES_BY_CODE["FXG103"]
-    for node, text in result.leaf_errors.items():
+    # FXG009: an op without a derivative on the gradient path.
+    rule009 = RULES_BY_CODE["FXG009"]
+    for node in result.no_derivative:
         origin = node_origin(node)
         spelling = facts[node].view.spelling or facts[node].view.name
-        new.append(Finding(code="FXG103", severity=rule103.severity, node=node.name, target=spelling,
-                           message=f"In-place `{spelling}` on a leaf that requires grad: forward raises "
-                           f"\"RuntimeError: {text}\" Wrap a deliberate update in torch.no_grad(), else use the "
-                           "out-of-place form.", module=origin.module, location=origin.location, verdict="dry-run"))
+        new.append(Finding(code="FXG009", severity=rule009.severity, node=node.name, target=spelling,
+                           message=f"`{spelling}` has no derivative and the gradient reaches it: backward() will "
+                           "raise \"RuntimeError: the derivative for this op is not implemented\". Detach its input "
+                           "if no gradient is meant to flow, or use a differentiable op.",
+                           module=origin.module, location=origin.location, verdict="dry-run"))
+
+    # FXG103 / FXG010 / FXG107: forward raised here in the run.
+    texts = {"FXG103": "on a leaf that requires grad: forward raises", "FXG010": "is rejected by autograd: forward "
+             "raises", "FXG107": "writes into an expanded view whose elements share memory: forward raises"}
+    for node, (code, text) in result.forward_errors.items():
+        origin = node_origin(node)
+        spelling = facts[node].view.spelling or facts[node].view.name
+        rule = RULES_BY_CODE[code]
+        hint = (" Wrap a deliberate update in torch.no_grad(), else use the out-of-place form." if code == "FXG103"
+                else "")
+        new.append(Finding(code=code, severity=rule.severity, node=node.name, target=spelling,
+                           message=f"`{spelling}` {texts[code]} \"RuntimeError: {text}\"{hint}",
+                           module=origin.module, location=origin.location, fixable=rule.fixable, verdict="dry-run"))
         conflicted.add(node)
 
     # FXG101: every in-place write on an activation that requires grad and that the dry-run found harmless.
@@ -435,6 +496,16 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
             (f for f in report.findings if f.code == "FXG101" and f.node == nf.node.name), None)
         if warning is not None:
             new.append(replace(warning, verdict="dry-run", backend_dependent=nf.node.name in backend_names))
+
+    if result.forward_errors:
+        kept = [f for f in kept if not (f.code == "FXG104" and any(n.name == f.node for n in result.forward_errors))]
+        report.findings = without_counterfactuals(
+            kept + new + [f for f in report.findings if f.code in ("FXG201", "FXG202", "FXG203")])
+        report.mode = "dry-run"
+        first = next(iter(result.forward_errors))
+        report.notes.append(f"forward raises at `{first.name}`: parameter verdicts are static (eager never reaches "
+                            "backward)")
+        return
 
     # Parameters: reached AccumulateGrad nodes get a gradient.
     params: dict[str, ParamFacts] = {}

@@ -145,6 +145,14 @@ class Rebuild(_EncoderHead):
         return self.head(features)
 
 
+class FloorDiv(_EncoderHead):
+    """Bucketing with ``//``: ``floor_divide`` has no derivative at all."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        buckets = self.encoder(x) // 0.5
+        return self.head(buckets)
+
+
 class Unused(nn.Module):
     """A submodule that ``__init__`` builds and ``forward`` never calls."""
 
@@ -155,6 +163,25 @@ class Unused(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+
+class FreezeActivation(_EncoderHead):
+    """``requires_grad_(False)`` on an activation: only leaves' flags can change, forward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        h.requires_grad_(False)
+        return self.head(h)
+
+
+class ExpandWrite(_EncoderHead):
+    """A write into an ``expand``ed view: many elements share one memory location, forward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        bias = h[:, :1].expand(-1, 4)
+        bias.add_(1.0)
+        return self.head(h)
 
 
 class ParamInplace(nn.Module):
@@ -337,12 +364,24 @@ EXAMPLES: tuple[Example, ...] = (
             Eager("encoder.weight.grad is None", no_grad=_ENC), frozenset({"FXG004", "FXG201"})),
     Example("rebuild", "`torch.tensor(t)` of an activation", Rebuild, _randn(8, 4),
             Eager("encoder.weight.grad is None", no_grad=_ENC), frozenset({"FXG008", "FXG201"})),
+    Example("floor_div", "`h // 0.5` on an activation", FloorDiv, _randn(8, 4),
+            Eager("loss.backward() raises RuntimeError: derivative for aten::floor_divide is not implemented",
+                  raises="backward", error="derivative for aten::floor_divide is not implemented"),
+            frozenset({"FXG009"})),
     Example("unused", "a submodule that forward never calls", Unused, _randn(8, 4),
             Eager("aux_head.weight.grad is None", no_grad=("aux_head.weight", "aux_head.bias")),
             frozenset({"FXG203"})),
     Example("param_inplace", "`self.linear.weight.mul_(0.5)` in forward", ParamInplace, _randn(8, 4),
             Eager("forward raises RuntimeError: a leaf Variable that requires grad is being used in an in-place "
                   "operation", raises="forward", error=_LEAF_ERROR), frozenset({"FXG103"})),
+    Example("freeze_activation", "`h.requires_grad_(False)` on an activation", FreezeActivation, _randn(8, 4),
+            Eager("forward raises RuntimeError: you can only change requires_grad flags of leaf variables",
+                  raises="forward", error="you can only change requires_grad flags of leaf variables"),
+            frozenset({"FXG005", "FXG010"})),
+    Example("expand_write", "`h[:, :1].expand(-1, 4).add_(1.0)`", ExpandWrite, _randn(8, 4),
+            Eager("forward raises RuntimeError: more than one element of the written-to tensor refers to a single "
+                  "memory location", raises="forward", error="more than one element of the written-to tensor"),
+            frozenset({"FXG107"})),
     Example("data_write", "`t.data.mul_(2.0)` after Sigmoid", DataWrite, _randn(8, 4),
             Eager("backward runs but encoder's gradients are wrong: Sigmoid's backward reads the overwritten output",
                   matches_reference=False), frozenset({"FXG106"}), reference=_data_write_reference),

@@ -90,10 +90,20 @@ class NodeFacts:
     meta_write: bool = False
     #: eager forward raises here: autograd rejects the call (the error's text)
     forward_error: str | None = None
+    #: the write goes into an expanded view (several elements, one memory location): forward raises
+    overlap_write: bool = False
     #: autograd has no derivative for this op: backward raises when it reaches it
     no_derivative: bool = False
     #: a view returned by ``split``/``chunk``/``unbind`` (or a view of one): in-place writes are forbidden
     multi_view: bool = False
+    #: made by a view op (or ``x[...]``): shares its base's memory under another shape
+    is_view: bool = False
+    #: a view made by ``expand``: several elements share one memory location
+    expanded: bool = False
+    #: the tensor object this node's value is: an in-place op returns its target, ``nn.Identity`` its input
+    ident: Any = None
+    #: for ``.detach()`` / ``.data``: the tensor it is an alias of (writing through it means writing that tensor)
+    alias_of: Any = None
     alias_read_after: bool = False
     #: the first alias of the written tensor read after the write (what makes FXG104 true)
     alias_seen: torch.fx.Node | None = None
@@ -158,6 +168,10 @@ _EDGES: dict[str, tuple[bool, str | None, bool, bool]] = {
     **{n: (False, None, False, False) for n in ops.FRESH},
     **{n: (True, None, False, True) for n in ops.ZERO_GRADIENT},
 }
+#: ops returning several tensors that the schemas do not describe as such
+_TUPLE_OPS = frozenset({"sort", "topk", "kthvalue", "mode", "std_mean", "var_mean", "aminmax", "frexp", "lstm", "gru",
+                        "rnn_tanh", "rnn_relu", "unique", "unique_consecutive", "histogram", "lu", "qr", "svd",
+                        "slogdet", "eig", "eigh", "cummax", "cummin"})
 #: attributes that are differentiable views of the tensor
 _VIEW_ATTRS = frozenset({"T", "mT", "H", "mH", "real", "imag"})
 
@@ -195,23 +209,34 @@ class _Pass:
         self.mode_stack: list[bool] = []
         self.grad_on = True
         self.last_mut: dict[Root, NodeFacts] = {}
+        self.last_data_write: dict[Root, NodeFacts] = {}
         self.pending: dict[Root, list[SavedUse]] = {}
         self.pending_unknown: dict[Root, list[torch.fx.Node]] = {}
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
     def state(self, a: torch.fx.Node, reader: NodeFacts) -> torch.fx.Node:
-        """The node whose value a read of ``a`` sees: the latest in-place op on its view group after ``a``."""
+        """The node whose value a read of ``a`` sees: the latest in-place op on its view group after ``a``.
+
+        Also notes, on the latest data write into ``a``'s storage, that a *different* tensor sharing that memory
+        (a view, the base, a ``.detach()`` or ``.data`` alias) is read after it: FXG104.
+        """
         fa = self.nodes.get(a)
         if fa is None:
             return a
+        if self.last_data_write:
+            w = self.last_data_write.get(fa.sroot)
+            wt = self.nodes[w.target] if w is not None and w.target is not None else None
+            if wt is not None and w is not None and w.index > fa.index and fa.ident is not None and (
+                    (fa.ident != wt.ident and fa.ident != wt.alias_of)
+                    # ``res = h; h = relu_(h); ... res``: the old name, read although the result has its own
+                    or (a is w.target and len(w.node.users) > 0 and reader is not w)):
+                w.alias_read_after = True
+                if w.alias_seen is None:
+                    w.alias_seen = a
         m = self.last_mut.get(fa.vroot)
         if m is None or m.index <= fa.index:
             return a
-        if m.target is not a and m.node is not a:
-            m.alias_read_after = True
-            if m.alias_seen is None:
-                m.alias_seen = a
         return m.node
 
     def _module_params(self, target: str) -> list[str]:
@@ -239,7 +264,7 @@ class _Pass:
             view = self.viewer(node)
             nf = NodeFacts(node, index, view, grad_on=self.grad_on)
             self.nodes[node] = nf
-            nf.vroot = nf.croot = nf.sroot = node
+            nf.vroot = nf.croot = nf.sroot = nf.ident = node
             if self._grad_mode_node(nf):
                 continue
             if node.op == "placeholder":
@@ -298,6 +323,8 @@ class _Pass:
             attr = name[8:]
             if attr == "indices":
                 return (False, "integer", False, False)
+            if attr in ops.DIFFERENTIABLE_FIELDS:
+                return (True, None, False, False)
             return (True, None, False, False) if attr in _VIEW_ATTRS else (False, None, attr in _METADATA_ATTRS,
                                                                              False)
         if name == "requires_grad_":
@@ -394,12 +421,15 @@ class _Pass:
             self._aliases(nf, first, first_f, states)
         for pname in view.param_writes:
             self._write_root(nf, ("param", self.param_names.get(id(_attr(self.gm, pname)), pname)))
+        records = (nf.live or (write_target is not None and grad_on)) and name not in ops.META_WRITES
         if write_target is not None and name in ops.META_WRITES:
             self._meta_write(nf, write_target, diff)
         elif write_target is not None:
+            if records:
+                self._record_saved(nf, "inputs")
             self._write(nf, write_target)
-        if (nf.live or (write_target is not None and grad_on)) and not nf.meta_write:
-            self._record_saved(nf)
+        if records:
+            self._record_saved(nf, "result" if write_target is not None else "all")
 
     def _aliases(self, nf: NodeFacts, first: torch.fx.Node | None, first_f: NodeFacts | None,
                  states: list[torch.fx.Node]) -> None:
@@ -411,11 +441,15 @@ class _Pass:
             base = base or first_f
             if name == "getattr.data":
                 nf.sroot = base.sroot  # same storage, own version counter, no history
+                nf.alias_of = base.ident
                 return
             nf.vroot, nf.croot, nf.sroot = base.vroot, base.croot, base.sroot
+            nf.is_view, nf.multi_view, nf.ident = base.is_view, base.multi_view, base.ident  # the same tensor
+            nf.expanded = base.expanded
             return
         if name in ops.DETACH:
             nf.croot, nf.sroot = first_f.croot, first_f.sroot  # shares the version counter
+            nf.alias_of = first_f.ident
             return
         if name == "getitem":
             base_node = first
@@ -428,7 +462,7 @@ class _Pass:
                     src_f = self.nodes.get(src) if src is not None else None
                     if src_f is not None:
                         nf.vroot, nf.croot, nf.sroot = src_f.vroot, src_f.croot, src_f.sroot
-                        nf.multi_view = True
+                        nf.multi_view = nf.is_view = True
                 return
             index = node.args[1] if len(node.args) > 1 else None
             advanced = any(self.nodes[i].role != "value" for i in _flat_nodes(index) if i in self.nodes)
@@ -436,23 +470,29 @@ class _Pass:
                 advanced = True  # x[[0, 1]] indexes with a list: a copy, like indexing with a tensor
             if not advanced and base_node is not None:
                 nf.vroot, nf.croot, nf.sroot = base_f.vroot, base_f.croot, base_f.sroot
-                nf.multi_view = base_f.multi_view
+                nf.multi_view, nf.is_view = base_f.multi_view, True
             return
         if ops.is_view_op(name) or (name.startswith("getattr.") and name[8:] in _VIEW_ATTRS):
             nf.vroot, nf.croot, nf.sroot = first_f.vroot, first_f.croot, first_f.sroot
-            nf.multi_view = first_f.multi_view
+            nf.multi_view, nf.is_view = first_f.multi_view, True
+            nf.expanded = first_f.expanded or name in ops.EXPANDING_VIEWS
 
     def _returns_tuple(self, nf: NodeFacts) -> bool:
-        name = nf.view.name
+        """Does the node return several tensors (so ``out[0]`` picks one) rather than one tensor (a view)?"""
+        name, node = nf.view.name, nf.node
         if ops.multi_output_view(name):
             return True
+        if name in ("max", "min", "median", "nanmedian"):
+            return len(node.args) > 1 or "dim" in node.kwargs  # h.max() is a tensor, h.max(1) a pair
+        if name in _TUPLE_OPS:
+            return True
         for schema in ops._schemas(name):
-            if len(schema.returns) > 1 or str(schema.returns[0].type).startswith("List"):
+            if not schema.arguments or str(schema.arguments[0].type) != "Tensor":
+                continue  # ``mul.left_t(int[] l, int n) -> int[]`` is about Python lists, not tensors
+            rets = [str(r.type) for r in schema.returns]
+            if (len(rets) > 1 and all(r == "Tensor" for r in rets)) or rets[:1] == ["List[Tensor]"]:
                 return True
-        return name in {"max", "min", "sort", "topk", "kthvalue", "mode", "median", "nanmedian", "std_mean",
-                        "var_mean", "aminmax", "frexp", "lstm", "gru", "rnn_tanh", "rnn_relu", "unique",
-                        "unique_consecutive", "split", "chunk", "unbind", "histogram", "lu", "qr", "svd",
-                        "slogdet", "eig", "eigh", "cummax", "cummin"}
+        return False
 
     def _write(self, nf: NodeFacts, target: torch.fx.Node) -> None:
         tf = self.nodes.get(target)
@@ -467,8 +507,12 @@ class _Pass:
             nf.target_role = "param"
         elif root_f is not None and root_f.role in ("input", "buffer", "constant", "param"):
             nf.target_role = root_f.role
-        nf.is_view_target = tf.vroot is not target and tf.vroot is not None
-        if nf.grad_on and tf.vroot in self.leaf_roots and nf.target_live:
+        nf.is_view_target = tf.is_view
+        if tf.expanded:
+            nf.overlap_write = True
+        elif nf.view.name in ops.RESIZES and nf.target_live:
+            nf.forward_error = "cannot resize variables that require grad"
+        elif nf.grad_on and tf.vroot in self.leaf_roots and nf.target_live:
             nf.leaf_write = True
         elif nf.grad_on and tf.multi_view and nf.target_live:
             nf.forward_error = ("Output 0 of SplitBackward0 is a view and is being modified inplace. This view is the "
@@ -477,6 +521,7 @@ class _Pass:
         self._settle(nf, tf.sroot, tf.croot)
         nf.unknown_savers = self.pending_unknown.pop(tf.sroot, [])
         self.last_mut[tf.vroot] = nf
+        self.last_data_write[tf.sroot] = nf
 
     def _settle(self, nf: NodeFacts, sroot: Root, croot: Root) -> None:
         """A data write: tensors saved on this storage before now are overwritten (same version counter) or
@@ -530,24 +575,43 @@ class _Pass:
         sf = self.nodes.get(s)
         return sf is not None and sf.live
 
-    def _record_saved(self, nf: NodeFacts) -> None:
+    def _record_saved(self, nf: NodeFacts, phase: str = "all") -> None:
+        """Record what ``nf`` saves for backward. In-place ops save their other inputs *before* they write
+        (``phase="inputs"``: ``h *= h`` saves the very tensor it then overwrites) and their result after."""
         view = nf.view
         name = view.name
-        entry = SAVED.get(name) or ops.REFLECTED_SAVED.get(name)
+        inplace = view.writes is not None
+        entry = (SAVED.get(name + "_") if inplace else None) or SAVED.get(name) or ops.REFLECTED_SAVED.get(name)
+        function = getattr(nf.node.target, "__fxgrad_function__", None)
+        if function is not None:
+            entry = ops.function_saves(function)
         if entry is None and name.endswith("_"):
             entry = SAVED.get(name[:-1])
         if entry is None:
+            if phase == "inputs":
+                return
             if name not in ops.PASS_THROUGH and not ops.is_view_op(name):
                 for a in nf.node.all_input_nodes:
                     af = self.nodes.get(a)
                     if af is not None and af.role != "value":
                         self.pending_unknown.setdefault(af.sroot, []).append(nf.node)
             return
+        per_input = entry[1]
+        for (op_name, arg_name), override in ops.SCALAR_OVERLOADS.items():
+            if op_name == name and not isinstance(view.args.get(arg_name), torch.fx.Node):
+                per_input = override
         params, args = view.params, view.args
         names: set[str] = set()
-        for inp, saved in entry[1].items():
+        for inp, saved in per_input.items():
             if saved and (inp in params or self._requires(args.get(inp), nf)):
                 names.update(saved)
+        if inplace:
+            # autograd keeps a clone of the original ``self`` when an in-place op's formula needs it
+            names.discard("self")
+            if phase == "inputs":
+                names = {n for n in names if not n.startswith("result")}
+            elif phase == "result":
+                names = {n for n in names if n.startswith("result")}
         if not names:
             return
         backend = name in BACKEND_DEPENDENT

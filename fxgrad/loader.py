@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import linecache
 import os
 import re
 import sys
@@ -49,6 +50,7 @@ _DTYPES: dict[str, torch.dtype] = {
 _DTYPE_NAMES = "float32, float64, float16, bfloat16, int64, int32, int16, int8, uint8, bool"
 _SHAPE = re.compile(r"^\d+(?:[x×]\d+)*$")
 _INPUT_SEED = 0
+_FXGRAD_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -111,7 +113,8 @@ def _split(target: str, what: str) -> tuple[str, str]:
 
 
 def _is_path(where: str) -> bool:
-    return where.endswith(".py") or "/" in where or os.sep in where
+    return where.endswith(".py") or "/" in where or os.sep in where or not all(
+        part.isidentifier() for part in where.split("."))
 
 
 def _user_line(exc: BaseException, file: str | None = None) -> str:
@@ -119,11 +122,14 @@ def _user_line(exc: BaseException, file: str | None = None) -> str:
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
         text = (exc.text or "").strip()
         return f" at {_display(exc.filename)}:{exc.lineno}" + (f": `{text}`" if text else "")
+    def users(filename: str) -> bool:
+        if file is not None:
+            return os.path.abspath(filename) == os.path.abspath(file)
+        return not filename.startswith(("<", _FXGRAD_DIR)) and "importlib" not in filename
+
     found = None
     for frame in traceback.extract_tb(exc.__traceback__):
-        if file is not None and os.path.abspath(frame.filename) == os.path.abspath(file):
-            found = frame
-        elif file is None and "importlib" not in frame.filename and not frame.filename.startswith("<"):
+        if users(frame.filename):
             found = frame
     if found is None or found.lineno is None:
         return ""
@@ -153,6 +159,7 @@ def _import_file(path_text: str) -> ModuleType:
     if parent not in sys.path:
         sys.path.insert(0, parent)
     sys.modules[name] = module
+    linecache.checkcache(str(path))  # the file may have changed since a previous load in this process
     try:
         spec.loader.exec_module(module)
     except Exception as e:
@@ -167,6 +174,7 @@ def _import_module(module_name: str) -> ModuleType:
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)  # like `python -m`: packages in the current directory are importable
+    linecache.checkcache()
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -245,7 +253,7 @@ def _kind(obj: Any) -> str:
         return f"the class {obj.__name__}"
     if isinstance(obj, ModuleType):
         return f"the Python module {obj.__name__}"
-    return f"a {type(obj).__name__}"
+    return f"a value of type {type(obj).__name__}"
 
 
 def _call(fn: Any, name: str, *, factory_hint: bool) -> Any:

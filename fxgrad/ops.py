@@ -11,9 +11,11 @@ argument, if any, it writes to.
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 import operator
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +167,18 @@ REFLECTED_SAVED: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] =
     "rdiv": (("other", "self"), {"self": ()}),
     "rpow": (("other", "self"), {"self": ("self", "result")}),
 }
+#: overloads whose saved set is smaller than the merged table says, chosen when the named argument is a Python
+#: number: ``h ** 2`` is ``pow.Tensor_Scalar`` and saves only ``self`` (``pow.Tensor_Tensor`` also saves the result).
+SCALAR_OVERLOADS: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
+    ("pow", "exponent"): {"self": ("self",)},
+}
+#: named-tuple fields of multi-output ops: ``h.max(1).values`` carries gradient, ``.indices`` does not.
+DIFFERENTIABLE_FIELDS = frozenset({"values", "Q", "R", "U", "S", "V", "Vh", "L", "LU", "eigenvalues", "eigenvectors",
+                                   "solution", "mantissa", "logabsdet", "output", "mean", "var", "std"})
+#: views that make several elements share one memory location: writing into them raises in forward
+EXPANDING_VIEWS = frozenset({"expand", "expand_as", "broadcast_to"})
+#: in-place ops that autograd refuses on a tensor that requires grad, whatever saved what
+RESIZES = frozenset({"resize", "resize_as", "set"})
 #: in-place ops that overwrite the target completely (its old value gets a zero gradient).
 OVERWRITES = frozenset({"zero", "fill", "copy", "normal", "uniform", "bernoulli", "random", "exponential",
                         "geometric", "log_normal", "cauchy", "set"})
@@ -409,6 +423,10 @@ class OpViewer:
                 args[1], torch.fx.Node):
             # ``2.0 ** h``: Python calls ``h.__rpow__(2.0)``, a different op with a different saved set
             return OpView(f"r{t.name}", {"other": args[0], "self": args[1]}, None, t.spelling)
+        function = getattr(target, "__fxgrad_function__", None)
+        if function is not None:  # a custom autograd.Function, kept opaque by the tracer
+            names = (function_saves(function) or ((), {}))[0]
+            return OpView(t.name, _bind(names or None, tuple(args), dict(kwargs)), None, t.name)
         if t.name == "einsum" and args and isinstance(args[0], str):
             # torch.einsum(equation, *operands) or torch.einsum(equation, [operands])
             ops_ = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
@@ -419,8 +437,8 @@ class OpViewer:
                 bound.pop("inplace", None)  # a no-op outside training: nothing is written
             if bound.get("inplace") is True:
                 bound.pop("inplace")
-                names = _signature_names(target)  # type: ignore[arg-type]
-                written = args[0] if args else (kwargs.get(names[0]) if names else None)
+                py_names = _signature_names(target)  # type: ignore[arg-type]
+                written = args[0] if args else (kwargs.get(py_names[0]) if py_names else None)
                 return OpView(t.name, bound, written, f"F.{t.name}(inplace=True)")
         else:
             bound = _bind(t.arg_names, tuple(args), _schema_kwargs(t.name, dict(kwargs)) if kwargs else {})
@@ -430,6 +448,37 @@ class OpViewer:
         if isinstance(out, torch.fx.Node):
             return OpView(t.name, bound, out, f"torch.{t.name}(out=...)")
         return OpView(t.name, bound, None, t.spelling)
+
+
+_FUNCTION_SAVES: dict[type, tuple[tuple[str, ...], dict[str, tuple[str, ...]]] | None] = {}
+
+
+def function_saves(cls: type) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]] | None:
+    """What a custom ``autograd.Function`` saves, read from its source: the names passed to
+    ``ctx.save_for_backward(...)`` that are ``forward``'s own parameters are saved inputs; the name it returns is
+    the saved result. ``None`` when the source is not available (fxgrad then says it cannot prove it)."""
+    if cls in _FUNCTION_SAVES:
+        return _FUNCTION_SAVES[cls]
+    entry: tuple[tuple[str, ...], dict[str, tuple[str, ...]]] | None = None
+    try:
+        source = textwrap.dedent(inspect.getsource(cls.forward))  # type: ignore[attr-defined]
+        tree = ast.parse(source)
+        fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef))
+        params = tuple(a.arg for a in fn.args.args[1:])  # after ctx
+        saved: set[str] = set()
+        returned = {r.value.id for r in ast.walk(fn) if isinstance(r, ast.Return) and isinstance(r.value, ast.Name)}
+        for call in ast.walk(fn):
+            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                    and call.func.attr == "save_for_backward"):
+                for arg in call.args:
+                    if isinstance(arg, ast.Name):
+                        saved.add("result" if arg.id in returned and arg.id not in params else arg.id)
+        names = tuple(n for n in saved if n in params or n == "result")
+        entry = (params, {p: names for p in params})
+    except (OSError, TypeError, SyntaxError, StopIteration):
+        entry = None
+    _FUNCTION_SAVES[cls] = entry
+    return entry
 
 
 def op_view(node: torch.fx.Node, modules: dict[str, nn.Module]) -> OpView:

@@ -16,7 +16,17 @@ from .capture import node_origin
 from .facts import GraphFacts, NodeFacts, ParamFacts
 from .report import Finding, Related
 
-__all__ = ["RULES", "RULES_BY_CODE", "Rule", "inplace_warning", "param_findings", "run_rules", "select_codes"]
+__all__ = [
+    "FORWARD_ERRORS",
+    "RULES",
+    "RULES_BY_CODE",
+    "Rule",
+    "inplace_warning",
+    "param_findings",
+    "run_rules",
+    "select_codes",
+    "without_counterfactuals",
+]
 
 
 @dataclass(frozen=True)
@@ -147,7 +157,8 @@ def inplace_warning(nf: NodeFacts, *, proved: bool) -> Finding:
 
 
 def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
-    if nf.target is None or nf.target_role != "activation" or nf.leaf_write or nf.meta_write or nf.forward_error:
+    if (nf.target is None or nf.target_role != "activation" or nf.leaf_write or nf.meta_write or nf.forward_error
+            or nf.overlap_write):
         return None
     if [u for u in nf.overwritten + nf.silently_written if facts[u.saver].reach]:
         return None
@@ -168,6 +179,8 @@ def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | Non
 
 def _check_alias(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
     if nf.target is None or nf.meta_write or not nf.alias_read_after or nf.target_role not in ("activation",):
+        return None
+    if nf.overlap_write or nf.forward_error or nf.leaf_write:  # forward raises there: nothing is read later
         return None
     return _finding("FXG104", nf, f"In-place `{nf.view.spelling}` writes `{nf.target.name}`, which shares memory "
                     "with another tensor that is read later: that read sees the new values.")
@@ -193,6 +206,19 @@ def _check_forward_error(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
         return None
     return _finding("FXG010", nf, f"Autograd rejects `{nf.view.spelling or nf.view.name}` here: forward raises "
                     f"\"RuntimeError: {nf.forward_error}\"")
+
+
+OVERLAP_ERROR = ("unsupported operation: more than one element of the written-to tensor refers to a single memory "
+                 "location. Please clone() the tensor before performing the operation.")
+
+
+def _check_overlap(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
+    if not nf.overlap_write:
+        return None
+    target = nf.target.name if nf.target is not None else "its target"
+    return _finding("FXG107", nf, f"In-place `{nf.view.spelling}` writes into `{target}`, an `expand`ed view whose "
+                    f"elements share memory: forward raises \"RuntimeError: {OVERLAP_ERROR}\" Clone it first, or "
+                    "use the out-of-place form.")
 
 
 RULES: tuple[Rule, ...] = (
@@ -250,6 +276,9 @@ RULES: tuple[Rule, ...] = (
     Rule("FXG106", "inplace-behind-counter", "error", "in-place write through `.data` into a tensor saved for "
          "backward: silently wrong gradients", "`.data` has its own version counter, so autograd cannot notice.",
          check=_check_silent),
+    Rule("FXG107", "inplace-overlap", "error", "in-place write into an `expand`ed view (elements share memory): "
+         "forward raises", "One memory location stands for several elements; PyTorch refuses to write it.",
+         fixable=True, check=_check_overlap),
     Rule("FXG201", "param-no-grad", "error", "parameter gets no gradient: every path to the output is cut",
          "Its `.grad` stays None and the optimizer never updates it."),
     Rule("FXG202", "param-zero-grad", "warning", "parameter gets only a zero gradient",
@@ -316,4 +345,15 @@ def run_rules(facts: GraphFacts) -> list[Finding]:
             if f is not None:
                 findings.append(f)
     findings.extend(param_findings(facts))
-    return findings
+    return without_counterfactuals(findings)
+
+
+#: codes of findings where eager forward raises: training never gets to a gradient
+FORWARD_ERRORS = frozenset({"FXG010", "FXG103", "FXG107"})
+
+
+def without_counterfactuals(findings: list[Finding]) -> list[Finding]:
+    """When forward raises, "this parameter would get no gradient" describes a run that never happens."""
+    if not any(f.code in FORWARD_ERRORS for f in findings):
+        return findings
+    return [f for f in findings if f.code not in ("FXG201", "FXG202")]

@@ -1574,6 +1574,17 @@ class ChunkViewInplace(Ex1Linear):
 
 
 @case()
+class ExpandedCloneInplace(Ex1Linear):
+    """`e = h[:, :1].expand(4, 4).clone(); e.add_(1)`: the clone owns its memory, the write is legal."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)
+        e = h[:, :1].expand(-1, 4).clone()
+        e.add_(1)
+        return h + e
+
+
+@case()
 class ChunkThenOutOfPlace(Ex1Linear):
     """`a, b = h.chunk(2); a = a * 2`: the out-of-place spelling of ChunkViewInplace is legal."""
 
@@ -1915,3 +1926,6 @@ class FloorDivideNoDerivative(_Two):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(self.a(x) // 2.0)
+
+
+from . import corpus_forum  # noqa: E402,F401

@@ -187,6 +187,7 @@ PAIRS: dict[str, tuple[str, str, str]] = {
     "FXG104": ("AliasReadAfterWrite", "ViewWriteReadView", "alias"),
     "FXG105": ("InputInplaceMul_", "LinearOutputAdd_", "input"),
     "FXG106": ("DataWriteIntoSaved", "DataWriteUnsaved", "silent"),
+    "FXG107": ("ExpandedViewInplace", "ExpandedCloneInplace", "forward_error"),
     "FXG201": ("Detach", "DictOutputOneDetached", "cut"),
     "FXG202": ("RoundZeroGrad", "StraightThroughEstimator", "zero"),
     "FXG203": ("UnusedSubmodule", "UnusedTupleOutputBranch", "unused"),

@@ -1,0 +1,253 @@
+"""``fxgrad.fix``: a copy of the model whose in-place ops that break (or could break) backward are out-of-place.
+
+Algorithm of :func:`fix`:
+
+1. Check the arguments; the user's model is only read from here on (its modules are shared by the result,
+   never modified: in-place modules are replaced by copies with ``inplace=False``).
+2. Trace once (:func:`fxgrad.capture.trace`) and run :func:`fxgrad.analyze` on that same ``GraphModule``, so
+   finding and node names match; ``only="breaking"`` selects the nodes with FXG102/FXG103 findings.
+3. Build the result: a new ``GraphModule`` over the traced one's modules with a copy of its graph.
+4. Run the :class:`~fxgrad.rewrite.OutOfPlace` pass on it.
+5. With example inputs: where the out-of-place result has another dtype than the in-place one had (type
+   promotion: ``h_f16 += x_f32`` stays float16, ``h_f16 + x_f32`` is float32), cast it back.
+6. With example inputs and ``verify=True``: prove the result against the original (:func:`fxgrad.verify.verify`).
+7. Store the frozen :class:`FixRecord` in ``result.meta["fxgrad"]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import operator
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from .analysis import analyze, preserved
+from .capture import trace
+from .errors import InputError
+from .inputs import Spec, as_args, has_real_tensors, map_inputs
+from .report import Report
+from .rewrite import Left, OutOfPlace, Rewrite
+from .verify import Verification, flatten
+from .verify import verify as run_verification
+
+__all__ = ["FixRecord", "fix", "fix_record"]
+
+log = logging.getLogger(__name__)
+
+META_KEY = "fxgrad"
+
+#: findings whose ops ``only="breaking"`` rewrites: backward raises (FXG102) or forward raises (FXG103).
+BREAKING = ("FXG102", "FXG103")
+
+
+@dataclass(frozen=True)
+class FixRecord:
+    """What :func:`fix` did to a model: rewrites, ops it left and why, and the proof."""
+
+    model: str
+    only: str
+    unsafe: bool
+    rewrites: tuple[Rewrite, ...]
+    left: tuple[Left, ...]
+    verification: Verification | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.rewrites)
+
+    @property
+    def verified(self) -> bool:
+        return self.verification is not None and self.verification.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for group in ("rewrites", "left"):
+            for item in d[group]:
+                loc = item.get("location")
+                item["location"] = None if loc is None else {k: loc[k] for k in ("file", "line", "function", "code")}
+        return d
+
+    def __str__(self) -> str:
+        lines = [f"fxgrad fix for {self.model} (only={self.only!r}{', unsafe' if self.unsafe else ''}): "
+                 f"{len(self.rewrites)} rewritten, {len(self.left)} left"]
+        for r in self.rewrites:
+            codes = f" [{', '.join(r.codes)}]" if r.codes else ""
+            lines.append(f"  rewrote {r}{codes}")
+            if r.unsafe_change:
+                lines.append(f"    unsafe: {r.unsafe_change}")
+        for lf in self.left:
+            lines.append(f"  left {lf}")
+        if self.verification is not None:
+            lines.append(str(self.verification))
+        else:
+            lines.append("not verified")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def fix_record(gm: torch.fx.GraphModule) -> FixRecord:
+    """The record :func:`fix` stored on its result."""
+    record = gm.meta.get(META_KEY)
+    if not isinstance(record, FixRecord):
+        raise InputError("This GraphModule was not made by fxgrad.fix. Hint: call fxgrad.fix(model, ...) first.")
+    return record
+
+
+def _inputs_require_grad(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> frozenset[str]:
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    names = set()
+    for node, a in zip(placeholders, args, strict=False):
+        if any(t.requires_grad for _, t in flatten(a) if isinstance(t, torch.Tensor)):
+            names.add(str(node.target))
+    return frozenset(names)
+
+
+def _findings(traced: torch.fx.GraphModule, args: tuple[Any, ...] | None) -> Report:
+    """``analyze`` on the traced graph; proved by the dry-run when it is available and inputs are given."""
+    if args is not None:
+        try:
+            return analyze(traced, args)
+        except ModuleNotFoundError as e:  # the dry-run module is optional
+            if e.name != "fxgrad.dryrun":
+                raise
+            log.debug("fxgrad.dryrun unavailable; static findings")
+    return analyze(traced)
+
+
+class _Dtypes(torch.fx.Interpreter):
+    """Records the dtype of every tensor a graph computes, by node name."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.dtypes: dict[str, torch.dtype] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            self.dtypes[n.name] = result.dtype
+        return result
+
+
+def _dtypes(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> dict[str, torch.dtype] | None:
+    """Dtypes from one run on copies, or None when the graph cannot run (the caller then assumes no change)."""
+    probe = _Dtypes(copy.deepcopy(gm))
+    inputs = map_inputs(args, lambda a: a.empty() if isinstance(a, Spec) else a.detach().clone())
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            probe.run(*inputs)
+    except Exception as e:
+        log.debug("dtype probe failed: %s", e)
+        return None
+    return probe.dtypes
+
+
+def _repair_dtypes(fixed: torch.fx.GraphModule, before: dict[str, torch.dtype], pass_: OutOfPlace,
+                   args: tuple[Any, ...]) -> list[str]:
+    """Step 5: cast out-of-place results back to the dtype their in-place op kept."""
+    after = _dtypes(fixed, args)
+    if after is None:
+        return []
+    notes = []
+    for old, new in pass_.replaced.items():
+        want, have = before.get(old), after.get(new.name)
+        if want is None or have is None or want == have or new.op == "call_module":
+            continue
+        with fixed.graph.inserting_after(new):
+            cast = fixed.graph.call_method("to", (new, want))
+        cast.meta = dict(new.meta)
+        new.replace_all_uses_with(cast, delete_user_cb=functools.partial(operator.is_not, cast))
+        notes.append(f"`{old}`: the out-of-place result is {have}; cast back to {want} as the in-place op kept it")
+    if notes:
+        fixed.graph.lint()
+        fixed.recompile()
+    return notes
+
+
+def fix(
+    model: nn.Module,
+    example_inputs: Sequence[Any] | Any | None = None,
+    *,
+    only: str | None = None,
+    verify: bool = True,
+    rtol: float | None = None,
+    atol: float | None = None,
+    unsafe: bool = False,
+    concrete_args: dict[str, Any] | None = None,
+    tracer: type[torch.fx.Tracer] | torch.fx.Tracer | None = None,
+    leaf_modules: Sequence[type[nn.Module] | str] = (),
+) -> torch.fx.GraphModule:
+    """A new ``GraphModule`` that computes what ``model`` computes, with in-place ops made out-of-place.
+
+    ``only="breaking"`` (the default with example inputs) rewrites the ops that make backward or forward raise
+    (FXG102/FXG103) and keeps harmless memory-saving in-place ops; ``only="all"`` (the default without inputs)
+    rewrites every in-place op on activations that can be rewritten safely. ``unsafe=True`` also rewrites writes
+    the caller sees (graph inputs) and records the change. With example inputs and ``verify=True`` the result is
+    run against the original (outputs, gradients, buffers) and :class:`~fxgrad.errors.VerificationError` is
+    raised on a mismatch. The result shares ``model``'s parameters; ``model`` itself is never changed. Its
+    record is ``result.meta["fxgrad"]`` (a :class:`FixRecord`).
+    """
+    # Step 1: arguments.
+    if not isinstance(model, nn.Module):
+        raise InputError(f"fxgrad.fix needs an nn.Module, got {type(model).__name__}. "
+                         "Hint: pass the model instance, e.g. fix(MyNet(), (x,)).")
+    if only not in (None, "breaking", "all"):
+        raise InputError(f"only must be 'breaking' or 'all', not {only!r}. Hint: only='breaking' rewrites the "
+                         "in-place ops that break backward; only='all' every safe one.")
+    args = None if example_inputs is None else as_args(example_inputs)
+    mode = only or ("breaking" if args is not None else "all")
+    name = type(model).__name__
+    notes: list[str] = []
+    with preserved(model):
+        # Step 2: trace once; analyze that graph.
+        traced = trace(model, concrete_args, tracer=tracer, leaf_modules=leaf_modules)
+        report = _findings(traced, args)
+        codes: dict[str, tuple[str, ...]] = {}
+        for f in report.findings:
+            codes[f.node] = (*codes.get(f.node, ()), f.code)
+        select = None
+        if mode == "breaking":
+            select = {node for node, cs in codes.items() if any(c in BREAKING for c in cs)}
+            if report.mode != "dry-run":
+                notes.append("only='breaking' chose ops from static findings (no dry-run)")
+        # Step 3: the result shares the traced module's submodules, with its own graph.
+        fixed = torch.fx.GraphModule(traced, copy.deepcopy(traced.graph), name)
+        fixed.training = model.training
+        # Step 4: the pass.
+        pass_ = OutOfPlace(
+            select=select, unsafe=unsafe, codes=codes, model=model,
+            inputs_require_grad=_inputs_require_grad(traced, args) if args is not None else frozenset(),
+            select_reason="it breaks nothing (no FXG102/FXG103 finding), and only='breaking' keeps harmless "
+                          "in-place ops; only='all' rewrites it")
+        pass_(fixed)
+        # Step 5: dtypes.
+        if args is not None and pass_.rewrites:
+            before = _dtypes(traced, args)
+            if before is not None:
+                notes += _repair_dtypes(fixed, before, pass_, args)
+        elif pass_.rewrites:
+            notes.append("no example inputs: rewrites assume the operands of each in-place op have its dtype "
+                         "(h_f16 += x_f32 keeps float16, h_f16 + x_f32 does not); pass example inputs to check")
+        # Step 6: verification.
+        verification = None
+        if verify and args is not None and not has_real_tensors(args):
+            notes.append("not verified: the example inputs are shapes (fxgrad.spec) or meta tensors, without values")
+        elif verify and args is not None:
+            breaking_left = [lf for lf in pass_.left if any(c in BREAKING for c in codes.get(lf.node, ()))]
+            verification = run_verification(model, fixed, args, rtol=rtol, atol=atol, rewrites=pass_.rewrites,
+                                            left=breaking_left, model_name=name)
+        elif verify:
+            notes.append("not verified: pass example inputs to compare outputs and gradients with the original")
+    # Step 7: the record.
+    record = FixRecord(name, mode, unsafe, tuple(pass_.rewrites), tuple(pass_.left), verification, tuple(notes))
+    fixed.meta[META_KEY] = record
+    log.debug("fixed %s: %d rewrites", name, len(record.rewrites))
+    return fixed
+

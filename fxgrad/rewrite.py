@@ -1,0 +1,705 @@
+"""In-place -> out-of-place: the graph pass behind :func:`fxgrad.fix`.
+
+An in-place op can be replaced by its out-of-place twin exactly when nothing can tell the difference: the
+written tensor is an activation (not a graph input, parameter or buffer), and no other tensor that shares its
+memory (a view, its base, a ``.detach()`` alias) is read after the write. The twin then computes the same value,
+and every later reader of the written tensor is re-pointed to it. What the pass cannot rewrite safely it leaves
+in place and records with the reason; ``unsafe=True`` also rewrites writes to graph inputs (the caller's tensor
+is then no longer modified) and to parameters whose in-place write raises in forward, and says so.
+
+Algorithm of :class:`OutOfPlace` (run on a ``GraphModule`` that fxgrad owns; the user's modules are shared, never
+modified: in-place modules are replaced by copies with ``inplace=False``):
+
+1. Compute the facts (:func:`fxgrad.facts.compute_facts`): roles, grad mode, the target of every in-place op,
+   storage roots, tensors saved for backward and overwritten behind the version counter.
+2. One forward sweep over the nodes: group each in-place result with the tensor it writes (``x.add_(y)``
+   returns ``x``), and mark an in-place op as *aliased* when a later node reads a tensor of the same storage
+   that existed before the write but is not the written tensor (a view, its base, a detached alias).
+3. Decide per in-place op: rewrite it (selected by ``only``, safe, or allowed by ``unsafe``), or leave it and
+   record why.
+4. Rewrite the chosen ops in graph order: build the out-of-place twin (the aten ``foo_`` / ``foo`` schema pair,
+   the source-level table for ``+=``, ``inplace=True``, ``out=``, in-place modules, or a clone followed by the
+   write when no twin exists), re-point every later reader of the written tensor to it, erase the in-place node.
+5. Lint and recompile.
+
+Each step touches every node and edge a constant number of times, except that a read in step 2 also visits the
+in-place ops on its own storage that happened after the read tensor was created (a handful in real models).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import logging
+import operator
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from . import ops
+from .capture import SourceLocation, node_origin
+from .facts import GraphFacts, NodeFacts, compute_facts
+
+__all__ = ["Left", "OutOfPlace", "Rewrite", "render_node"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One in-place op replaced by its out-of-place twin."""
+
+    #: the in-place node's name in the traced graph (the name ``fxgrad.analyze`` findings use)
+    node: str
+    #: the node that now holds the value (for in-place modules, the same node with a new module)
+    new_node: str
+    #: method | function | augmented | inplace-kwarg | out | module | clone-write
+    kind: str
+    #: the op as the traced code spelled it, e.g. ``mul_ = sigmoid.mul_(2.0)``
+    before: str
+    #: what replaces it, e.g. ``mul = sigmoid.mul(2.0)``
+    after: str
+    location: SourceLocation | None = None
+    #: the findings ``fxgrad.analyze`` reported on this op (``FXG102`` ...)
+    codes: tuple[str, ...] = ()
+    #: for ``unsafe=True`` rewrites: what the caller sees change; empty for safe rewrites
+    unsafe_change: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        return f"{where}{self.before}  ->  {self.after}"
+
+
+@dataclass(frozen=True)
+class Left:
+    """An in-place op the pass did not rewrite, and why."""
+
+    node: str
+    spelling: str
+    #: the finding code the reason corresponds to (``FXG104`` alias, ``FXG105`` input ...), or ``""``
+    code: str
+    reason: str
+    location: SourceLocation | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        code = f"{self.code} " if self.code else ""
+        return f"{where}{code}`{self.spelling}` left: {self.reason}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The out-of-place twin of an op: from the aten schemas, plus a table for source-level spellings.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _arguments(schema: torch._C.FunctionSchema) -> tuple[tuple[str, str, str, bool], ...]:
+    """A schema's arguments after ``self``, without alias annotations: what a twin must accept identically."""
+    out = []
+    for a in schema.arguments[1:]:
+        default = repr(a.default_value) if a.has_default_value() else "<required>"
+        out.append((a.name, str(a.type), default, a.kwarg_only))
+    return tuple(out)
+
+
+@functools.cache
+def _inplace_kind(base: str) -> str:
+    """``"inplace"`` when aten has ``base_`` as a plain in-place op, ``"view"`` for metadata ops (``t_``)."""
+    packet = getattr(torch.ops.aten, base + "_", None)
+    if packet is None:
+        return ""
+    tags: set[Any] = set()
+    for overload in packet.overloads():
+        tags |= set(getattr(packet, overload).tags)
+    if torch.Tag.inplace_view in tags:
+        return "view"
+    return "inplace" if torch.Tag.inplace in tags else ""
+
+
+@functools.cache
+def aten_twin(base: str) -> str | None:
+    """Name of the aten op that computes what ``base_`` writes, when every overload has an identical twin.
+
+    ``add_`` / ``add``, ``clamp_`` / ``clamp``, ``normal_`` / ``normal_functional``. ``bernoulli_(p=0.5)`` has no
+    twin (``bernoulli(self)`` reads ``self`` as probabilities), so it gets ``None`` and the clone fallback.
+    """
+    packet = getattr(torch.ops.aten, base + "_", None)
+    if packet is None or _inplace_kind(base) != "inplace":
+        return None
+    wanted = [
+        _arguments(getattr(packet, ov)._schema)
+        for ov in packet.overloads()
+        if not getattr(packet, ov)._schema.overload_name.endswith("out")
+    ]
+    for name in (base, base + "_functional"):
+        twin = getattr(torch.ops.aten, name, None)
+        if twin is None:
+            continue
+        have = {_arguments(getattr(twin, ov)._schema) for ov in twin.overloads()}
+        if all(w in have for w in wanted):
+            return name
+    return None
+
+
+#: in-place modules whose ``inplace`` flag the pass turns off on a copy.
+INPLACE_MODULES: tuple[type[nn.Module], ...] = ops.INPLACE_MODULE_TYPES
+
+
+def _method_twin(method: str) -> tuple[str, Any] | None:
+    """``("method", "add")`` or ``("function", torch.ops.aten.fill)`` for ``x.<method>()``; None: no twin."""
+    base = method[:-1]
+    name = aten_twin(base)
+    if name is None:
+        return None
+    if name == base and callable(getattr(torch.Tensor, base, None)):
+        return "method", base
+    return "function", getattr(torch.ops.aten, name)
+
+
+def _function_twin(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+    """``torch.relu`` for ``torch.relu_``, ``F.elu`` for ``F.elu_``; None when the pair is not schema-backed."""
+    fname = getattr(fn, "__name__", "")
+    if not fname.endswith("_") or fname.endswith("__"):
+        return None
+    base = fname[:-1]
+    if aten_twin(base) != base:
+        return None
+    for owner, twin_owner in ((torch, torch), (torch._C._nn, F), (F, F)):
+        if getattr(owner, fname, None) is fn:
+            twin = getattr(twin_owner, base, None)
+            if callable(twin):
+                return twin
+    return None
+
+
+@functools.cache
+def _inplace_position(fn: Callable[..., Any]) -> int | None:
+    try:
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names.index("inplace") if "inplace" in names else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rendering one node as a line of code (for the record).
+# --------------------------------------------------------------------------------------------------------------
+
+_INFIX = {
+    operator.add: "+", operator.sub: "-", operator.mul: "*", operator.truediv: "/", operator.floordiv: "//",
+    operator.mod: "%", operator.pow: "**", operator.matmul: "@", operator.and_: "&", operator.or_: "|",
+    operator.xor: "^", operator.lshift: "<<", operator.rshift: ">>",
+}
+_AUGMENTED_SYMBOL = {aug: _INFIX[plain] + "=" for aug, (plain, _) in ops.AUGMENTED.items() if plain in _INFIX}
+
+
+def _fmt(a: Any) -> str:
+    if isinstance(a, torch.fx.Node):
+        return a.name
+    if isinstance(a, slice):
+        parts = ["" if v is None else _fmt(v) for v in (a.start, a.stop, a.step)]
+        return ":".join(parts[:2]) + (f":{parts[2]}" if a.step is not None else "")
+    if isinstance(a, tuple):
+        inner = ", ".join(_fmt(x) for x in a)
+        return f"({inner},)" if len(a) == 1 else f"({inner})"
+    if isinstance(a, list):
+        return "[" + ", ".join(_fmt(x) for x in a) + "]"
+    if isinstance(a, torch.dtype):
+        return str(a)
+    if a is Ellipsis:
+        return "..."
+    return repr(a)
+
+
+def _call_args(args: Iterable[Any], kwargs: dict[str, Any]) -> str:
+    return ", ".join([_fmt(a) for a in args] + [f"{k}={_fmt(v)}" for k, v in kwargs.items()])
+
+
+def _qualified(fn: Any) -> str:
+    if isinstance(fn, torch._ops.OpOverloadPacket):
+        return f"torch.ops.aten.{fn.__name__}"
+    name = getattr(fn, "__name__", str(fn))
+    if fn is getattr(torch, name, None):
+        return f"torch.{name}"
+    if fn is getattr(F, name, None) or fn is getattr(torch._C._nn, name, None):
+        return f"F.{name}"
+    if fn is getattr(operator, name, None):
+        return f"operator.{name}"
+    return name
+
+
+def render_node(node: torch.fx.Node) -> str:
+    """One fx node as the line of Python that ``gm.code`` prints for it (without fx's ``= None`` bookkeeping)."""
+    args, kwargs = node.args, dict(node.kwargs)
+    if node.op == "call_method":
+        rhs = f"{_fmt(args[0])}.{node.target}({_call_args(args[1:], kwargs)})"
+    elif node.op == "call_module":
+        rhs = f"self.{node.target}({_call_args(args, kwargs)})"
+    elif node.op == "call_function":
+        target = node.target
+        if target is operator.setitem:
+            index = args[1]
+            shown = ", ".join(_fmt(i) for i in index) if isinstance(index, tuple) and index else _fmt(index)
+            return f"{_fmt(args[0])}[{shown}] = {_fmt(args[2])}"
+        if target in _AUGMENTED_SYMBOL and len(args) == 2:
+            return f"{_fmt(args[0])} {_AUGMENTED_SYMBOL[target]} {_fmt(args[1])}"
+        if target in _INFIX and len(args) == 2 and not kwargs:
+            rhs = f"{_fmt(args[0])} {_INFIX[target]} {_fmt(args[1])}"
+        else:
+            rhs = f"{_qualified(target)}({_call_args(args, kwargs)})"
+    else:
+        return node.format_node() or node.name
+    return f"{node.name} = {rhs}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The pass.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """How one in-place op is rewritten (step 3's decision, step 4's input)."""
+
+    node: torch.fx.Node
+    target: torch.fx.Node
+    kind: str
+    twin: Any = None
+    unsafe_change: str = ""
+
+
+def _flat_nodes(a: Any) -> list[torch.fx.Node]:
+    out: list[torch.fx.Node] = []
+    torch.fx.node.map_arg(a, out.append)
+    return list(dict.fromkeys(out))
+
+
+def _returns_target(node: torch.fx.Node) -> bool:
+    """Every in-place spelling returns the tensor it wrote, except ``x[i] = v`` (``None``)."""
+    return not (node.op == "call_function" and node.target is operator.setitem)
+
+
+def _is_clone(node: torch.fx.Node) -> bool:
+    return (node.op == "call_method" and node.target == "clone") or (
+        node.op == "call_function" and node.target is torch.clone)
+
+
+class OutOfPlace(PassBase):
+    """Rewrite in-place ops of a ``GraphModule`` to out-of-place twins where nothing can tell the difference.
+
+    ``select``: names of the nodes to consider (``None``: every in-place op); ``unsafe``: also rewrite writes the
+    caller can see (graph inputs, parameters whose in-place write raises). ``codes`` maps node names to the
+    finding codes ``fxgrad.analyze`` reported, for the record. ``user_modules``: the user's module objects; the
+    pass never writes into them. After the call, :attr:`rewrites` and :attr:`left` say what happened.
+    """
+
+    def __init__(self, *, select: Collection[str] | None = None, unsafe: bool = False,
+                 codes: dict[str, tuple[str, ...]] | None = None, model: nn.Module | None = None,
+                 inputs_require_grad: frozenset[str] = frozenset(), select_reason: str = "") -> None:
+        self.select = None if select is None else frozenset(select)
+        self.select_reason = select_reason or "not selected"
+        self.unsafe = unsafe
+        self.codes = codes or {}
+        self.model = model
+        self.user_modules = {id(m) for m in model.modules()} if model is not None else set()
+        self.inputs_require_grad = inputs_require_grad
+        self.rewrites: list[Rewrite] = []
+        self.left: list[Left] = []
+        #: original node name -> the node holding its value now (for the dtype repair in ``fix``)
+        self.replaced: dict[str, torch.fx.Node] = {}
+
+    # -- pre- and post-conditions --------------------------------------------------------------------------------
+
+    def requires(self, graph_module: torch.fx.GraphModule) -> None:
+        graph_module.graph.lint()
+
+    def ensures(self, graph_module: torch.fx.GraphModule) -> None:
+        graph_module.graph.lint()
+
+    # -- the pass ------------------------------------------------------------------------------------------------
+
+    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        gm = graph_module
+        # Step 1: facts.
+        facts = compute_facts(gm, inputs_require_grad=self.inputs_require_grad, model=self.model)
+        writes = [nf for nf in facts if nf.view.writes is not None]
+        if not writes:
+            return PassResult(gm, False)
+        # Step 2: groups of the same tensor, and aliased writes.
+        aliased = self._sweep(gm, facts)
+        # Step 3: decide.
+        plans = self._decide(gm, facts, writes, aliased)
+        # Step 4: rewrite in graph order.
+        before = {p.node: _with_module(render_node(p.node), p.node, gm) for p in plans}
+        targets_all = self._module_targets(gm, plans)
+        order = {n: float(i) for i, n in enumerate(gm.graph.nodes)}
+        group: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+        canon: dict[torch.fx.Node, torch.fx.Node] = {}
+        planned = {p.node: p for p in plans}
+        results: list[tuple[_Plan, str, torch.fx.Node]] = []
+        for node in list(gm.graph.nodes):
+            nf = facts.nodes.get(node)
+            if nf is None or nf.view.writes is None or nf.target is None:
+                continue
+            target = self._current_target(node, nf)
+            c = canon.get(target, target)
+            members = group.setdefault(c, [c])
+            plan = planned.get(node)
+            if plan is None:
+                if _returns_target(node):
+                    canon[node] = c
+                    members.append(node)
+                continue
+            origin_name = node.name
+            new = self._build(gm, plan, target, order, targets_all)
+            # Re-point: the in-place node's own users, then later readers of every name of the written tensor.
+            if new is not node:
+                node.replace_all_uses_with(new)
+            after_m = order[node]
+            for member in list(members):
+                if member is node or member.graph is not gm.graph:
+                    continue
+                member.replace_all_uses_with(new, delete_user_cb=functools.partial(_later, order, after_m))
+            if new is not node:
+                gm.graph.erase_node(node)
+            canon[new] = new
+            group[new] = [new]
+            self.replaced[origin_name] = new
+            results.append((plan, origin_name, new))
+        for plan, origin_name, new in results:
+            origin = node_origin(new)
+            after = _with_module(self._render_result(new), new, gm)
+            self.rewrites.append(Rewrite(
+                node=origin_name, new_node=new.name, kind=plan.kind, before=before[plan.node], after=after,
+                location=origin.location, codes=self.codes.get(origin_name, ()), unsafe_change=plan.unsafe_change))
+        # Step 5: post-conditions and code.
+        gm.graph.lint()
+        gm.recompile()
+        log.debug("out-of-place pass: %d rewritten, %d left", len(self.rewrites), len(self.left))
+        return PassResult(gm, bool(self.rewrites))
+
+    # -- step 2 --------------------------------------------------------------------------------------------------
+
+    def _sweep(self, gm: torch.fx.GraphModule,
+               facts: GraphFacts) -> dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]]:
+        """In-place op -> (the alias read after it, the node that reads it): the writes that must stay."""
+        index = {n: i for i, n in enumerate(gm.graph.nodes)}
+        canonical: dict[torch.fx.Node, torch.fx.Node] = {}
+        root: dict[torch.fx.Node, Any] = {}
+        by_root: dict[Any, list[torch.fx.Node]] = {}
+        aliased: dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]] = {}
+        for node in gm.graph.nodes:
+            nf = facts.nodes[node]
+            reads = _flat_nodes((node.args, node.kwargs))
+            root[node] = self._storage_root(nf, reads, root, facts)
+            for a in reads:
+                muts = by_root.get(root.get(a, a))
+                if not muts:
+                    continue
+                for m in reversed(muts):
+                    if index[m] <= index[a]:
+                        break
+                    t = facts.nodes[m].target
+                    if t is not None and canonical.get(a, a) is not canonical.get(t, t):
+                        aliased.setdefault(m, (a, node))
+            if nf.target is not None and nf.view.writes is not None:
+                t = nf.target
+                if _returns_target(node):
+                    canonical[node] = canonical.get(t, t)
+                by_root.setdefault(root.get(t, t), []).append(node)
+        return aliased
+
+    @staticmethod
+    def _storage_root(nf: NodeFacts, reads: list[torch.fx.Node], root: dict[torch.fx.Node, Any],
+                      facts: GraphFacts) -> Any:
+        """The facts' storage root, widened for ops fxgrad cannot see into: their result may be their input."""
+        node = nf.node
+        opaque = (node.op == "call_module" and not nf.view.known) or (
+            node.op == "call_function" and not _known_function(node.target))
+        if opaque and nf.view.writes is None and nf.role != "value":
+            first = next((a for a in reads), None)
+            if first is not None:
+                return root.get(first, first)
+        if node.op == "call_function" and node.target is operator.getitem and node.args and \
+                isinstance(node.args[0], torch.fx.Node) and not _advanced_index(node.args[1:], facts):
+            # ``t[0]`` is a view of ``t`` (or an element of a tuple ``t``: sharing the root is the safe side).
+            base = node.args[0]
+            return root.get(base, base)
+        sroot = nf.sroot
+        if isinstance(sroot, torch.fx.Node):
+            return root.get(sroot, sroot)
+        return sroot
+
+    # -- step 3 --------------------------------------------------------------------------------------------------
+
+    def _decide(self, gm: torch.fx.GraphModule, facts: GraphFacts, writes: list[NodeFacts],
+                aliased: dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]]) -> list[_Plan]:
+        modules = dict(gm.named_modules())
+        plans: list[_Plan] = []
+        for nf in writes:
+            node = nf.node
+            if nf.target is None or nf.target_role in ("value", "control", ""):
+                continue  # not a tensor write (``n += 1`` on a Python number)
+            kind, twin, no_twin = self._kind(node, nf, modules)
+            spelling = nf.view.spelling or nf.view.name
+            code, reason, unsafe_change = self._safety(nf, aliased, facts)
+            if reason is None and no_twin:
+                reason = no_twin
+            elif reason is None and self.select is not None and node.name not in self.select:
+                code, reason = (self.codes.get(node.name) or ("",))[0], self.select_reason
+            elif reason is None and self._private_clone(nf, facts):
+                reason = "it writes into its own fresh clone, which nothing else has read: already out-of-place"
+            if reason is not None:
+                self.left.append(Left(node.name, spelling, code, reason, node_origin(node).location))
+                continue
+            plans.append(_Plan(node, nf.target, kind, twin, unsafe_change))
+        return plans
+
+    def _safety(self, nf: NodeFacts, aliased: dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]],
+                facts: GraphFacts) -> tuple[str, str | None, str]:
+        """``(code, reason, unsafe_change)``: reason ``None`` means the op may be rewritten."""
+        target = nf.target
+        assert target is not None
+        name = target.name
+        role = nf.target_role
+        change = ""
+        if role == "input":
+            root = facts[target].vroot
+            if isinstance(root, torch.fx.Node) and root.op == "placeholder":
+                name = root.name
+            if not self.unsafe:
+                return "FXG105", (f"it modifies the graph input `{name}` (or a view of it), which the caller sees; "
+                                  "unsafe=True rewrites it and the caller's tensor is then left unchanged"), ""
+            change = f"the caller's input `{name}` is no longer modified in place"
+        elif role == "param":
+            if nf.leaf_write and self.unsafe:
+                change = f"the parameter `{name}` is no longer modified in place (the original raised in forward)"
+            elif nf.leaf_write:
+                return "FXG103", (f"it writes the parameter `{name}`, a leaf that requires grad, so forward "
+                                  "raises; unsafe=True rewrites it to use an out-of-place copy instead"), ""
+            else:
+                return "", f"it updates the parameter `{name}`: model state, not an activation", ""
+        elif role == "buffer":
+            return "", f"it updates the buffer `{name}`: model state, not an activation", ""
+        elif role == "constant":
+            return "", f"it writes `{name}`, a tensor stored on the module", ""
+        elif role != "activation":
+            return "", f"`{name}` is not an activation ({role})", ""
+        if nf.node in aliased:
+            alias, reader = aliased[nf.node]
+            return "FXG104", (f"`{alias.name}` shares memory with `{name}` and is read after the write (by "
+                              f"`{reader.name}`), so it must see the new values"), ""
+        if [u for u in nf.silently_written if facts[u.saver].reach]:
+            return "FXG106", ("it writes, behind autograd's version counter, into a tensor saved for backward: "
+                              "an out-of-place rewrite would change the gradients"), ""
+        if not nf.grad_on and nf.target_live:
+            return "FXG101", (f"it runs with grad disabled on `{name}`, which requires grad: the out-of-place "
+                              "result would carry no gradient, the in-place one keeps the history"), ""
+        if nf.view.name in ops.NOT_DATA_WRITES:
+            return "", "it does not write tensor data", ""
+        return "", None, change
+
+    def _kind(self, node: torch.fx.Node, nf: NodeFacts,
+              modules: dict[str, nn.Module]) -> tuple[str, Any, str | None]:
+        """``(kind, twin, why-not)``: how step 4 rewrites the op, or why it cannot."""
+        if node.op == "call_module":
+            mod = modules.get(str(node.target))
+            if mod is None or not hasattr(mod, "inplace"):
+                return "module", None, "fxgrad cannot turn off in-place writes of this module"
+            return "module", None, None
+        if node.op == "call_method":
+            method = str(node.target)
+            base = method[:-1]
+            if _inplace_kind(base) == "view":
+                return "", None, f"`{method}` changes the tensor's shape or strides in place, not its values"
+            twin = _method_twin(method)
+            if twin is not None:
+                return ("method" if twin[0] == "method" else "function"), twin, None
+            return "clone-write", None, None
+        if node.op == "call_function":
+            target = node.target
+            if target in ops.AUGMENTED:
+                return "augmented", ops.AUGMENTED[target][0], None
+            if target is operator.setitem:
+                return "clone-write", None, None
+            if nf.view.spelling.endswith("(inplace=True)"):
+                return "inplace-kwarg", target, None
+            if "out" in node.kwargs and nf.view.writes is node.kwargs["out"]:
+                return "out", target, None
+            assert callable(target)
+            base = getattr(target, "__name__", "")[:-1]
+            if _inplace_kind(base) == "view":
+                return "", None, f"`{base}_` changes the tensor's shape or strides in place, not its values"
+            twin_fn = _function_twin(target)
+            if twin_fn is not None:
+                return "function", twin_fn, None
+            if node.args and node.args[0] is nf.view.writes:
+                return "clone-write", None, None
+        return "", None, "fxgrad knows no out-of-place form of this op"
+
+    @staticmethod
+    def _private_clone(nf: NodeFacts, facts: GraphFacts) -> bool:
+        """``c = x.clone(); c[i] = v``: the write goes into a copy nobody else has seen, nothing to rewrite."""
+        target = nf.target
+        if target is None or not _is_clone(target):
+            return False
+        return not any(facts.nodes[u].index < nf.index for u in target.users if u in facts.nodes)
+
+    # -- step 4 --------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _current_target(node: torch.fx.Node, nf: NodeFacts) -> torch.fx.Node:
+        """The written node after earlier rewrites re-pointed the arguments (the facts saw the original)."""
+        out = node.kwargs.get("out") if node.op == "call_function" else None
+        if isinstance(out, torch.fx.Node) and nf.view.spelling.endswith("(out=...)"):
+            return out
+        first = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+        if isinstance(first, torch.fx.Node):
+            return first
+        assert nf.target is not None
+        return nf.target
+
+    @staticmethod
+    def _module_targets(gm: torch.fx.GraphModule, plans: list[_Plan]) -> set[str]:
+        """Module paths whose every call site is rewritten: their copy can take the original path."""
+        chosen = {str(p.node.target) for p in plans if p.kind == "module"}
+        planned = {p.node for p in plans}
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and str(node.target) in chosen and node not in planned:
+                chosen.discard(str(node.target))
+        return chosen
+
+    def _build(self, gm: torch.fx.GraphModule, plan: _Plan, target: torch.fx.Node, order: dict[torch.fx.Node, float],
+               targets_all: set[str]) -> torch.fx.Node:
+        node, graph = plan.node, gm.graph
+        args, kwargs = tuple(node.args), dict(node.kwargs)
+        pos = order[node]
+
+        def make(op: str, tgt: Any, a: tuple[Any, ...], kw: dict[str, Any], at: float) -> torch.fx.Node:
+            with graph.inserting_before(node):
+                new = graph.create_node(op, tgt, a, kw)
+            new.meta = dict(node.meta)
+            order[new] = at
+            return new
+
+        if plan.kind == "module":
+            self._swap_module(gm, node, targets_all)
+            return node
+        if plan.kind == "method":
+            return make("call_method", plan.twin[1], args, kwargs, pos - 0.5)
+        if plan.kind == "function" and node.op == "call_method":
+            return make("call_function", plan.twin[1], args, kwargs, pos - 0.5)
+        if plan.kind in ("function", "augmented"):
+            return make("call_function", plan.twin, args, kwargs, pos - 0.5)
+        if plan.kind == "inplace-kwarg":
+            assert callable(node.target)
+            if "inplace" in kwargs:
+                kwargs.pop("inplace")
+            else:
+                at = _inplace_position(node.target)
+                if at is not None and at < len(args):
+                    args = args[:at] if at == len(args) - 1 else (*args[:at], False, *args[at + 1:])
+            return make("call_function", node.target, args, kwargs, pos - 0.5)
+        if plan.kind == "out":
+            kwargs.pop("out")
+            return make("call_function", node.target, args, kwargs, pos - 0.5)
+        # clone-write: a fresh copy of the written tensor takes the write; the original stays untouched.
+        clone = make("call_method", "clone", (target,), {}, pos - 0.75)
+        if node.op == "call_method":
+            write = make("call_method", node.target, (clone, *args[1:]), kwargs, pos - 0.5)
+        else:
+            write = make("call_function", node.target, (clone, *args[1:]), kwargs, pos - 0.5)
+        return clone if not _returns_target(node) else write
+
+    def _swap_module(self, gm: torch.fx.GraphModule, node: torch.fx.Node, targets_all: set[str]) -> None:
+        """Point ``node`` at a copy of its module with ``inplace=False``; the user's module is never touched."""
+        path = str(node.target)
+        original = gm.get_submodule(path)
+        if id(original) not in self.user_modules and getattr(original, "inplace", None) is False:
+            return  # an earlier call site of this path already installed the copy
+        replacement = _copy_with_inplace_off(original)
+        *prefix, field = path.split(".")
+        parent: nn.Module = gm
+        owned = True
+        for item in prefix:
+            parent = getattr(parent, item)
+            if id(parent) in self.user_modules:
+                owned = False
+        if path in targets_all and owned and id(gm) not in self.user_modules:
+            setattr(parent, field, replacement)
+            return
+        base = path.replace(".", "_") + "_out_of_place"
+        name, i = base, 1
+        while hasattr(gm, name):
+            name, i = f"{base}_{i}", i + 1
+        gm.add_submodule(name, replacement)
+        node.target = name
+
+    @staticmethod
+    def _render_result(new: torch.fx.Node) -> str:
+        lines = []
+        prev = new.prev
+        if new.op != "call_module" and prev.op == "call_method" and prev.target == "clone" and new.args and \
+                new.args[0] is prev:
+            lines.append(render_node(prev))
+        lines.append(render_node(new))
+        if _is_clone(new):
+            nxt = new.next
+            if nxt.op == "call_function" and nxt.target is operator.setitem:
+                lines.append(render_node(nxt))
+        return "; ".join(lines)
+
+
+def _with_module(text: str, node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
+    """``relu = self.relu(x)`` reads the same before and after; the module's flag is the difference."""
+    if node.op != "call_module":
+        return text
+    mod = gm.get_submodule(str(node.target))
+    return f"{text}  # nn.{type(mod).__name__}(inplace={getattr(mod, 'inplace', None)})"
+
+
+def _later(order: dict[torch.fx.Node, float], than: float, user: torch.fx.Node) -> bool:
+    return order.get(user, -1.0) > than
+
+
+def _copy_with_inplace_off(module: nn.Module) -> nn.Module:
+    """A shallow copy with its own attribute dicts: shares parameters and buffers, not the ``inplace`` flag."""
+    new = copy.copy(module)
+    for key, value in list(vars(new).items()):
+        if isinstance(value, dict):
+            new.__dict__[key] = copy.copy(value)
+    new.__dict__["inplace"] = False
+    return new
+
+
+def _advanced_index(index: Any, facts: GraphFacts) -> bool:
+    """An index with tensors or lists in it copies (``t[mask]``); ints, slices, None and ``...`` make a view."""
+    if any(facts.nodes[i].role != "value" for i in _flat_nodes(index) if i in facts.nodes):
+        return True
+    found: list[bool] = []
+
+    def visit(a: Any) -> Any:
+        if isinstance(a, (list, torch.Tensor)):
+            found.append(True)
+        return a
+
+    for item in index if isinstance(index, tuple) else (index,):
+        for sub in item if isinstance(item, tuple) else (item,):
+            visit(sub)
+    return bool(found)
+
+
+@functools.cache
+def _known_function(target: Any) -> bool:
+    """Functions whose aliasing the facts know: torch's own and Python's operators."""
+    module = getattr(target, "__module__", None) or ""
+    if isinstance(target, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)):
+        return True
+    return module.startswith(("torch", "_operator", "operator", "builtins", "math")) or target in (
+        getattr, operator.getitem)

@@ -1,0 +1,628 @@
+"""Proof that a rewritten module computes what the original computes: outputs, gradients and module state.
+
+Algorithm of :func:`verify`:
+
+1. Deep-copy the original and the fixed module (BatchNorm statistics and the like change on the copies only),
+   clear ``.grad`` on the copies, and take one RNG snapshot inside ``torch.random.fork_rng``.
+2. Run the original copy on fresh clones of the inputs from the snapshot; draw one random cotangent per output
+   that requires grad (own seeded generator) and run backward; keep the error if forward or backward raises.
+3. Run the fixed copy the same way, from the same RNG snapshot, with the same cotangents. Its forward and
+   backward must succeed.
+4. Choose the reference: the original's own results; when its backward (or forward) raised, the original run
+   through ``torch.func.functionalize`` under ``torch.func.vjp`` (parameters as inputs via ``functional_call``);
+   when that fails too, float64 central finite differences of the original (small models only).
+5. Compare every output, every parameter's and every requires-grad input's gradient, every buffer after the run
+   and every input after the run: one :class:`TensorCheck` each, with max abs / rel error. Differences that an
+   ``unsafe`` rewrite announced (the caller's input is no longer modified) are listed as changes, not errors.
+6. ``fork_rng`` restores the RNG; grad mode is restored in a ``finally``. The user's modules are never run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import VerificationError
+from .rewrite import Left, Rewrite
+
+__all__ = ["TensorCheck", "Verification", "verify"]
+
+log = logging.getLogger(__name__)
+
+#: finite differences: step, default tolerances (gradcheck's), and the most elements fxgrad perturbs.
+FD_EPS = 1e-6
+FD_RTOL = 1e-3
+FD_ATOL = 1e-5
+FD_MAX_ELEMENTS = 4096
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    """One compared value: an output, a gradient, a buffer or an input after the run."""
+
+    #: output | gradient | buffer | input
+    kind: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    max_abs: float
+    max_rel: float
+    ok: bool
+    note: str = ""
+
+    def __str__(self) -> str:
+        status = "ok" if self.ok else "MISMATCH"
+        note = f" ({self.note})" if self.note else ""
+        return (f"{self.kind} {self.name} {list(self.shape)} {self.dtype}: max abs {self.max_abs:.3g}, "
+                f"max rel {self.max_rel:.3g} {status}{note}")
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What :func:`verify` compared, against which reference, and how close everything was."""
+
+    #: eager | functionalize | finite-differences
+    reference: str
+    outputs: tuple[TensorCheck, ...]
+    gradients: tuple[TensorCheck, ...]
+    buffers: tuple[TensorCheck, ...]
+    inputs: tuple[TensorCheck, ...]
+    #: why the eager original could not be its own reference (its backward error), or ""
+    original_error: str = ""
+    #: caller-visible differences that ``unsafe=True`` rewrites announced
+    changes: tuple[str, ...] = ()
+    rtol: float | None = None
+    atol: float | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def checks(self) -> tuple[TensorCheck, ...]:
+        return self.outputs + self.gradients + self.buffers + self.inputs
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def worst(self) -> TensorCheck | None:
+        """The failing check with the largest error, else the check with the largest relative error."""
+        pool = [c for c in self.checks if not c.ok] or list(self.checks)
+        return max(pool, key=lambda c: (c.max_rel, c.max_abs), default=None)
+
+    def __str__(self) -> str:
+        why = f" (the original raises: {self.original_error})" if self.original_error else ""
+        lines = [f"verified against {self.reference}{why}: {'ok' if self.ok else 'MISMATCH'}"]
+        lines += [f"  {c}" for c in self.checks]
+        lines += [f"  change: {c}" for c in self.changes]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Structures: outputs and inputs as named leaves.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def flatten(obj: Any, prefix: str = "output") -> list[tuple[str, Any]]:
+    """Named leaves of tuples, lists, dicts and dataclass-like outputs (``output[0]``, ``output['logits']``)."""
+    if isinstance(obj, torch.Tensor):
+        return [(prefix, obj)]
+    if isinstance(obj, Mapping):
+        out: list[tuple[str, Any]] = []
+        for k, v in obj.items():
+            out += flatten(v, f"{prefix}[{k!r}]")
+        return out
+    if isinstance(obj, (tuple, list)):
+        out = []
+        for i, v in enumerate(obj):
+            out += flatten(v, f"{prefix}[{i}]")
+        return out
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = []
+        for f in dataclasses.fields(obj):
+            out += flatten(getattr(obj, f.name), f"{prefix}.{f.name}")
+        return out
+    return [(prefix, obj)]
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """``obj`` with every tensor replaced by ``fn(tensor)``; tuples, lists and dicts are rebuilt."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(map_tensors(fn, v) for v in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(map_tensors(fn, v) for v in obj)
+    if isinstance(obj, Mapping):
+        return type(obj)((k, map_tensors(fn, v)) for k, v in obj.items())  # type: ignore[call-arg]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: map_tensors(fn, getattr(obj, f.name))
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    """A new leaf with the same values and ``requires_grad``: each run gets its own inputs."""
+    c = t.detach().clone()
+    return c.requires_grad_(t.requires_grad) if (c.is_floating_point() or c.is_complex()) else c
+
+
+def input_names(model: nn.Module, args: Sequence[Any]) -> list[str]:
+    """``x``, ``mask`` ... from ``forward``'s signature, so gradients are named as the user's code names them."""
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i in range(len(args)):
+        names.append(params[i] if i < len(params) and not params[i].startswith("*") else f"input[{i}]")
+    return names
+
+
+def _named_inputs(model: nn.Module, args: Sequence[Any]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for name, a in zip(input_names(model, args), args, strict=True):
+        out += flatten(a, name)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RNG.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _Rng:
+    """One snapshot of the CPU and CUDA generators, restorable before each run."""
+
+    def __init__(self, devices: list[int]) -> None:
+        self.devices = devices
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(d) for d in devices]
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for d, state in zip(self.devices, self.cuda, strict=True):
+            torch.cuda.set_rng_state(state, d)
+
+
+def _cuda_devices(*objs: Any) -> list[int]:
+    found: set[int] = set()
+    for obj in objs:
+        tensors = list(obj.parameters()) + list(obj.buffers()) if isinstance(obj, nn.Module) else [
+            t for _, t in flatten(obj) if isinstance(t, torch.Tensor)]
+        found |= {t.device.index or 0 for t in tensors if t.device.type == "cuda"}
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Runs.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    module: nn.Module
+    inputs: tuple[Any, ...]
+    outputs: list[tuple[str, Any]]
+    raw: Any = None
+    forward_error: BaseException | None = None
+    backward_error: BaseException | None = None
+
+    def grads(self, input_names_: list[str]) -> dict[str, torch.Tensor | None]:
+        out: dict[str, torch.Tensor | None] = {}
+        for name, p in self.module.named_parameters(remove_duplicate=False):
+            if p.requires_grad:
+                out[name] = p.grad
+        for name, t in _named_leaves(self.inputs, input_names_):
+            if _needs_grad(t):
+                out[f"input {name}"] = t.grad
+        return out
+
+
+def _named_leaves(args: tuple[Any, ...], names: list[str]) -> Iterator[tuple[str, Any]]:
+    for name, a in zip(names, args, strict=True):
+        yield from flatten(a, name)
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    dup = copy.deepcopy(module)
+    for p in dup.parameters():
+        p.grad = None
+    return dup
+
+
+def _forward(module: nn.Module, args: tuple[Any, ...], rng: _Rng) -> _Run:
+    inputs = tuple(map_tensors(_fresh, a) for a in args)
+    rng.restore()
+    try:
+        raw = module(*inputs)
+    except Exception as e:
+        return _Run(module, inputs, [], forward_error=e)
+    return _Run(module, inputs, flatten(raw), raw)
+
+
+def _needs_grad(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.requires_grad and (t.is_floating_point() or t.is_complex())
+
+
+def _cotangents(outputs: list[tuple[str, Any]]) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    cots: dict[str, torch.Tensor] = {}
+    for name, t in outputs:
+        if _needs_grad(t):
+            cots[name] = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)
+    return cots
+
+
+def _backward(run: _Run, cots: dict[str, torch.Tensor]) -> None:
+    pairs = [(t, cots[name]) for name, t in run.outputs if name in cots and _needs_grad(t)]
+    if not pairs:
+        return
+    try:
+        torch.autograd.backward([t for t, _ in pairs], [c for _, c in pairs])
+    except Exception as e:
+        run.backward_error = e
+
+
+# --------------------------------------------------------------------------------------------------------------
+# References for an original whose backward raises.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Reference:
+    name: str
+    outputs: dict[str, Any]
+    grads: dict[str, torch.Tensor | None]
+    buffers: dict[str, torch.Tensor]
+
+
+def _functionalized(original: nn.Module, args: tuple[Any, ...], names: list[str], cots: dict[str, torch.Tensor],
+                    rng: _Rng) -> _Reference:
+    """Gradients of the original without its in-place ops: ``vjp(functionalize(functional_call(...)))``."""
+    from torch.func import functional_call, functionalize, vjp
+
+    ref = _copy(original)
+    params = {n: p.detach() for n, p in ref.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach() for n, p in ref.named_parameters() if not p.requires_grad}
+    buffers = {n: b.detach() for n, b in ref.named_buffers()}
+    leaves = [(n, t) for n, t in _named_leaves(tuple(map_tensors(_fresh, a) for a in args), names)
+              if isinstance(t, torch.Tensor)]
+    diff = [(n, t) for n, t in leaves if _needs_grad(t)]
+    diff_names = {n for n, _ in diff}
+    cot_names = list(cots)
+
+    def inner(p: dict[str, torch.Tensor], diff_values: tuple[torch.Tensor, ...], rest: list[torch.Tensor],
+              state: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], Any]:
+        # Every tensor is an argument here, so functionalize sees (and removes) every write; cloning them first
+        # keeps the writes off the arguments: no copy-back into a vjp primal or into a tensor autograd saved.
+        values, others = iter([v.clone() for v in diff_values]), iter([r.clone() for r in rest])
+        it = iter(leaves)
+
+        def substitute(_: torch.Tensor) -> torch.Tensor:
+            name, _t = next(it)
+            return next(values) if name in diff_names else next(others)
+
+        inputs = tuple(map_tensors(substitute, a) for a in args)
+        local = {k: v.clone() for k, v in state.items()}
+        out = functional_call(ref, {**{k: v.clone() for k, v in p.items()}, **local}, inputs)
+        flat = dict(flatten(out))
+        missing = [n for n in cot_names if n not in flat]
+        if missing:
+            raise RuntimeError(f"outputs differ in structure: {missing}")
+        tensors = {k: v for k, v in flat.items() if isinstance(v, torch.Tensor)}  # vjp's aux holds tensors only
+        return tuple(flat[n] for n in cot_names), (tensors, local)
+
+    def outer(p: dict[str, torch.Tensor], *diff_values: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Any]:
+        # Tensors created inside the vjp transform may be written; captured ones may not.
+        rest = [t.detach().clone() for n, t in leaves if n not in diff_names]
+        state = {**{k: v.clone() for k, v in frozen.items()}, **{k: v.clone() for k, v in buffers.items()}}
+        result: tuple[tuple[torch.Tensor, ...], Any] = functionalize(inner)(p, diff_values, rest, state)
+        return result
+
+    rng.restore()
+    _, vjp_fn, (flat, state) = vjp(outer, params, *[t.detach() for _, t in diff], has_aux=True)  # type: ignore[misc]
+    grads_p, *grads_in = vjp_fn(tuple(cots[n] for n in cot_names))
+    grads: dict[str, torch.Tensor | None] = {}
+    for name, _ in ref.named_parameters(remove_duplicate=False):
+        key = name if name in grads_p else _tied_name(ref, name)
+        if key in grads_p:
+            grads[name] = grads_p[key]
+    for (n, _), g in zip(diff, grads_in, strict=True):
+        grads[f"input {n}"] = g
+    bufs = {k: v for k, v in state.items() if k in buffers}
+    return _Reference("functionalize", {k: v for k, v in flat.items()}, grads, bufs)
+
+
+def _tied_name(module: nn.Module, name: str) -> str:
+    """The name ``named_parameters()`` keeps for a parameter that also lives under ``name``."""
+    target = module.get_parameter(name)
+    return next((n for n, p in module.named_parameters() if p is target), name)
+
+
+def _finite_differences(original: nn.Module, args: tuple[Any, ...], names: list[str],
+                        cots: dict[str, torch.Tensor], rng: _Rng) -> _Reference:
+    """Float64 central differences of ``sum(output * cotangent)``: needs only the original's forward."""
+    ref = _copy(original).double()
+    inputs64 = tuple(map_tensors(lambda t: _fresh(t.double()) if t.is_floating_point() else _fresh(t), a)
+                     for a in args)
+    targets: list[tuple[str, torch.Tensor]] = [
+        (n, p) for n, p in ref.named_parameters() if p.requires_grad]
+    targets += [(f"input {n}", t) for n, t in _named_leaves(inputs64, names) if _needs_grad(t)]
+    total = sum(t.numel() for _, t in targets)
+    if total > FD_MAX_ELEMENTS:
+        raise RuntimeError(f"{total} parameter and input elements, more than the {FD_MAX_ELEMENTS} that finite "
+                           "differences perturb")
+    cots64 = {k: v.double() for k, v in cots.items()}
+
+    def loss() -> float:
+        rng.restore()
+        run_inputs = tuple(map_tensors(lambda t: t.detach().clone(), a) for a in inputs64)
+        flat = dict(flatten(ref(*run_inputs)))
+        return float(sum((flat[n].double() * c).sum() for n, c in cots64.items()))
+
+    grads: dict[str, torch.Tensor | None] = {}
+    with torch.no_grad():
+        for name, t in targets:
+            flat_t = t.view(-1)
+            g = torch.empty_like(flat_t)
+            for i in range(flat_t.numel()):
+                orig = flat_t[i].item()
+                flat_t[i] = orig + FD_EPS
+                plus = loss()
+                flat_t[i] = orig - FD_EPS
+                minus = loss()
+                flat_t[i] = orig
+                g[i] = (plus - minus) / (2 * FD_EPS)
+            grads[name] = g.view_as(t)
+    for name, _ in ref.named_parameters(remove_duplicate=False):
+        if name not in grads:
+            key = _tied_name(ref, name)
+            if key in grads:
+                grads[name] = grads[key]
+    return _Reference("finite-differences", {}, grads, {})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Comparison.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _errors(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    if actual.numel() == 0 or actual.shape != expected.shape:
+        return (0.0, 0.0) if actual.shape == expected.shape else (float("inf"), float("inf"))
+    a, e = actual.detach().to("cpu", torch.complex128 if actual.is_complex() else torch.float64), \
+        expected.detach().to("cpu", torch.complex128 if expected.is_complex() else torch.float64)
+    diff = (a - e).abs()
+    both_nan = a.isnan() & e.isnan() if not a.is_complex() else torch.zeros_like(diff, dtype=torch.bool)
+    diff = torch.where(both_nan, torch.zeros_like(diff), diff)
+    diff = torch.where(a == e, torch.zeros_like(diff), diff)  # equal infinities
+    rel = diff / e.abs()
+    rel = torch.where(diff == 0, torch.zeros_like(rel), rel)
+    return float(diff.max()), float(rel.max())
+
+
+def _check(kind: str, name: str, actual: Any, expected: Any, rtol: float | None, atol: float | None,
+           none_is_zero: bool = False, eager: bool = True) -> TensorCheck:
+    if not isinstance(actual, torch.Tensor) or not isinstance(expected, torch.Tensor):
+        if actual is None and isinstance(expected, torch.Tensor) and none_is_zero and not expected.any():
+            return TensorCheck(kind, name, tuple(expected.shape), str(expected.dtype), 0.0, 0.0, True,
+                               "no gradient; the reference gives zeros")
+        if expected is None and isinstance(actual, torch.Tensor) and none_is_zero and not actual.any():
+            return TensorCheck(kind, name, tuple(actual.shape), str(actual.dtype), 0.0, 0.0, True,
+                               "zero gradient; the reference gives none")
+        same = type(actual) is type(expected) and (actual is expected or _equal_values(actual, expected))
+        t = actual if isinstance(actual, torch.Tensor) else expected
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else ()
+        note = "none in both" if actual is None and expected is None else \
+            f"fixed: {_kind_of(actual)}, reference: {_kind_of(expected)}"
+        err = 0.0 if same else float("inf")
+        return TensorCheck(kind, name, shape, str(t.dtype) if isinstance(t, torch.Tensor) else "", err, err,
+                           same, "" if same and actual is not None else note)
+    abs_err, rel_err = _errors(actual, expected)
+    note = ""
+    ok = True
+    try:
+        torch.testing.assert_close(actual.detach(), expected.detach().to(actual.device), rtol=rtol, atol=atol,
+                                   equal_nan=True)
+    except AssertionError as e:
+        ok = False
+        note = str(e).strip().splitlines()[0]
+    if kind == "output" and eager and actual.requires_grad != expected.requires_grad:
+        ok = False
+        note = f"requires_grad: fixed {actual.requires_grad}, reference {expected.requires_grad}"
+    return TensorCheck(kind, name, tuple(expected.shape), str(expected.dtype), abs_err, rel_err, ok, note)
+
+
+def _equal_values(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _kind_of(v: Any) -> str:
+    return "none" if v is None else (f"tensor {list(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# verify.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _first_line(e: BaseException) -> str:
+    """The sentence that matters: torch appends anomaly-detection hints and traced-code excerpts."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return text.split(" Hint: enable anomaly detection")[0].rstrip(".")
+
+
+def _involved(rewrites: Sequence[Rewrite]) -> str:
+    shown = [f"`{r.node}`" + (f" ({r.location})" if r.location else "") for r in rewrites[:5]]
+    more = f" and {len(rewrites) - 5} more" if len(rewrites) > 5 else ""
+    return ", ".join(shown) + more if shown else "none"
+
+
+def _breaking_left(left: Sequence[Left]) -> str:
+    shown = [f"`{lf.spelling}` ({lf.location or lf.node}): {lf.reason}" for lf in left][:3]
+    return "; ".join(shown)
+
+
+def verify(original: nn.Module, fixed: nn.Module, example_inputs: Sequence[Any], *, rtol: float | None = None,
+           atol: float | None = None, rewrites: Sequence[Rewrite] = (), left: Sequence[Left] = (),
+           model_name: str = "") -> Verification:
+    """Run ``original`` and ``fixed`` (on deep copies) on ``example_inputs``; raise if they differ.
+
+    ``rtol``/``atol`` default to ``torch.testing.assert_close``'s per-dtype tolerances (gradcheck's for a
+    finite-difference reference). Raises :class:`~fxgrad.errors.VerificationError` naming the worst tensor and
+    the rewrites involved; returns the structured :class:`Verification` otherwise.
+    """
+    name = model_name or type(original).__name__
+    args = tuple(example_inputs)
+    names = input_names(original, args)
+    grad_mode = torch.is_grad_enabled()
+    devices = _cuda_devices(original, fixed, args)
+    try:
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            rng = _Rng(devices)
+            # Step 1 and 2: the original, on copies.
+            orig = _forward(_copy(original), args, rng)
+            # Step 3: the fixed module, from the same RNG snapshot, with the same cotangents.
+            fix = _forward(_copy(fixed), args, rng)
+            if fix.forward_error is not None:
+                error = f"{type(fix.forward_error).__name__}: {_first_line(fix.forward_error)}"
+                if orig.forward_error is not None and left:
+                    raise VerificationError(
+                        f"The fixed {name} still raises in forward, like the original ({error}): fxgrad left "
+                        f"{_breaking_left(left)}. Hint: pass unsafe=True to rewrite it, or fix that line by hand."
+                    ) from fix.forward_error
+                raise VerificationError(
+                    f"The fixed {name} raises in forward: {error}. Rewrites involved: {_involved(rewrites)}. "
+                    "Hint: call fxgrad.fix(..., only='breaking') to rewrite fewer ops, and report this as an "
+                    "fxgrad bug.") from fix.forward_error
+            cots = _cotangents(orig.outputs if orig.forward_error is None else fix.outputs)
+            if orig.forward_error is None:
+                _backward(orig, cots)
+            _backward(fix, cots)
+            if fix.backward_error is not None:
+                still = _breaking_left(left)
+                raise VerificationError(
+                    f"backward() of the fixed {name} still raises: {type(fix.backward_error).__name__}: "
+                    f"{_first_line(fix.backward_error)}"
+                    + (f". In-place ops fxgrad left: {still}" if still else "")
+                    + ". Hint: rewrite the ops listed above by hand, or pass unsafe=True if they write graph "
+                    "inputs.") from fix.backward_error
+            # Step 4: the reference.
+            reference, notes, original_error = _reference(original, args, names, orig, cots, rng)
+            # Step 5: compare.
+            rtol_, atol_ = rtol, atol
+            if reference.name == "finite-differences" and rtol is None and atol is None:
+                rtol_, atol_ = FD_RTOL, FD_ATOL
+            changes = tuple(r.unsafe_change for r in rewrites if r.unsafe_change)
+            result = _compare(orig, fix, reference, names, cots, rng, fixed, args, rtol, atol, rtol_, atol_,
+                              changes, original_error, notes)
+    finally:
+        torch._C._set_grad_enabled(grad_mode)
+    if not result.ok:
+        worst = result.worst()
+        assert worst is not None
+        raise VerificationError(
+            f"The fixed {name} does not compute what the original computes: {worst.kind} `{worst.name}` differs "
+            f"by max abs {worst.max_abs:.3g}, max rel {worst.max_rel:.3g} (reference: {result.reference}"
+            f"{'; ' + worst.note if worst.note else ''}). Rewrites involved: {_involved(rewrites)}. "
+            "Hint: call fxgrad.fix(..., only='breaking') to rewrite fewer ops, or pass rtol/atol if the "
+            "difference is rounding; please report it as an fxgrad bug.")
+    return result
+
+
+def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], orig: _Run,
+               cots: dict[str, torch.Tensor], rng: _Rng) -> tuple[_Reference, list[str], str]:
+    error = orig.forward_error or orig.backward_error
+    if error is None:
+        grads = orig.grads(names)
+        return _Reference("eager", dict(orig.outputs), grads, dict(orig.module.named_buffers())), [], ""
+    original_error = f"{type(error).__name__}: {_first_line(error)}"
+    notes: list[str] = []
+    try:
+        return _functionalized(original, args, names, cots, rng), notes, original_error
+    except Exception as e:
+        log.debug("functionalize reference failed: %s", e)
+        notes.append(f"torch.func.functionalize could not run the original ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''})")
+        if orig.forward_error is not None:
+            raise VerificationError(
+                f"fxgrad cannot verify the fix: the original raises in forward ({original_error}) and "
+                f"torch.func.functionalize cannot run it ({type(e).__name__}: {e}). Hint: pass verify=False to "
+                "skip the proof.") from e
+    try:
+        return _finite_differences(original, args, names, cots, rng), notes, original_error
+    except Exception as e:
+        raise VerificationError(
+            f"fxgrad cannot verify the gradients of the fix: the original's backward raises ({original_error}), "
+            f"and neither torch.func.functionalize nor finite differences could run ({type(e).__name__}: {e}). "
+            "Hint: pass smaller example inputs, or verify=False to skip the proof.") from e
+
+
+def _compare(orig: _Run, fix: _Run, ref: _Reference, names: list[str], cots: dict[str, torch.Tensor], rng: _Rng,
+             fixed: nn.Module, args: tuple[Any, ...], rtol: float | None, atol: float | None,
+             grad_rtol: float | None, grad_atol: float | None, changes: tuple[str, ...], original_error: str,
+             notes: list[str]) -> Verification:
+    # Outputs: against the eager original when its forward ran, else the reference.
+    expected_out = dict(orig.outputs) if orig.forward_error is None else ref.outputs
+    fixed_out = dict(fix.outputs)
+    outputs = []
+    for key in dict.fromkeys([*expected_out, *fixed_out]):
+        exp = expected_out.get(key, _MISSING)
+        act = fixed_out.get(key, _MISSING)
+        if exp is _MISSING or act is _MISSING:
+            outputs.append(TensorCheck("output", key, (), "", float("inf"), float("inf"), False,
+                                       "present in only one of the two outputs"))
+            continue
+        outputs.append(_check("output", key, act, exp, rtol, atol, eager=orig.forward_error is None))
+    # Gradients: same dtype as the reference (float64 for finite differences).
+    fix_grads = fix.grads(names)
+    if ref.name == "finite-differences":
+        fix64 = _forward(_copy(fixed).double(), tuple(
+            map_tensors(lambda t: t.double() if t.is_floating_point() else t, a) for a in args), rng)
+        _backward(fix64, {k: v.double() for k, v in cots.items()})
+        fix_grads = fix64.grads(names)
+    gradients = []
+    none_is_zero = ref.name != "eager"
+    for key, exp in ref.grads.items():
+        if key not in fix_grads:
+            continue
+        gradients.append(_check("gradient", key, fix_grads[key], exp, grad_rtol, grad_atol, none_is_zero))
+    # Module state after the run: BatchNorm statistics and other buffers.
+    expected_buffers = dict(orig.module.named_buffers()) if orig.forward_error is None else ref.buffers
+    fix_buffers = dict(fix.module.named_buffers())
+    buffers = [_check("buffer", k, fix_buffers[k], v, rtol, atol)
+               for k, v in expected_buffers.items() if k in fix_buffers]
+    # Inputs after the run: in-place writes to graph inputs are visible to the caller.
+    inputs = []
+    change_list = list(changes)
+    if orig.forward_error is None:
+        for (key, exp), (_, act) in zip(_named_leaves(orig.inputs, names), _named_leaves(fix.inputs, names),
+                                        strict=True):
+            if not isinstance(exp, torch.Tensor):
+                continue
+            check = _check("input", key, act, exp, rtol, atol)
+            if not check.ok and changes:
+                change_list.append(f"input `{key}` after the run differs by max abs {check.max_abs:.3g} "
+                                   "(announced by an unsafe rewrite)")
+                check = dataclasses.replace(check, ok=True, note="changed by an unsafe rewrite")
+            inputs.append(check)
+    if not cots:
+        notes.append("no output requires grad: gradients were not compared")
+    if ref.name == "finite-differences":
+        notes.append(f"gradients compared in float64 with rtol={grad_rtol}, atol={grad_atol}")
+    return Verification(ref.name, tuple(outputs), tuple(gradients), tuple(buffers), tuple(inputs), original_error,
+                        tuple(dict.fromkeys(change_list)), rtol, atol, tuple(notes))
+
+
+_MISSING = object()
