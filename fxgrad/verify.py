@@ -19,9 +19,11 @@ Algorithm of :func:`verify`:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
+import io
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -242,7 +244,13 @@ def _forward(module: nn.Module, args: tuple[Any, ...], rng: _Rng) -> _Run:
     inputs = tuple(map_tensors(_fresh, a) for a in args)
     rng.restore()
     try:
-        raw = module(*inputs)
+        if isinstance(module, torch.fx.GraphModule):
+            # fx prints its own traceback of the generated code to stderr before re-raising: the error is ours to
+            # report, in one sentence, so keep stderr clean.
+            with contextlib.redirect_stderr(io.StringIO()):
+                raw = module(*inputs)
+        else:
+            raw = module(*inputs)
     except Exception as e:
         return _Run(module, inputs, [], forward_error=e)
     return _Run(module, inputs, flatten(raw), raw)
