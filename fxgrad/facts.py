@@ -63,6 +63,9 @@ class SavedUse:
     backend_dependent: bool = False
 
 
+_NONE: tuple[()] = ()
+
+
 @dataclass(slots=True)
 class NodeFacts:
     node: torch.fx.Node
@@ -72,7 +75,7 @@ class NodeFacts:
     grad_on: bool = True
     live: bool = False
     #: effective inputs: (producer, differentiable, zero-gradient)
-    deps: list[tuple[torch.fx.Node, bool, bool]] = field(default_factory=list)
+    deps: list[tuple[torch.fx.Node, bool, bool]] = _NONE  # type: ignore[assignment]
     #: why this node stops gradients: detach | data | no_grad | leaves | requires_grad | integer | rebuild
     cut: str | None = None
     #: the live input whose gradient this node drops
@@ -108,11 +111,11 @@ class NodeFacts:
     #: the first alias of the written tensor read after the write (what makes FXG104 true)
     alias_seen: torch.fx.Node | None = None
     is_view_target: bool = False
-    overwritten: list[SavedUse] = field(default_factory=list)  # version bumped: backward raises
-    silently_written: list[SavedUse] = field(default_factory=list)  # storage written behind the counter
-    unknown_savers: list[torch.fx.Node] = field(default_factory=list)
-    saved: list[SavedUse] = field(default_factory=list)
-    module_params: list[str] = field(default_factory=list)  # trainable params a call_module uses
+    # The lists below are a shared empty tuple until a node needs its own (most never do: no per-node allocation).
+    overwritten: list[SavedUse] = _NONE  # type: ignore[assignment]  # version bumped: backward raises
+    silently_written: list[SavedUse] = _NONE  # type: ignore[assignment]  # storage written behind the counter
+    unknown_savers: list[torch.fx.Node] = _NONE  # type: ignore[assignment]
+    module_params: list[str] = _NONE  # type: ignore[assignment]  # trainable params a call_module uses
     # backward pass
     reach: bool = False
     reach_nz: bool = False
@@ -189,18 +192,40 @@ class _Pass:
         self.gm = gm
         #: the user's model: a GraphModule only keeps the submodules its graph uses, the report needs them all
         self.model = model if model is not None else gm
-        self.modules = dict(gm.named_modules())
+        # One walk over the module tree gives modules, parameters and buffers (``named_parameters()`` and
+        # friends would each walk it again). A GraphModule traced from ``model`` shares its submodules.
+        self.modules: dict[str, nn.Module] = {}
+        self.named_params: list[tuple[str, nn.Parameter]] = []
+        self.buffer_ids: set[int] = set()
+        seen: set[int] = set()
+        stack: list[tuple[str, nn.Module]] = [("", self.model)]
+        visited: set[int] = set()
+        while stack:  # depth-first, children in order: the order and names named_parameters() gives
+            path, mod = stack.pop()
+            if id(mod) in visited:
+                continue
+            visited.add(id(mod))
+            self.modules[path] = mod
+            prefix = f"{path}." if path else ""
+            for pname, param in mod._parameters.items():
+                if param is not None and id(param) not in seen:
+                    seen.add(id(param))
+                    self.named_params.append((prefix + pname, param))
+            for buf in mod._buffers.values():
+                if buf is not None:
+                    self.buffer_ids.add(id(buf))
+            stack.extend((prefix + name, child) for name, child in reversed(mod._modules.items())
+                         if child is not None)
         self.viewer = ops.OpViewer(self.modules)
         self.inputs_require_grad = inputs_require_grad
         self.nodes: dict[torch.fx.Node, NodeFacts] = {}
-        self.buffer_ids = {id(b) for b in gm.buffers()}
         self.module_param_cache: dict[str, list[str]] = {}
+        self.entry_cache: dict[tuple[str, bool], Any] = {}
         #: roots of leaves that require grad: an in-place write on them (or a view) with grad enabled raises
         self.leaf_roots: set[Root] = set()
         #: parameters frozen by ``requires_grad_(False)`` in forward, and the node that froze them
         self.frozen: dict[str, torch.fx.Node] = {}
         self.param_names: dict[int, str] = {}
-        self.named_params = list(self.model.named_parameters())
         for name, p in self.named_params:
             self.param_names.setdefault(id(p), name)
             if p.requires_grad:
@@ -528,9 +553,9 @@ class _Pass:
         silently written (another counter, i.e. through ``.data``)."""
         for use in self.pending.pop(sroot, []):
             if use.croot == croot:
-                nf.overwritten.append(use)
+                nf.overwritten = [*nf.overwritten, use]
             else:
-                nf.silently_written.append(use)
+                nf.silently_written = [*nf.silently_written, use]
 
     def _write_root(self, nf: NodeFacts, root: Root) -> None:
         """An op that writes a parameter it owns (``nn.Embedding(max_norm=...)`` renormalises its weight)."""
@@ -575,18 +600,26 @@ class _Pass:
         sf = self.nodes.get(s)
         return sf is not None and sf.live
 
+    def _saved_entry(self, nf: NodeFacts, name: str, inplace: bool) -> Any:
+        if nf.node.op == "call_function":
+            function = getattr(nf.node.target, "__fxgrad_function__", None)
+            if function is not None:
+                return ops.function_saves(function)
+        key = (name, inplace)
+        if key not in self.entry_cache:
+            entry = (SAVED.get(name + "_") if inplace else None) or SAVED.get(name) or ops.REFLECTED_SAVED.get(name)
+            if entry is None and name.endswith("_"):
+                entry = SAVED.get(name[:-1])
+            self.entry_cache[key] = entry
+        return self.entry_cache[key]
+
     def _record_saved(self, nf: NodeFacts, phase: str = "all") -> None:
         """Record what ``nf`` saves for backward. In-place ops save their other inputs *before* they write
         (``phase="inputs"``: ``h *= h`` saves the very tensor it then overwrites) and their result after."""
         view = nf.view
         name = view.name
         inplace = view.writes is not None
-        entry = (SAVED.get(name + "_") if inplace else None) or SAVED.get(name) or ops.REFLECTED_SAVED.get(name)
-        function = getattr(nf.node.target, "__fxgrad_function__", None)
-        if function is not None:
-            entry = ops.function_saves(function)
-        if entry is None and name.endswith("_"):
-            entry = SAVED.get(name[:-1])
+        entry = self._saved_entry(nf, name, inplace)
         if entry is None:
             if phase == "inputs":
                 return
@@ -597,9 +630,9 @@ class _Pass:
                         self.pending_unknown.setdefault(af.sroot, []).append(nf.node)
             return
         per_input = entry[1]
-        for (op_name, arg_name), override in ops.SCALAR_OVERLOADS.items():
-            if op_name == name and not isinstance(view.args.get(arg_name), torch.fx.Node):
-                per_input = override
+        override = ops.SCALAR_OVERLOADS.get(name)
+        if override is not None and not isinstance(view.args.get(override[0]), torch.fx.Node):
+            per_input = override[1]
         params, args = view.params, view.args
         names: set[str] = set()
         for inp, saved in per_input.items():

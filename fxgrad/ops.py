@@ -169,8 +169,8 @@ REFLECTED_SAVED: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] =
 }
 #: overloads whose saved set is smaller than the merged table says, chosen when the named argument is a Python
 #: number: ``h ** 2`` is ``pow.Tensor_Scalar`` and saves only ``self`` (``pow.Tensor_Tensor`` also saves the result).
-SCALAR_OVERLOADS: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
-    ("pow", "exponent"): {"self": ("self",)},
+SCALAR_OVERLOADS: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
+    "pow": ("exponent", {"self": ("self",)}),
 }
 #: named-tuple fields of multi-output ops: ``h.max(1).values`` carries gradient, ``.indices`` does not.
 DIFFERENTIABLE_FIELDS = frozenset({"values", "Q", "R", "U", "S", "V", "Vh", "L", "LU", "eigenvalues", "eigenvectors",
@@ -362,6 +362,33 @@ def _template(op: str, target: Any) -> _Template:
     return t
 
 
+@dataclass(frozen=True, slots=True)
+class _ModuleKind:
+    """What a module class means to fxgrad (cached per class: models repeat a few classes many times)."""
+
+    entry: tuple[str, str, dict[str, str]] | None
+    inplace_capable: bool
+    dropout: bool
+    batch_norm: bool
+    embedding: bool
+    spelling: str
+    spelling_inplace: str
+
+
+_MODULE_KINDS: dict[type, _ModuleKind] = {}
+
+
+def _module_kind(cls: type) -> _ModuleKind:
+    kind = _MODULE_KINDS.get(cls)
+    if kind is None:
+        kind = _ModuleKind(_MODULES.get(cls), issubclass(cls, INPLACE_MODULE_TYPES),
+                           issubclass(cls, nn.modules.dropout._DropoutNd),
+                           issubclass(cls, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)),
+                           issubclass(cls, nn.Embedding), f"nn.{cls.__name__}", f"nn.{cls.__name__}(inplace=True)")
+        _MODULE_KINDS[cls] = kind
+    return kind
+
+
 class OpViewer:
     """Normalises nodes to :class:`OpView` s; caches what depends only on the target or the module."""
 
@@ -376,24 +403,24 @@ class OpViewer:
         mod = self.modules.get(target)
         if mod is None:
             return None
-        entry = _MODULES.get(type(mod))
-        inplace = isinstance(mod, INPLACE_MODULE_TYPES) and getattr(mod, "inplace", False) is True
-        if inplace and isinstance(mod, nn.modules.dropout._DropoutNd) and not mod.training:
+        kind = _module_kind(type(mod))
+        attrs = mod.__dict__  # plain attributes: no nn.Module.__getattr__ round trip
+        inplace = kind.inplace_capable and attrs.get("inplace") is True
+        if inplace and kind.dropout and not mod.training:
             inplace = False  # F.dropout(training=False) returns its input untouched
-        spelling = f"nn.{type(mod).__name__}(inplace=True)" if inplace else f"nn.{type(mod).__name__}"
+        spelling = kind.spelling_inplace if inplace else kind.spelling
         info: tuple[str, str | None, str, dict[str, str], bool, bool]
-        if entry is None:
+        if kind.entry is None:
             params = {n: f"{target}.{n}" for n, _ in mod.named_parameters()}
             info = (type(mod).__name__, None, spelling, params, inplace, False)
         else:
-            name, first, param_attrs = entry
-            params = {schema: f"{target}.{attr}" for schema, attr in param_attrs.items()
-                      if isinstance(getattr(mod, attr, None), nn.Parameter)}
-            if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and not (
-                    mod.training or mod.running_mean is None):
+            name, first, param_attrs = kind.entry
+            own = mod._parameters
+            params = {schema: f"{target}.{attr}" for schema, attr in param_attrs.items() if own.get(attr) is not None}
+            if kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None):
                 name = "batch_norm_eval"
             info = (name, first, spelling, params, inplace, True)
-        if isinstance(mod, nn.Embedding) and mod.max_norm is not None:
+        if kind.embedding and attrs.get("max_norm") is not None:
             self._param_writes[target] = (f"{target}.weight",)
         self._modules[target] = info
         return info

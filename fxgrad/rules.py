@@ -160,7 +160,7 @@ def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | Non
     if (nf.target is None or nf.target_role != "activation" or nf.leaf_write or nf.meta_write or nf.forward_error
             or nf.overlap_write):
         return None
-    if [u for u in nf.overwritten + nf.silently_written if facts[u.saver].reach]:
+    if [u for u in (*nf.overwritten, *nf.silently_written) if facts[u.saver].reach]:
         return None
     if not nf.target_live:
         return None
@@ -332,16 +332,28 @@ def param_findings(facts: GraphFacts) -> Iterator[Finding]:
                       module=owners[0] if len(owners) == 1 else "")
 
 
+def _family(code: str) -> str:
+    return "cut" if code.startswith("FXG0") else "write" if code.startswith("FXG1") else "param"
+
+
 def run_rules(facts: GraphFacts) -> list[Finding]:
-    """Every finding of every rule, in graph order, then the per-parameter verdicts."""
-    node_rules = [r for r in RULES if r.check is not None]
+    """Every finding of every rule, in graph order, then the per-parameter verdicts.
+
+    Most nodes are plain differentiable ops that no rule is about; a node is shown to a family's rules only when
+    its facts say it cuts, zeroes or raises (FXG0xx) or writes (FXG1xx), so the pass costs little more than a
+    walk over the nodes.
+    """
+    cut_rules = [r.check for r in RULES if r.check is not None and _family(r.code) == "cut"]
+    write_rules = [r.check for r in RULES if r.check is not None and _family(r.code) == "write"]
     findings: list[Finding] = []
     for nf in facts:
-        if nf.role in ("control", "output", "placeholder"):
-            continue
-        for rule in node_rules:
-            assert rule.check is not None
-            f = rule.check(nf, facts)
+        checks: list[Callable[[NodeFacts, GraphFacts], Finding | None]] = []
+        if nf.cut is not None or nf.zero or nf.no_derivative or nf.forward_error:
+            checks += cut_rules
+        if nf.target is not None or nf.overwritten or nf.silently_written:
+            checks += write_rules
+        for check in checks:
+            f = check(nf, facts)
             if f is not None:
                 findings.append(f)
     findings.extend(param_findings(facts))
