@@ -389,6 +389,7 @@ def _failing_node_text(e: BaseException) -> str:
 
 def _input_error(e: BaseException) -> InputError:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = text.rstrip(".") + "."
     return InputError(f"Running the model on the example inputs raised {type(e).__name__}{_failing_node_text(e)}: "
                       f"{text} Hint: check the shapes and dtypes of the example inputs (fxgrad.spec(...) or "
                       "tensors); if they are right, this line fails in eager PyTorch too.")

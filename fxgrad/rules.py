@@ -278,7 +278,7 @@ RULES: tuple[Rule, ...] = (
          check=_check_silent),
     Rule("FXG107", "inplace-overlap", "error", "in-place write into an `expand`ed view (elements share memory): "
          "forward raises", "One memory location stands for several elements; PyTorch refuses to write it.",
-         fixable=True, check=_check_overlap),
+         check=_check_overlap),
     Rule("FXG201", "param-no-grad", "error", "parameter gets no gradient: every path to the output is cut",
          "Its `.grad` stays None and the optimizer never updates it."),
     Rule("FXG202", "param-zero-grad", "warning", "parameter gets only a zero gradient",
