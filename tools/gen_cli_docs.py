@@ -20,7 +20,8 @@ env = {**os.environ, "PYTHONPATH": f"{DOC}{os.pathsep}{REPO}", "NO_COLOR": "1", 
 def run(cmdline: str) -> str:
     # cmdline: "fxgrad ARGS [| tail -n N]" or shell snippets prefixed with "!" (setup, not shown)
     shell = cmdline.replace("fxgrad ", f"{sys.executable} -m fxgrad ", 1)
-    p = subprocess.run(shell, shell=True, executable="/bin/bash", cwd=DOC, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.run(shell, shell=True, executable="/bin/bash", cwd=DOC, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
     out = p.stdout
     return out.rstrip("\n")
 
@@ -45,5 +46,6 @@ def render(template: str) -> str:
         out.append("```console\n" + "\n".join(shown) + "\n```")
     return "".join(out)
 
-template = open(sys.argv[1]).read()
+with open(sys.argv[1]) as f:
+    template = f.read()
 print(render(template))
