@@ -33,7 +33,6 @@ inputs are given, so the verdict is the one for the inputs' device, and the find
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from collections.abc import Iterator
@@ -137,8 +136,9 @@ def _key(t: torch.Tensor) -> Any:
 
 
 class _Runner(torch.fx.Interpreter):
-    def __init__(self, root: nn.Module, graph: torch.fx.Graph, facts: GraphFacts) -> None:
-        super().__init__(root, garbage_collect_values=True, graph=graph)
+    def __init__(self, gm: torch.fx.GraphModule, twins: _Twins, facts: GraphFacts) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+        self.twins = twins
         self.facts = facts
         self.node_of: dict[Any, torch.fx.Node] = {}
         self.saved: dict[tuple[int, str], _Saved] = {}
@@ -150,6 +150,9 @@ class _Runner(torch.fx.Interpreter):
             if nf.alias_seen is not None and nf.target is not None:
                 self.watch.update((nf.alias_seen, nf.target))
         self.storages: dict[torch.fx.Node, set[Any]] = {}
+
+    def fetch_attr(self, target: str) -> Any:
+        return self.twins.attr(target)
 
     def run_node(self, n: torch.fx.Node) -> Any:
         writes = self.facts[n].view.writes if n in self.facts.nodes else None
@@ -222,7 +225,7 @@ class _Runner(torch.fx.Interpreter):
         # Step 3: which saved tensors moved version after this node, or had their storage written behind it.
         touched = self._inputs(n) + outputs
         if n.op == "call_module":
-            mod = self.module.get_submodule(str(n.target))
+            mod = self.twins.attr(str(n.target))
             touched += list(mod.parameters()) + list(mod.buffers())
         for t in touched:
             for rec in self.pending.get(_key(t), ()):
@@ -230,21 +233,55 @@ class _Runner(torch.fx.Interpreter):
                     rec.changed_at = n
 
 
-def _fake_root(gm: torch.fx.GraphModule, mode: FakeTensorMode | None) -> tuple[nn.Module, dict[int, str]]:
-    """A copy of the module tree whose parameters and buffers are fakes (or real clones in real mode)."""
-    memo: dict[int, Any] = {}
-    names: dict[int, str] = {}
-    for name, p in gm.named_parameters(remove_duplicate=False):
-        if id(p) in memo:
-            continue
-        twin: torch.Tensor = (mode.from_tensor(p) if mode is not None
-                              else nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
-        memo[id(p)] = twin
-        names[id(twin)] = name
-    for b in gm.buffers():
-        if id(b) not in memo:
-            memo[id(b)] = mode.from_tensor(b) if mode is not None else b.detach().clone()
-    return copy.deepcopy(gm, memo), names
+class _Twins:
+    """Fake (or, in real mode, cloned) twins of the model's tensors and shallow twins of its modules, made on
+    first use: the user's parameters and buffers are never read for values nor written, and nothing is copied
+    deeply (a deep copy of a large model costs more than the whole fake run)."""
+
+    def __init__(self, gm: torch.fx.GraphModule, facts: GraphFacts, mode: FakeTensorMode | None) -> None:
+        self.gm, self.facts, self.mode = gm, facts, mode
+        self.tensors: dict[int, torch.Tensor] = {}
+        self.modules: dict[int, nn.Module] = {}
+        #: twin parameter id -> the parameter's name in the report
+        self.names: dict[int, str] = {}
+
+    def tensor(self, t: torch.Tensor) -> torch.Tensor:
+        twin = self.tensors.get(id(t))
+        if twin is None:
+            if self.mode is not None:
+                twin = self.mode.from_tensor(t)
+            elif isinstance(t, nn.Parameter):
+                twin = nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+            else:
+                twin = t.detach().clone()
+            self.tensors[id(t)] = twin
+            if isinstance(t, nn.Parameter) and id(t) in self.facts.param_names:
+                self.names[id(twin)] = self.facts.param_names[id(t)]
+        return twin
+
+    def module(self, mod: nn.Module) -> nn.Module:
+        twin = self.modules.get(id(mod))
+        if twin is None:
+            # A new object whose __dict__ holds the same values (copy.copy would refuse parametrized modules):
+            # its state dicts are replaced, never mutated.
+            twin = object.__new__(type(mod))
+            twin.__dict__.update(mod.__dict__)
+            twin._parameters = {k: None if v is None else self.tensor(v)  # type: ignore[misc]
+                                for k, v in mod._parameters.items()}
+            twin._buffers = {k: None if v is None else self.tensor(v) for k, v in mod._buffers.items()}
+            twin._modules = {k: None if v is None else self.module(v) for k, v in mod._modules.items()}
+            self.modules[id(mod)] = twin
+        return twin
+
+    def attr(self, target: str) -> Any:
+        obj: Any = self.gm
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, nn.Module):
+            return self.module(obj)
+        if isinstance(obj, torch.Tensor):
+            return self.tensor(obj)
+        return obj
 
 
 def _backend_nodes(gm: torch.fx.GraphModule, facts: GraphFacts) -> set[torch.fx.Node]:
@@ -265,7 +302,7 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
     mode = None if real else FakeTensorMode(allow_non_fake_inputs=True)
     # Step 1: twins of parameters, buffers and inputs.
-    root, names = _fake_root(gm, mode)
+    twins = _Twins(gm, facts, mode)
     if mode is not None:
         def fake(a: torch.Tensor | Spec) -> Any:
             if isinstance(a, Spec):
@@ -281,7 +318,7 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
     else:
         run_args = map_inputs(args, lambda a: a.empty(device) if isinstance(a, Spec) else a)
 
-    runner = _Runner(root, gm.graph, facts)
+    runner = _Runner(gm, twins, facts)
     result = DryRun(mode="real" if real else "fake")
     grad_was = torch.is_grad_enabled()
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
@@ -305,8 +342,8 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
     seen: set[Any] = set()
     frontier = [g for g in map(_grad_fn, roots) if g is not None]
     for t in roots:
-        if t.is_leaf and id(t) in names:
-            result.reached_params.add(names[id(t)])
+        if t.is_leaf and id(t) in twins.names:
+            result.reached_params.add(twins.names[id(t)])
     while frontier:
         g = frontier.pop()
         if g in seen:
@@ -315,8 +352,8 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
         if type(g).__name__ in ("NotImplemented", "Error") and g in runner.node_of:
             result.no_derivative.add(runner.node_of[g])
         variable = getattr(g, "variable", None)
-        if variable is not None and id(variable) in names:
-            result.reached_params.add(names[id(variable)])
+        if variable is not None and id(variable) in twins.names:
+            result.reached_params.add(twins.names[id(variable)])
         for attr in _saved_attrs(type(g)):
             try:
                 getattr(g, attr)
