@@ -46,6 +46,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
+from ._saved_table import SAVED
 from .capture import node_origin
 from .errors import InputError
 from .facts import GraphFacts, ParamFacts
@@ -202,7 +203,7 @@ class _Runner(torch.fx.Interpreter):
         return list(_tensors(values))
 
     def _after(self, n: torch.fx.Node, result: Any) -> None:
-        outputs = list(_tensors(result))
+        outputs = [result] if isinstance(result, torch.Tensor) else list(_tensors(result))
         if n in self.watch:
             self.storages[n] = {_key(t) for t in outputs}
         # Step 2: the autograd nodes this fx node created, and what they saved.
@@ -222,7 +223,12 @@ class _Runner(torch.fx.Interpreter):
                     self.saved[(id(g), attr)] = rec
                     self.pending.setdefault(_key(t), []).append(rec)
             frontier.extend(nxt for nxt, _ in g.next_functions if nxt is not None and nxt not in self.node_of)
-        # Step 3: which saved tensors moved version after this node, or had their storage written behind it.
+        # Step 3: which saved tensors moved version after this node. Only writes, modules (which may write
+        # their buffers or run in-place ops inside) and ops fxgrad has no table entry for can move one.
+        nf = self.facts.nodes.get(n)
+        if nf is not None and nf.target is None and not nf.view.param_writes and n.op != "call_module" and (
+                nf.view.name in SAVED or nf.role in ("control", "value", "param", "buffer", "input")):
+            return
         touched = self._inputs(n) + outputs
         if n.op == "call_module":
             mod = self.twins.attr(str(n.target))
