@@ -221,6 +221,11 @@ class _Pass:
         self.nodes: dict[torch.fx.Node, NodeFacts] = {}
         self.module_param_cache: dict[str, list[str]] = {}
         self.entry_cache: dict[tuple[str, bool], Any] = {}
+        #: storage root -> nodes that may have saved a tensor of it, with their arguments' states then
+        self.deferred: dict[Root, list[tuple[NodeFacts, dict[torch.fx.Node, torch.fx.Node]]]] = {}
+        self.materialized: set[torch.fx.Node] = set()
+        self.param_root_cache: dict[str, Root] = {}
+        self.any_writes = True
         #: roots of leaves that require grad: an in-place write on them (or a view) with grad enabled raises
         self.leaf_roots: set[Root] = set()
         #: parameters frozen by ``requires_grad_(False)`` in forward, and the node that froze them
@@ -285,8 +290,11 @@ class _Pass:
     # -- step 1 -------------------------------------------------------------------------------------------------
 
     def forward(self) -> None:
-        for index, node in enumerate(self.gm.graph.nodes):
-            view = self.viewer(node)
+        nodes = list(self.gm.graph.nodes)
+        views = [self.viewer(node) for node in nodes]
+        # What an op saves for backward only matters if some op writes in place: without one, skip the bookkeeping.
+        self.any_writes = any(v.writes is not None or v.param_writes for v in views)
+        for index, (node, view) in enumerate(zip(nodes, views, strict=True)):
             nf = NodeFacts(node, index, view, grad_on=self.grad_on)
             self.nodes[node] = nf
             nf.vroot = nf.croot = nf.sroot = nf.ident = node
@@ -446,15 +454,18 @@ class _Pass:
             self._aliases(nf, first, first_f, states)
         for pname in view.param_writes:
             self._write_root(nf, ("param", self.param_names.get(id(_attr(self.gm, pname)), pname)))
-        records = (nf.live or (write_target is not None and grad_on)) and name not in ops.META_WRITES
+        records = self.any_writes and (nf.live or (write_target is not None and grad_on)) and (
+            name not in ops.META_WRITES)
         if write_target is not None and name in ops.META_WRITES:
             self._meta_write(nf, write_target, diff)
         elif write_target is not None:
             if records:
                 self._record_saved(nf, "inputs")
             self._write(nf, write_target)
-        if records:
-            self._record_saved(nf, "result" if write_target is not None else "all")
+        if records and write_target is not None:
+            self._record_saved(nf, "result")
+        elif records:
+            self._defer(nf, args, states)
 
     def _aliases(self, nf: NodeFacts, first: torch.fx.Node | None, first_f: NodeFacts | None,
                  states: list[torch.fx.Node]) -> None:
@@ -551,6 +562,10 @@ class _Pass:
     def _settle(self, nf: NodeFacts, sroot: Root, croot: Root) -> None:
         """A data write: tensors saved on this storage before now are overwritten (same version counter) or
         silently written (another counter, i.e. through ``.data``)."""
+        for saver, at in self.deferred.pop(sroot, ()):
+            if saver.node not in self.materialized:
+                self.materialized.add(saver.node)
+                self._record_saved(saver, "all", at)
         for use in self.pending.pop(sroot, []):
             if use.croot == croot:
                 nf.overwritten = [*nf.overwritten, use]
@@ -591,12 +606,12 @@ class _Pass:
             nf.live = False
         self.last_mut[root] = nf
 
-    def _requires(self, a: Any, nf: NodeFacts) -> bool:
+    def _requires(self, a: Any, nf: NodeFacts, at: dict[torch.fx.Node, torch.fx.Node] | None = None) -> bool:
         if isinstance(a, (list, tuple)):
-            return any(self._requires(x, nf) for x in a)
+            return any(self._requires(x, nf, at) for x in a)
         if not isinstance(a, torch.fx.Node):
             return False
-        s = self.state(a, nf) if self.last_mut else a
+        s = at.get(a, a) if at is not None else (self.state(a, nf) if self.last_mut else a)
         sf = self.nodes.get(s)
         return sf is not None and sf.live
 
@@ -613,9 +628,35 @@ class _Pass:
             self.entry_cache[key] = entry
         return self.entry_cache[key]
 
-    def _record_saved(self, nf: NodeFacts, phase: str = "all") -> None:
+    def _defer(self, nf: NodeFacts, args: list[torch.fx.Node], states: list[torch.fx.Node]) -> None:
+        """Note that ``nf`` may have saved tensors, under the storages it touches; what exactly it saved is only
+        worked out if one of those storages is ever written (most never are)."""
+        if self._saved_entry(nf, nf.view.name, False) is None:
+            self._record_saved(nf)  # unknown op: noted at once, cheaply
+            return
+        at = dict(zip(args, states, strict=True))
+        keys = {nf.sroot}
+        for a in args:
+            af = self.nodes.get(a)
+            if af is not None:
+                keys.add(af.sroot)
+        for pname in nf.view.params.values():
+            keys.add(self._param_root_of(pname))
+        for key in keys:
+            self.deferred.setdefault(key, []).append((nf, at))
+
+    def _param_root_of(self, qualname: str) -> Root:
+        root = self.param_root_cache.get(qualname)
+        if root is None:
+            root = ("param", self.param_names.get(id(_attr(self.gm, qualname)), qualname))
+            self.param_root_cache[qualname] = root
+        return root
+
+    def _record_saved(self, nf: NodeFacts, phase: str = "all",
+                      at: dict[torch.fx.Node, torch.fx.Node] | None = None) -> None:
         """Record what ``nf`` saves for backward. In-place ops save their other inputs *before* they write
-        (``phase="inputs"``: ``h *= h`` saves the very tensor it then overwrites) and their result after."""
+        (``phase="inputs"``: ``h *= h`` saves the very tensor it then overwrites) and their result after. ``at``:
+        the state each argument had when ``nf`` ran (for deferred records)."""
         view = nf.view
         name = view.name
         inplace = view.writes is not None
@@ -636,7 +677,7 @@ class _Pass:
         params, args = view.params, view.args
         names: set[str] = set()
         for inp, saved in per_input.items():
-            if saved and (inp in params or self._requires(args.get(inp), nf)):
+            if saved and (inp in params or self._requires(args.get(inp), nf, at)):
                 names.update(saved)
         if inplace:
             # autograd keeps a clone of the original ``self`` when an in-place op's formula needs it
@@ -654,14 +695,14 @@ class _Pass:
                     self._save(SavedUse(nf.node, nf.node, arg, nf.croot, nf.sroot, backend))
                 continue
             if arg in params:
-                proot = ("param", params[arg])
+                proot = self._param_root_of(params[arg])
                 self._save(SavedUse(nf.node, params[arg], arg, proot, proot, backend))
                 continue
             value = args.get(arg)
             for arg_node in value if isinstance(value, (list, tuple)) else (value,):
                 if not isinstance(arg_node, torch.fx.Node) or arg_node not in self.nodes:
                     continue
-                current = self.state(arg_node, nf)
+                current = at.get(arg_node, arg_node) if at is not None else self.state(arg_node, nf)
                 if self.nodes.get(current, self.nodes[arg_node]).role == "value":
                     continue
                 orig = self.nodes[arg_node]
