@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxgrad.errors import InputError, VerificationError
+from fxgrad.examples import BasicBlock
 from fxgrad.facts import compute_facts
 from fxgrad.fixing import FixRecord, fix, fix_record
 from fxgrad.verify import verify
@@ -688,29 +689,6 @@ class _Scaled(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self[0](x) * self.k
-
-
-class BasicBlock(nn.Module):
-    """torchvision's ResNet block: one ``ReLU(inplace=True)`` used twice, ``out += identity``."""
-
-    def __init__(self, c: int = 4) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out += identity
-        out = self.relu(out)
-        return out
 
 
 def test_resnet_block_all_rewritten_in_train_mode_with_buffers_updated_identically() -> None:
