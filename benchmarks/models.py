@@ -25,6 +25,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from fxgrad.examples import BasicBlock  # torchvision's block: ReLU(inplace=True), out += identity
+
 __all__ = ["FAMILIES", "Family", "build", "node_count"]
 
 
@@ -49,29 +51,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(x))
-
-
-class BasicBlock(nn.Module):
-    """torchvision's ``BasicBlock`` (no downsampling): in-place ReLU and ``out += identity``."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out += identity
-        out = self.relu(out)
-        return out
 
 
 class BrokenBlock(BasicBlock):
