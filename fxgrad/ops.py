@@ -50,6 +50,13 @@ AUGMENTED: dict[Callable[..., Any], tuple[Callable[..., Any], str]] = {
     operator.irshift: (operator.rshift, "bitwise_right_shift"),
 }
 
+#: Python's infix spelling of the binary operators (``x += y`` is ``INFIX[operator.add] + "="``).
+INFIX: dict[Callable[..., Any], str] = {
+    operator.add: "+", operator.sub: "-", operator.mul: "*", operator.truediv: "/", operator.floordiv: "//",
+    operator.mod: "%", operator.pow: "**", operator.matmul: "@", operator.and_: "&", operator.or_: "|",
+    operator.xor: "^", operator.lshift: "<<", operator.rshift: ">>",
+}
+
 _OPERATORS: dict[Callable[..., Any], str] = {
     operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div",
     operator.floordiv: "floor_divide", operator.mod: "remainder", operator.pow: "pow",
@@ -320,8 +327,6 @@ class _Template:
     python: bool = False
 
 
-_AUG_SYMBOL = {"add": "+=", "sub": "-=", "mul": "*=", "div": "/=", "matmul": "@=", "floor_divide": "//=",
-               "remainder": "%=", "pow": "**=", "bitwise_and": "&=", "bitwise_or": "|=", "bitwise_xor": "^="}
 _TEMPLATES: dict[tuple[str, Any], _Template] = {}
 
 
@@ -341,8 +346,8 @@ def _template(op: str, target: Any) -> _Template:
             base = method[:-1] if writes else method
             t = _Template(base, _schema_arg_names(base), writes, f"x.{method}()")
     elif target in AUGMENTED:
-        base = AUGMENTED[target][1]
-        t = _Template(base, ("self", "other"), True, _AUG_SYMBOL.get(base, f"{base}="))
+        plain, base = AUGMENTED[target]
+        t = _Template(base, ("self", "other"), True, INFIX[plain] + "=")
     elif target is operator.setitem:
         t = _Template("setitem", ("self", "index", "value"), True, "x[i] = v")
     elif target in _OPERATORS:

@@ -191,11 +191,7 @@ def _inplace_position(fn: Callable[..., Any]) -> int | None:
 # Rendering one node as a line of code (for the record).
 # --------------------------------------------------------------------------------------------------------------
 
-_INFIX = {
-    operator.add: "+", operator.sub: "-", operator.mul: "*", operator.truediv: "/", operator.floordiv: "//",
-    operator.mod: "%", operator.pow: "**", operator.matmul: "@", operator.and_: "&", operator.or_: "|",
-    operator.xor: "^", operator.lshift: "<<", operator.rshift: ">>",
-}
+_INFIX = ops.INFIX
 _AUGMENTED_SYMBOL = {aug: _INFIX[plain] + "=" for aug, (plain, _) in ops.AUGMENTED.items() if plain in _INFIX}
 
 
