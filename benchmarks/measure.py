@@ -15,7 +15,7 @@ Memory. Two documented methods, neither of them RSS (which the allocator's cachi
   the tensor memory allocated since the profiler started; its maximum is the peak *extra* tensor memory of the
   profiled code (tensors that existed before, such as parameters and inputs, are not counted).
 * :func:`peak_python_bytes`: ``tracemalloc``'s peak of Python-heap memory over the same span (graph nodes,
-  dictionaries, fake-tensor wrappers). Tensor storage is allocated by c10, not by Python, so the two methods
+  dictionaries, meta-tensor wrappers). Tensor storage is allocated by c10, not by Python, so the two methods
   measure disjoint things and their sum is the code's peak extra memory.
 """
 

@@ -73,6 +73,10 @@ class Plan:
     cost_memory_runs: int
     memory_batches: tuple[int, ...]
     memory_families: tuple[tuple[str, int], ...]  # (family, target nodes)
+    #: the dry-run against one real forward+backward on a transformer that grows: (block counts, batch, reps)
+    scaling_blocks: tuple[int, ...] = ()
+    scaling_batch: int = 64
+    scaling_reps: int = 3
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -89,6 +93,7 @@ PLANS: dict[str, Plan] = {
         verify_target=10, verify_reps=1,
         cost_blocks=2, cost_channels=8, cost_image=8, cost_batches=(4, 16), cost_reps=2, cost_memory_runs=1,
         memory_batches=(8, 64), memory_families=(("mlp", 100),),
+        scaling_blocks=(1, 2), scaling_batch=8, scaling_reps=1,
     ),
     "full": Plan(
         "full",
@@ -97,19 +102,19 @@ PLANS: dict[str, Plan] = {
             SizePlan(100, _ALL, reps=5, dryrun_reps=3, alternative_reps=2, anomaly_reps=3, warmup=False),
             SizePlan(1_000, _ALL, reps=3, dryrun_reps=3, alternative_reps=1, anomaly_reps=3, warmup=False,
                      alternative_families=("resnet",)),
-            SizePlan(10_000, _ALL, reps=3, dryrun_reps=1, alternative_reps=0, anomaly_reps=1, warmup=False),
-            SizePlan(100_000, ("resnet",), reps=1, dryrun_reps=0, alternative_reps=0, anomaly_reps=0, fix=False,
+            SizePlan(10_000, _ALL, reps=3, dryrun_reps=3, alternative_reps=0, anomaly_reps=1, warmup=False),
+            SizePlan(100_000, ("resnet",), reps=1, dryrun_reps=1, alternative_reps=0, anomaly_reps=0, fix=False,
                      warmup=False),
         ),
         verify_target=1_000, verify_reps=3,
         cost_blocks=8, cost_channels=16, cost_image=16, cost_batches=(8, 32, 128), cost_reps=21,
         cost_memory_runs=3,
         memory_batches=(8, 64, 512, 4096), memory_families=(("mlp", 100), ("transformer", 150)),
+        scaling_blocks=(1, 4, 16, 64), scaling_batch=64, scaling_reps=5,
         skipped={
             "make_fx(functionalize) and torch.export above 1,000 nodes": (
                 "one run takes 10-35 s per model at 1,000 nodes (50-100 s at 3,000) on this machine; at 1,000 "
                 "nodes they run once, on the resnet family only"),
-            "dry-run above 10,000 nodes": "one run takes minutes at 100,000 nodes; at 10,000 nodes it runs once",
             "fix and anomaly mode at 100,000 nodes": "left out to keep the full run within ~10 minutes",
             "families other than resnet at 100,000 nodes": "one run of trace + analysis takes about a minute",
         },
@@ -268,7 +273,7 @@ def analysis_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any
     return {
         "method": "median wall time over interleaved rounds (see runs); batch 2; ratio = median / median of the "
                   "baseline measured in the same interleaved call. 'static analysis' is compute_facts + "
-                  "run_rules on an already traced graph; 'dry-run' is fxgrad.dryrun.run_dryrun (fake tensors) on "
+                  "run_rules on an already traced graph; 'dry-run' is fxgrad.dryrun.run_dryrun (meta tensors) on "
                   "an already traced and analysed graph; 'fix (no verification)' is fxgrad.fix(model, "
                   "only='all', verify=False): trace + static analysis + rewrite. torch.export keeps in-place "
                   "ops until run_decompositions({}), so the alternative timed is export + run_decompositions "
@@ -426,7 +431,7 @@ def dryrun_memory(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
             def analyze(model: nn.Module = model, x: torch.Tensor = x) -> Any:
                 return fxgrad.analyze(model, (x,))
 
-            dry()  # warm the fake-tensor caches, as any second call would find them
+            dry()  # warm the op memo and lazy imports, as any second call would find them
             row: dict[str, Any] = {"family": family, "nodes": nodes, "batch": batch,
                                    "input_bytes": x.numel() * x.element_size()}
             for name, fn in (("real_forward", forward), ("dryrun", dry), ("analyze_with_dryrun", analyze)):
@@ -434,9 +439,10 @@ def dryrun_memory(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
                 row[f"{name}_python_bytes"] = peak_python_bytes(fn)
             rows.append(row)
     return {
+        "scaling": _dryrun_scaling(plan, dryrun, progress),
         "method": "peak extra memory of one call, by two methods: tensor bytes = peak of the running sum of the "
                   "profiler's CPU [memory] events (torch.profiler.profile(profile_memory=True)); python bytes = "
-                  "tracemalloc peak above the level at the start (Python heap: graph, fake-tensor wrappers; "
+                  "tracemalloc peak above the level at the start (Python heap: graph, meta-tensor wrappers; "
                   "tensor storage is not on the Python heap). 'real_forward' is one forward in grad mode "
                   "(returns with the activations backward needs); 'dryrun' is fxgrad.dryrun.run_dryrun on a "
                   "traced graph; 'analyze_with_dryrun' is fxgrad.analyze(model, (x,)) from scratch. Inputs are "
@@ -444,3 +450,33 @@ def dryrun_memory(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
         "notes": [],
         "rows": rows,
     }
+
+
+def _dryrun_scaling(plan: Plan, dryrun: ModuleType, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The dry-run against what it spares you: one real forward+backward of the same transformer at the same
+    batch, as the model grows (time: interleaved medians; memory: peak extra tensor + Python bytes)."""
+    rows: list[dict[str, Any]] = []
+    for blocks in plan.scaling_blocks:
+        progress(f"dry-run vs forward+backward: transformer, {blocks} blocks, batch {plan.scaling_batch}")
+        torch.manual_seed(0)
+        model = FAMILIES["transformer"].make(blocks)
+        x = FAMILIES["transformer"].example(plan.scaling_batch)
+        gm = fxgrad.trace(model)
+        facts = compute_facts(gm, model=model)
+        nodes = len(gm.graph.nodes)
+        fwd_bwd = _fwd_bwd(model, x)
+
+        def dry(gm: torch.fx.GraphModule = gm, facts: Any = facts, x: torch.Tensor = x) -> Any:
+            return dryrun.run_dryrun(gm, facts, (x,), real=False)
+
+        t = interleaved({"forward+backward": fwd_bwd, "dry-run": dry}, reps=plan.scaling_reps)
+        row: dict[str, Any] = {"blocks": blocks, "nodes": nodes, "batch": plan.scaling_batch,
+                               "fwd_bwd_ms": round(t["forward+backward"].median_ms, 3),
+                               "dryrun_ms": round(t["dry-run"].median_ms, 3),
+                               "dryrun_ms_per_1k_nodes": _per_1k(t["dry-run"].median_ms, nodes),
+                               "ratio": _ratio(t["dry-run"], t["forward+backward"]), "runs": t["dry-run"].runs}
+        for name, fn in (("fwd_bwd", fwd_bwd), ("dryrun", dry)):
+            row[f"{name}_peak_bytes"] = peak_tensor_bytes(fn) + peak_python_bytes(fn)
+        _clear_grads(model)
+        rows.append(row)
+    return rows

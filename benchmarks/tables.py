@@ -95,7 +95,7 @@ def _cost(section: dict[str, Any], fmt: str) -> list[str]:
 def _memory(section: dict[str, Any], fmt: str) -> list[str]:
     if not section["rows"]:
         return []
-    return ["Peak extra memory, MiB (tensor memory + Python heap)",
+    return [*_scaling(section.get("scaling", []), fmt), "Peak extra memory, MiB (tensor memory + Python heap)",
             tabulate([[r["family"], f"{r['nodes']:,}", r["batch"], _mib(r["input_bytes"]),
                        f"{_mib(r['real_forward_tensor_bytes'])} + {_mib(r['real_forward_python_bytes'])}",
                        f"{_mib(r['dryrun_tensor_bytes'])} + {_mib(r['dryrun_python_bytes'])}",
@@ -103,6 +103,19 @@ def _memory(section: dict[str, Any], fmt: str) -> list[str]:
                       for r in section["rows"]],
                      headers=["family", "nodes", "batch", "input", "one real forward", "dry-run",
                               "analyze(model, x)"], tablefmt=fmt, disable_numparse=True)]
+
+
+def _scaling(rows: list[dict[str, Any]], fmt: str) -> list[str]:
+    if not rows:
+        return []
+    return [f"Dry-run vs one real forward+backward, transformer at batch {rows[0]['batch']} (medians; peak = tensor "
+            "memory + Python heap)",
+            tabulate([[r["blocks"], f"{r['nodes']:,}", _ms(r["fwd_bwd_ms"]), _ms(r["dryrun_ms"]),
+                       f"{r['dryrun_ms_per_1k_nodes']:.0f}", f"{r['ratio']:.2f}", _mib(r["fwd_bwd_peak_bytes"]),
+                       _mib(r["dryrun_peak_bytes"]), r["runs"]] for r in rows],
+                     headers=["blocks", "nodes", "fwd+bwd ms", "dry-run ms", "dry-run ms / 1k nodes",
+                              "dry-run / fwd+bwd", "fwd+bwd peak MiB", "dry-run peak MiB", "runs"],
+                     tablefmt=fmt, disable_numparse=True)]
 
 
 def _targets(targets: list[dict[str, Any]], fmt: str) -> list[str]:

@@ -94,7 +94,7 @@ def analyze(
     """Find, before training, why parameters would get no gradient and which in-place ops break ``backward()``.
 
     Without ``example_inputs`` the verdicts are static (fxgrad's op tables). With them (real tensors, meta
-    tensors, or :func:`fxgrad.spec` shapes) fxgrad runs the graph once on fake tensors and replaces the static
+    tensors, or :func:`fxgrad.spec` shapes) fxgrad runs the graph once on meta tensors and replaces the static
     verdicts with proved ones (``dryrun="real"`` runs it on the real inputs instead, ``dryrun=False`` skips it).
     ``ignore``/``select`` take codes or prefixes (``"FXG1"``). The model is never changed.
     """
@@ -119,9 +119,9 @@ def analyze(
         params = _param_status(facts)
         report = Report(model=name, findings=findings, params=params)
         if example_inputs is not None and dryrun:
-            from .dryrun import prove  # the dry-run pulls in fake tensors; only load it when asked for
+            from .dryrun import prove  # the dry-run pulls in torch's dispatch machinery; only load it when asked for
 
-            prove(report, gm, facts, example_inputs, mode="real" if dryrun == "real" else "fake")
+            prove(report, gm, facts, example_inputs, mode="real" if dryrun == "real" else "meta")
     return _filter(report, enabled)
 
 

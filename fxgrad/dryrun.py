@@ -1,40 +1,44 @@
 """The autograd dry-run: prove, without computing anything, whether backward will fail and who gets a gradient.
 
 The static pass guesses from op tables; this pass asks autograd itself. It runs the faithful graph once, node by
-node, on fake tensors (``FakeTensorMode``: shapes, dtypes, storages and version counters, but no data and no
-FLOPs), with fake copies of the parameters and buffers so nothing of the user's model is read for values or
-written (a fake forward with the *real* buffers would still update BatchNorm's statistics for real).
+node, on meta tensors (:mod:`fxgrad.metarun`: shapes, dtypes, storages and version counters, but no data and no
+FLOPs), with meta twins of the parameters and buffers so nothing of the user's model is read for values or
+written (a forward with the *real* buffers would update BatchNorm's statistics for real). Autograd runs above
+the meta kernels exactly as in eager: the grad_fns, saved tensors and version counters it builds are eager's.
 
-Algorithm of :func:`prove`:
+Algorithm of :func:`run_dryrun`:
 
-1. Make fake copies of every parameter and buffer (one ``deepcopy`` of the module tree whose memo maps each
-   tensor to its fake twin) and fake inputs (real tensors, meta tensors and :class:`~fxgrad.inputs.Spec`).
+1. Make meta twins of the parameters and buffers (on first use; shallow twins of the modules that hold them)
+   and of the inputs (real tensors, meta tensors and :class:`~fxgrad.inputs.Spec`).
 2. Run the graph with an ``Interpreter`` under grad mode. After each node, walk the autograd nodes it created
-   (``grad_fn`` → ``next_functions`` up to nodes already seen) and note which fx node created each one, and the
-   tensors each one saved for backward (its ``_saved_*`` attributes) with their version and storage.
-3. After each node, compare the versions of the saved tensors that share a storage with the node's inputs and
-   outputs: the first node after which a version moved is the op that overwrote it. A write by an in-place node
-   into a saved tensor's storage that did *not* move its version went behind the counter (``.data``).
+   (``grad_fn`` → ``next_functions`` up to nodes already seen) and note which fx node created each one.
+3. The meta mode notes every in-place write with the written tensor's version. After a node that wrote, read
+   what the not yet examined autograd nodes saved (``_saved_*``): if reading raises "modified by an inplace
+   operation", this node overwrote it (no other write ran since they were made); else note each saved tensor
+   with its version under its storage. Then every saved tensor on a written storage whose version moved was
+   overwritten by this node; one whose version did not move although the write moved the writer's counter was
+   written behind its counter (``.data``). Saved tensors are only read when something writes after them.
 4. From the outputs that require grad, walk the autograd graph: the ``AccumulateGrad`` nodes reached are the
-   parameters that get a gradient. For every reached node, read its saved tensors the way backward will: if
-   autograd raises "modified by an inplace operation", backward will raise that exact error.
-5. Replace the static in-place and parameter verdicts in the report with these.
+   parameters that get a gradient. If anything wrote during the run, read every reached node's saved tensors the
+   way backward will: if autograd raises "modified by an inplace operation", backward will raise that exact error.
+5. Replace the static in-place and parameter verdicts in the report with these (:func:`prove`).
 
 Why not ``saved_tensors_hooks``: with hooks installed autograd hands saved tensors to the hooks and skips its own
 version check, so a dry-run with hooks would have to re-implement that check; reading ``grad_fn._saved_*``
 performs the very check (and produces the very message) that ``backward()`` will.
 
-If the fake run cannot execute an op (no meta kernel, data-dependent shapes such as ``.item()`` or
-``nonzero``), the run is repeated for real when the example inputs are real tensors (on copies of the parameters
-and buffers, so the model still is not changed); otherwise the report keeps the static verdicts and says why.
-Ops whose saved tensors depend on the backend (recurrent layers, fused attention) are run for real when real
-inputs are given, so the verdict is the one for the inputs' device, and the findings are marked.
+If the meta run cannot execute an op (data-dependent shapes such as ``.item()`` or ``nonzero``), the run is
+repeated for real when the example inputs are real tensors (on copies of the parameters and buffers, so the
+model still is not changed); otherwise the report keeps the static verdicts and says why. Ops whose saved
+tensors depend on the backend (recurrent layers, fused attention) are run for real when real inputs on an
+accelerator are given, so the verdict is the one for the inputs' device, and the findings are marked.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,15 +46,13 @@ from typing import Any
 import torch
 import torch.fx
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
-from ._saved_table import SAVED
 from .capture import node_origin
 from .errors import InputError
 from .facts import GraphFacts, ParamFacts
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
+from .metarun import MetaMode, meta_twin
 from .report import Finding, ParamStatus, Related, Report
 from .rules import OVERLAP_ERROR, RULES_BY_CODE, inplace_warning, without_counterfactuals
 
@@ -68,13 +70,13 @@ _BACKEND_MODULES: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.MultiheadAttenti
                                                  nn.TransformerDecoderLayer, nn.Transformer)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Saved:
     grad_fn: Any
     attr: str
-    tensor: torch.Tensor
+    tensor: torch.Tensor | None  # None: already overwritten when first read
     version: int
-    saver: torch.fx.Node
+    saver: torch.fx.Node | None
     changed_at: torch.fx.Node | None = None
     silent_at: torch.fx.Node | None = None
 
@@ -83,7 +85,7 @@ class _Saved:
 class DryRun:
     """What the dry-run proved."""
 
-    mode: str  # "fake" | "real"
+    mode: str  # "meta" | "real"
     #: (mutating node or None, saving node, the error backward raises)
     conflicts: list[tuple[torch.fx.Node | None, torch.fx.Node | None, str]] = field(default_factory=list)
     #: (writing node, saving node): storage written behind the version counter, saver's backward will run
@@ -100,18 +102,43 @@ class DryRun:
 
 
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
+#: (grad_fn class, attribute) pairs that hold a non-tensor (``_saved_stride``, ``_saved_dim`` …): the C++ field
+#: behind an attribute has one type, so one look settles it for the class
+_NOT_TENSOR: set[tuple[type, str]] = set()
+_PLAIN = (int, float, bool, str, torch.dtype, torch.device, torch.Size)
 
 
 def _saved_attrs(kind: type) -> tuple[str, ...]:
     """What a grad_fn saved: ``_saved_*`` for built-in ops, ``saved_tensors`` for custom ``autograd.Function`` s."""
-    if kind not in _SAVED_ATTRS:
+    names = _SAVED_ATTRS.get(kind)
+    if names is None:
         names = tuple(a for a in dir(kind) if a.startswith("_saved_"))
-        _SAVED_ATTRS[kind] = names + (("saved_tensors",) if hasattr(kind, "saved_tensors") else ())
-    return _SAVED_ATTRS[kind]
+        names += ("saved_tensors",) if hasattr(kind, "saved_tensors") else ()
+        _SAVED_ATTRS[kind] = names
+    return names
+
+
+def _tensor_attrs(kind: type) -> list[str]:
+    """The saved attributes of ``kind`` that may hold tensors."""
+    return [a for a in _saved_attrs(kind) if (kind, a) not in _NOT_TENSOR]
+
+
+def _learn(kind: type, attr: str, value: Any) -> None:
+    if isinstance(value, _PLAIN) or (isinstance(value, tuple) and value and all(isinstance(v, _PLAIN)
+                                                                                  for v in value)):
+        _NOT_TENSOR.add((kind, attr))
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
     """Every tensor in a value: nested tuples/lists/dicts, dataclasses and ``ModelOutput``-like objects."""
+    if isinstance(value, torch.Tensor):
+        yield value
+        return
+    if value is None or isinstance(value, (int, float, bool, str)):
+        return
+    if isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value):
+        yield from value
+        return
     for leaf in pytree.tree_leaves(value):
         if isinstance(leaf, torch.Tensor):
             yield leaf
@@ -130,20 +157,38 @@ def _grad_fn(t: torch.Tensor) -> Any:
 
 
 def _key(t: torch.Tensor) -> Any:
+    """The identity of ``t``'s storage (``StorageWeakRef`` compares the same address; the tensors compared are
+    alive, so the address is not reused)."""
     try:
-        return StorageWeakRef(t.untyped_storage())
+        return t.untyped_storage()._cdata
     except (RuntimeError, NotImplementedError):
         return id(t)
 
 
-class _Runner(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule, twins: _Twins, facts: GraphFacts) -> None:
-        super().__init__(gm, garbage_collect_values=True)
+class _Runner:
+    """Runs the graph node by node, like ``torch.fx.Interpreter`` without what a dry-run does not need
+    (progress bars, tracebacks per node, current-node metadata): its per-node overhead is a third of a meta op.
+    Values are freed after their last use, so a real run holds no more than eager does."""
+
+    def __init__(self, gm: torch.fx.GraphModule, twins: _Twins, facts: GraphFacts, mode: MetaMode) -> None:
+        self.graph = gm.graph
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.last_uses: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+        used: set[torch.fx.Node] = set()
+        for node in reversed(gm.graph.nodes):
+            for a in node.all_input_nodes:
+                if a not in used:
+                    used.add(a)
+                    self.last_uses.setdefault(node, []).append(a)
         self.twins = twins
         self.facts = facts
+        self.mode = mode
         self.node_of: dict[Any, torch.fx.Node] = {}
+        #: autograd nodes made since the last write, whose saved tensors nobody has read yet
+        self.unexamined: list[Any] = []
         self.saved: dict[tuple[int, str], _Saved] = {}
         self.pending: dict[Any, list[_Saved]] = {}
+        self.any_write = False
         self.forward_errors: dict[torch.fx.Node, tuple[str, str]] = {}
         #: storages of the tensors that static FXG104 findings say alias each other
         self.watch: set[torch.fx.Node] = set()
@@ -151,119 +196,182 @@ class _Runner(torch.fx.Interpreter):
             if nf.alias_seen is not None and nf.target is not None:
                 self.watch.update((nf.alias_seen, nf.target))
         self.storages: dict[torch.fx.Node, set[Any]] = {}
+        self.alive: list[torch.Tensor] = []
 
-    def fetch_attr(self, target: str) -> Any:
-        return self.twins.attr(target)
+    def run(self, *args: Any) -> Any:
+        env, last_uses = self.env, self.last_uses
+        inputs = iter(self.graph.process_inputs(*args))
+        for node in self.graph.nodes:
+            op = node.op
+            if op == "placeholder":
+                target = str(node.target)
+                if target.startswith("*"):
+                    env[node] = list(inputs)
+                else:
+                    try:
+                        env[node] = next(inputs)
+                    except StopIteration as e:
+                        if not node.args:
+                            raise RuntimeError(f"Expected positional argument for parameter {target}, but one "
+                                               "was not passed in!") from e
+                        env[node] = node.args[0]
+            elif op == "output":
+                return self.graph.process_outputs(torch.fx.node.map_arg(node.args[0], env.__getitem__))
+            else:
+                env[node] = self.run_node(node)
+            for dead in last_uses.get(node, ()):
+                del env[dead]
+        return None
+
+    def _exec(self, n: torch.fx.Node) -> Any:
+        env = self.env
+        args = torch.fx.node.map_arg(n.args, env.__getitem__)
+        kwargs = torch.fx.node.map_arg(n.kwargs, env.__getitem__)
+        op, target = n.op, n.target
+        if op == "call_function":
+            return target(*args, **kwargs)  # type: ignore[operator]
+        if op == "call_method":
+            return getattr(args[0], str(target))(*args[1:], **kwargs)
+        if op == "call_module" or op == "get_attr":
+            obj = self.twins.attr(str(target))
+            return obj(*args, **kwargs) if op == "call_module" else obj
+        raise RuntimeError(f"fxgrad cannot run node {n.format_node()}")
 
     def run_node(self, n: torch.fx.Node) -> Any:
-        writes = self.facts[n].view.writes if n in self.facts.nodes else None
-        target = list(_tensors(self.env[writes])) if isinstance(writes, torch.fx.Node) and writes in self.env else []
-        before = [t._version for t in target]
         if self.forward_errors:
             # Eager stopped at the first forward error; go on without autograd only to prove nothing more breaks
             # the run itself (the findings after it would be counterfactual).
             with torch.no_grad():
-                result = super().run_node(n)
-            self._after(n, result)
+                result = self._exec(n)
+            self.mode.written.clear()
             return result
-        if any(torch._debug_has_internal_overlap(t) == 1 for t in target):
-            # Fake tensors skip the overlap check eager makes before writing an expanded view: make it here.
+        nf = self.facts.nodes.get(n)
+        writes = nf.view.writes if nf is not None else None
+        if isinstance(writes, torch.fx.Node) and writes in self.env and any(
+                torch._debug_has_internal_overlap(t) == 1 for t in _tensors(self.env[writes])):
+            # Meta (and fake) tensors skip the overlap check eager makes before writing an expanded view.
             self.forward_errors[n] = ("FXG107", OVERLAP_ERROR)
-            result = self.env[writes] if isinstance(writes, torch.fx.Node) else None
-        else:
+            self.mode.written.clear()
+            return self.env[writes]
+        try:
+            result = self._exec(n)
+        except Exception as e:
+            code = ("FXG103" if any(msg in str(e) for msg in _LEAF_ERRORS)
+                    else "FXG010" if any(msg in str(e) for msg in _AUTOGRAD_ERRORS) else None)
+            if code is None:
+                e.fxgrad_node = n  # type: ignore[attr-defined]
+                raise
+            # Forward raises here in eager; record it and go on (as if under no_grad, or skipping the call) to
+            # prove the rest.
+            self.forward_errors[n] = (code, str(e).splitlines()[0])
+            self.mode.written.clear()
             try:
-                result = super().run_node(n)
-            except Exception as e:
-                code = ("FXG103" if any(msg in str(e) for msg in _LEAF_ERRORS)
-                        else "FXG010" if any(msg in str(e) for msg in _AUTOGRAD_ERRORS) else None)
-                if code is None:
-                    e.fxgrad_node = n  # type: ignore[attr-defined]
-                    raise
-                # Forward raises here in eager; record it and go on (as if under no_grad, or skipping the call)
-                # to prove the rest.
-                self.forward_errors[n] = (code, str(e).splitlines()[0])
-                try:
-                    with torch.no_grad():
-                        result = super().run_node(n)
-                except Exception:
-                    first = n.all_input_nodes[0] if n.all_input_nodes else None
-                    result = self.env.get(first) if first is not None else None
+                with torch.no_grad():
+                    result = self._exec(n)
+            except Exception:
+                first = n.all_input_nodes[0] if n.all_input_nodes else None
+                result = self.env.get(first) if first is not None else None
+            self.mode.written.clear()
+            return result
         self._after(n, result)
-        # A write that moved the target's own version counter but not a saved tensor's, on the same storage,
-        # went behind that tensor's counter (``.data``): backward will not notice.
-        moved = [t for t, v in zip(target, before, strict=True) if t._version != v]
-        for t in moved:
-            for rec in self.pending.get(_key(t), ()):
-                if rec.changed_at is None and rec.silent_at is None and rec.saver is not n:
-                    rec.silent_at = n
         return result
 
-    def _inputs(self, n: torch.fx.Node) -> list[torch.Tensor]:
-        values = [self.env[a] for a in n.all_input_nodes if a in self.env]
-        return list(_tensors(values))
-
     def _after(self, n: torch.fx.Node, result: Any) -> None:
-        outputs = [result] if isinstance(result, torch.Tensor) else list(_tensors(result))
+        outputs = list(_tensors(result))
         if n in self.watch:
             self.storages[n] = {_key(t) for t in outputs}
-        # Step 2: the autograd nodes this fx node created, and what they saved.
-        frontier = [g for g in map(_grad_fn, outputs) if g is not None]
+            self.alive.extend(outputs)  # storage keys are addresses: keep them from being reused
+        # Step 2: the autograd nodes this fx node created.
+        node_of = self.node_of
+        frontier = [g for g in map(_grad_fn, outputs) if g is not None and g not in node_of]
         while frontier:
             g = frontier.pop()
-            if g in self.node_of:
+            if g in node_of:
                 continue
-            self.node_of[g] = n
-            for attr in _saved_attrs(type(g)):
+            node_of[g] = n
+            self.unexamined.append(g)
+            frontier.extend(nxt for nxt, _ in g.next_functions if nxt is not None and nxt not in node_of)
+        if self.mode.written:
+            self._writes(n)
+
+    def _writes(self, n: torch.fx.Node) -> None:
+        """Step 3: this node wrote in place. Which saved tensors did it overwrite, or write behind their back?"""
+        written, self.mode.written = self.mode.written, []
+        self.any_write = True
+        keys: set[Any] = set()
+        moved: set[Any] = set()  # storages written through a counter that moved
+        for t, version, data in written:
+            k = _key(t)
+            if data:
+                keys.add(k)
+            if t._version != version:
+                moved.add(k)
+        saved, pending = self.saved, self.pending
+        for g in self.unexamined:
+            saver = self.node_of.get(g)
+            kind = type(g)
+            for attr in _tensor_attrs(kind):
                 try:
                     value = getattr(g, attr)
-                except RuntimeError:
+                except RuntimeError as e:
+                    if _INPLACE_ERROR in str(e):
+                        saved[(id(g), attr)] = _Saved(g, attr, None, -1, saver, changed_at=n)
                     continue
+                if isinstance(value, torch.Tensor):
+                    rec = _Saved(g, attr, value, value._version, saver)
+                    saved[(id(g), attr)] = rec
+                    pending.setdefault(_key(value), []).append(rec)
+                    continue
+                if value is None:
+                    continue
+                _learn(kind, attr, value)
                 for t in _tensors(value):
-                    rec = _Saved(g, attr, t, t._version, n)
-                    self.saved[(id(g), attr)] = rec
-                    self.pending.setdefault(_key(t), []).append(rec)
-            frontier.extend(nxt for nxt, _ in g.next_functions if nxt is not None and nxt not in self.node_of)
-        # Step 3: which saved tensors moved version after this node. Only writes, modules (which may write
-        # their buffers or run in-place ops inside) and ops fxgrad has no table entry for can move one.
-        nf = self.facts.nodes.get(n)
-        if nf is not None and nf.target is None and not nf.view.param_writes and n.op != "call_module" and (
-                nf.view.name in SAVED or nf.role in ("control", "value", "param", "buffer", "input")):
-            return
-        touched = self._inputs(n) + outputs
-        if n.op == "call_module":
-            mod = self.twins.attr(str(n.target))
-            touched += list(mod.parameters()) + list(mod.buffers())
-        for t in touched:
-            for rec in self.pending.get(_key(t), ()):
-                if rec.changed_at is None and rec.tensor._version != rec.version:
+                    rec = _Saved(g, attr, t, t._version, saver)
+                    saved[(id(g), attr)] = rec
+                    pending.setdefault(_key(t), []).append(rec)
+        self.unexamined = []
+        for k in keys | moved:
+            for rec in self.pending.get(k, ()):
+                if rec.changed_at is not None or rec.silent_at is not None or rec.tensor is None:
+                    continue
+                if rec.tensor._version != rec.version:
                     rec.changed_at = n
+                elif k in keys and k in moved and rec.saver is not n:
+                    rec.silent_at = n
 
 
 class _Twins:
-    """Fake (or, in real mode, cloned) twins of the model's tensors and shallow twins of its modules, made on
+    """Meta (or, in real mode, cloned) twins of the model's tensors and shallow twins of its modules, made on
     first use: the user's parameters and buffers are never read for values nor written, and nothing is copied
-    deeply (a deep copy of a large model costs more than the whole fake run)."""
+    deeply (a deep copy of a large model costs more than the whole dry-run)."""
 
-    def __init__(self, gm: torch.fx.GraphModule, facts: GraphFacts, mode: FakeTensorMode | None) -> None:
-        self.gm, self.facts, self.mode = gm, facts, mode
+    def __init__(self, gm: torch.fx.GraphModule, facts: GraphFacts, meta: bool) -> None:
+        self.gm, self.facts, self.meta = gm, facts, meta
         self.tensors: dict[int, torch.Tensor] = {}
         self.modules: dict[int, nn.Module] = {}
         #: twin parameter id -> the parameter's name in the report
         self.names: dict[int, str] = {}
+        self.by_target: dict[str, Any] = {}
 
     def tensor(self, t: torch.Tensor) -> torch.Tensor:
         twin = self.tensors.get(id(t))
         if twin is None:
-            if self.mode is not None:
-                twin = self.mode.from_tensor(t)
-            elif isinstance(t, nn.Parameter):
-                twin = nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+            if t.__class__ is nn.Parameter or isinstance(t, nn.Parameter):
+                data = meta_twin(t) if self.meta else t.detach().clone()
+                twin = nn.Parameter(data.detach(), requires_grad=t.requires_grad)
+                name = self.facts.param_names.get(id(t))
+                if name is not None:
+                    self.names[id(twin)] = name
             else:
-                twin = t.detach().clone()
+                twin = meta_twin(t) if self.meta else t.detach().clone()
             self.tensors[id(t)] = twin
-            if isinstance(t, nn.Parameter) and id(t) in self.facts.param_names:
-                self.names[id(twin)] = self.facts.param_names[id(t)]
         return twin
+
+    def name(self, t: torch.Tensor) -> str | None:
+        """The report name of a (twin) parameter. A module that keeps its own list of its parameters (as
+        ``nn.RNNBase._flat_weights`` does) hands autograd the user's tensor rather than the twin: that one is
+        named too."""
+        return self.names.get(id(t)) or self.facts.param_names.get(id(t))
 
     def module(self, mod: nn.Module) -> nn.Module:
         twin = self.modules.get(id(mod))
@@ -271,23 +379,39 @@ class _Twins:
             # A new object whose __dict__ holds the same values (copy.copy would refuse parametrized modules):
             # its state dicts are replaced, never mutated.
             twin = object.__new__(type(mod))
-            twin.__dict__.update(mod.__dict__)
-            twin._parameters = {k: None if v is None else self.tensor(v)  # type: ignore[misc]
-                                for k, v in mod._parameters.items()}
-            twin._buffers = {k: None if v is None else self.tensor(v) for k, v in mod._buffers.items()}
-            twin._modules = {k: None if v is None else self.module(v) for k, v in mod._modules.items()}
+            state = twin.__dict__  # written directly: nn.Module.__setattr__ is slow and would re-register
+            state.update(mod.__dict__)
+            tensor = self.tensor
+            state["_parameters"] = {k: None if v is None else tensor(v) for k, v in mod._parameters.items()}
+            state["_buffers"] = {k: None if v is None else tensor(v) for k, v in mod._buffers.items()}
+            state["_modules"] = {k: None if v is None else self.module(v) for k, v in mod._modules.items()}
             self.modules[id(mod)] = twin
         return twin
 
     def attr(self, target: str) -> Any:
+        """The twin of ``gm.<target>``, made on first use (cached by target: a module may be called often)."""
+        twin = self.by_target.get(target)
+        if twin is not None:
+            return twin
         obj: Any = self.gm
         for part in target.split("."):
-            obj = getattr(obj, part)
-        if isinstance(obj, nn.Module):
-            return self.module(obj)
-        if isinstance(obj, torch.Tensor):
-            return self.tensor(obj)
-        return obj
+            state = obj.__dict__ if isinstance(obj, nn.Module) else None
+            if state is not None and part in state["_modules"]:  # the common case, without Module.__getattr__
+                obj = state["_modules"][part]
+            elif state is not None and part in state["_parameters"]:
+                obj = state["_parameters"][part]
+            else:
+                obj = getattr(obj, part)
+        # Twins are made mid-run: with Python dispatch off they do not pass through the mode as program ops.
+        with torch._C._DisableTorchDispatch():
+            if isinstance(obj, nn.Module):
+                twin = self.module(obj)
+            elif isinstance(obj, torch.Tensor):
+                twin = self.tensor(obj)
+            else:
+                return obj
+        self.by_target[target] = twin
+        return twin
 
 
 def _backend_nodes(gm: torch.fx.GraphModule, facts: GraphFacts) -> set[torch.fx.Node]:
@@ -296,50 +420,48 @@ def _backend_nodes(gm: torch.fx.GraphModule, facts: GraphFacts) -> set[torch.fx.
     out: set[torch.fx.Node] = set()
     for nf in facts:
         n = nf.node
-        is_module = n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), _BACKEND_MODULES)
+        is_module = n.op == "call_module" and not nf.view.known and isinstance(
+            gm.get_submodule(str(n.target)), _BACKEND_MODULES)
         if is_module or nf.view.name in BACKEND_DEPENDENT or nf.view.name == "scaled_dot_product_attention":
             out.add(n)
     return out
+
+
+def _eager_text(text: str, device: torch.device) -> str:
+    """Autograd names a meta tensor's type ``MetaFloatType``; eager on ``device`` says ``torch.FloatTensor``."""
+    prefix = "torch." if device.type in ("cpu", "meta") else f"torch.{device.type}."
+    return re.sub(r"\bMeta(\w+?)Type\b", lambda m: f"{prefix}{m.group(1)}Tensor", text)
 
 
 def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any, *, real: bool) -> DryRun:
     """Steps 1–4. Raises whatever the run raises; :func:`prove` decides what that means."""
     args = as_args(example_inputs)
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
-    mode = None if real else FakeTensorMode(allow_non_fake_inputs=True)
     # Step 1: twins of parameters, buffers and inputs.
-    twins = _Twins(gm, facts, mode)
-    if mode is not None:
-        def fake(a: torch.Tensor | Spec) -> Any:
-            if isinstance(a, Spec):
-                with mode:
-                    return a.empty(device)
-            if a.device.type == "meta":
-                with mode:
-                    t = torch.empty(a.shape, dtype=a.dtype, device=device)
-                return t.requires_grad_(a.requires_grad) if a.requires_grad else t
-            return mode.from_tensor(a)
-
-        run_args = map_inputs(args, fake)
-    else:
+    twins = _Twins(gm, facts, meta=not real)
+    if real:
         run_args = map_inputs(args, lambda a: a.empty(device) if isinstance(a, Spec) else a)
+    else:
+        def twin(a: torch.Tensor | Spec) -> torch.Tensor:
+            if isinstance(a, Spec):
+                t = torch.empty(a.shape, dtype=a.dtype, device="meta")
+                return t.requires_grad_(True) if a.requires_grad else t
+            return meta_twin(a)
 
-    runner = _Runner(gm, twins, facts)
-    result = DryRun(mode="real" if real else "fake")
+        run_args = map_inputs(args, twin)
+    input_device = next((a.device for a in pytree.tree_leaves(args)
+                         if isinstance(a, torch.Tensor) and a.device.type != "meta"), device)
+
+    mode = MetaMode(meta=not real)
+    runner = _Runner(gm, twins, facts, mode)
+    result = DryRun(mode="real" if real else "meta")
     grad_was = torch.is_grad_enabled()
-    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
-    level = fake_log.level
     try:
-        fake_log.setLevel(logging.CRITICAL)  # a failing meta kernel is our fallback's business, not the user's
         torch._C._set_grad_enabled(True)
-        if mode is not None:
-            with mode:
-                out = runner.run(*run_args)
-        else:
+        with mode:
             out = runner.run(*run_args)
     finally:
         torch._C._set_grad_enabled(grad_was)
-        fake_log.setLevel(level)
     result.forward_errors = runner.forward_errors
 
     # Step 4: what backward will reach from the outputs, and what it will find when it unpacks.
@@ -348,8 +470,9 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
     seen: set[Any] = set()
     frontier = [g for g in map(_grad_fn, roots) if g is not None]
     for t in roots:
-        if t.is_leaf and id(t) in twins.names:
-            result.reached_params.add(twins.names[id(t)])
+        name = twins.name(t) if t.is_leaf else None
+        if name is not None:
+            result.reached_params.add(name)
     while frontier:
         g = frontier.pop()
         if g in seen:
@@ -358,19 +481,23 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
         if type(g).__name__ in ("NotImplemented", "Error") and g in runner.node_of:
             result.no_derivative.add(runner.node_of[g])
         variable = getattr(g, "variable", None)
-        if variable is not None and id(variable) in twins.names:
-            result.reached_params.add(twins.names[id(variable)])
-        for attr in _saved_attrs(type(g)):
-            try:
-                getattr(g, attr)
-            except RuntimeError as e:
-                if _INPLACE_ERROR in str(e):
-                    rec = runner.saved.get((id(g), attr))
-                    saver = runner.node_of.get(g)
-                    result.conflicts.append((rec.changed_at if rec else None, saver, str(e).split(" Hint:")[0]))
+        name = twins.name(variable) if variable is not None else None
+        if name is not None:
+            result.reached_params.add(name)
+        if runner.any_write:  # without a write no saved tensor can be stale: nothing to read
+            for attr in _saved_attrs(type(g)):
+                try:
+                    getattr(g, attr)
+                except RuntimeError as e:
+                    if _INPLACE_ERROR in str(e):
+                        rec = runner.saved.get((id(g), attr))
+                        saver = runner.node_of.get(g)
+                        result.conflicts.append((rec.changed_at if rec else None, saver,
+                                                 _eager_text(str(e).split(" Hint:")[0], input_device)))
         frontier.extend(nxt for nxt, _ in g.next_functions if nxt is not None and nxt not in seen)
     for rec in runner.saved.values():
-        if rec.silent_at is not None and rec.grad_fn in seen and rec.tensor._version == rec.version:
+        if (rec.silent_at is not None and rec.saver is not None and rec.grad_fn in seen
+                and rec.tensor is not None and rec.tensor._version == rec.version):
             result.silent.append((rec.silent_at, rec.saver))
     result.backend_nodes = _backend_nodes(gm, facts)
     for nf in facts:
@@ -385,14 +512,14 @@ _FAKE_LIMITS = ("DataDependentOutput", "DynamicOutputShape", "UnsupportedOperato
 
 
 def prove(report: Report, gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any, *,
-          mode: str = "fake") -> None:
+          mode: str = "meta") -> None:
     """Step 5: run the dry-run and replace the static verdicts of ``report`` in place."""
     args = as_args(example_inputs)
     real_inputs = has_real_tensors(args)
     want_real = mode == "real"
     if want_real and not real_inputs:
         raise InputError("dryrun='real' needs real tensors as example inputs, not shapes or meta tensors. "
-                         "Hint: pass torch.randn(...) inputs, or use the default fake dry-run.")
+                         "Hint: pass torch.randn(...) inputs, or use the default meta-tensor dry-run.")
     on_accelerator = any(isinstance(a, torch.Tensor) and a.device.type not in ("cpu", "meta")
                          for a in pytree.tree_leaves(args))
     if not want_real and real_inputs and on_accelerator and _backend_nodes(gm, facts):
@@ -401,20 +528,20 @@ def prove(report: Report, gm: torch.fx.GraphModule, facts: GraphFacts, example_i
                             "tensors on different backends, so the verdict is for the inputs' device")
     try:
         result = run_dryrun(gm, facts, args, real=want_real)
-    except Exception as e:  # the fake run could not execute an op: try for real, else say why
+    except Exception as e:  # the meta run could not execute an op: try for real, else say why
         where = _failing_node_text(e)
         if isinstance(e, InputError):
             raise
         if not want_real and real_inputs:
-            log.debug("fake dry-run failed (%s); running for real", e)
+            log.debug("meta dry-run failed (%s); running for real", e)
             try:
                 result = run_dryrun(gm, facts, args, real=True)
-                report.notes.append(f"the fake-tensor dry-run could not run an op{where} ({type(e).__name__}); "
+                report.notes.append(f"the meta-tensor dry-run could not run an op{where} ({type(e).__name__}); "
                                     "ran it on the real example inputs instead")
             except Exception as e2:
                 raise _input_error(e2) from e2
         elif any(k in f"{type(e).__name__} {e}" for k in _FAKE_LIMITS):
-            report.notes.append(f"no dry-run: the fake-tensor run could not execute an op{where} "
+            report.notes.append(f"no dry-run: the meta-tensor run could not execute an op{where} "
                                 f"({type(e).__name__}); verdicts are static. Hint: pass real example tensors.")
             return
         else:

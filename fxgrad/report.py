@@ -43,7 +43,7 @@ class Finding:
     location: SourceLocation | None = None
     params: tuple[str, ...] = ()
     fixable: bool = False
-    #: "static" (from the op tables) or "dry-run" (proved by running the graph on fake tensors)
+    #: "static" (from the op tables) or "dry-run" (proved by running the graph on meta tensors)
     verdict: str = "static"
     backend_dependent: bool = False
     related: tuple[Related, ...] = ()
@@ -163,7 +163,7 @@ def _wrap(text: str, width: int) -> str:
 def render_table(report: Report, *, width: int = 60) -> str:
     """Findings grouped by severity, then the parameter summary; plain text, no colour."""
     out: list[str] = []
-    verdict = "proved by a dry-run on fake tensors" if report.mode == "dry-run" else "static analysis"
+    verdict = "proved by a dry-run on meta tensors" if report.mode == "dry-run" else "static analysis"
     out.append(f"fxgrad report for {report.model} ({verdict})")
     for severity in ("error", "warning", "info"):
         rows = [
