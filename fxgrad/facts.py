@@ -21,19 +21,26 @@ what ops are called:
 
 Algorithm of :func:`compute_facts`:
 
+0. Plan, from the op views alone, in reverse order: whether any op writes in place, and for each storage the
+   last write that may land in it (by name, so an over-approximation). A saved tensor only matters if a later
+   write reaches its storage: records nobody could ever read are not made.
 1. Forward, in graph order: grad mode, role, op view, effective inputs (re-pointed to the latest mutation),
    differentiability of each input edge, ``live``, alias roots; mutations bump version counters and settle
    the pending saved tensors of that storage; then the node's own saved tensors are recorded.
 2. Backward, in reverse order: ``reach``, ``reach_nz``, ``data_reach`` and ``cause`` from the output.
 3. Parameters: each trainable parameter's verdict from the reach of the nodes that use it.
 
-Both passes touch each node and each edge a constant number of times: linear in the size of the graph.
+Every pass touches each node and each edge a constant number of times: linear in the size of the graph. What
+depends only on an op's name, a call target or a module is worked out once (:class:`_OpTraits`,
+:class:`fxgrad.ops.OpViewer`).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
-from collections.abc import Hashable, Iterator
+import sys
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +48,7 @@ import torch
 import torch.fx
 from torch import nn
 from torch.autograd import grad_mode
+from torch.fx import Node
 
 from . import ops
 from ._saved_table import BACKEND_DEPENDENT, SAVED
@@ -186,55 +194,163 @@ def _attr(root: nn.Module, target: str) -> Any:
     return obj
 
 
+#: (differentiable, cut kind, result is a plain value, zero gradient) of a node's input edges
+Edge = tuple[bool, str | None, bool, bool]
+_DIFFERENTIABLE: Edge = (True, None, False, False)
+_INTEGER: Edge = (False, "integer", False, False)
+#: what an op saved, in the generated table's format: (argument names, {input: names saved for its gradient})
+SavedEntry = tuple[tuple[str, ...], dict[str, tuple[str, ...]]]
+#: roles whose in-place writes the rules tell apart from writes into activations
+_DATA_ROLES = frozenset({"input", "buffer", "constant", "param"})
+#: the horizon of a storage any later write may reach (a writable parameter's)
+_ANY_TIME = sys.maxsize
+
+
+def _name_edge(name: str) -> Edge | None:
+    """The input edges of an op whose name alone decides them; ``None`` where the arguments do (``getitem``,
+    ``requires_grad_``, casts)."""
+    fixed = _EDGES.get(name)
+    if fixed is not None:
+        return fixed
+    if name == "getitem" or name == "requires_grad_" or name in ops.CASTS:
+        return None
+    if name.startswith("getattr."):
+        attr = name[8:]
+        if attr == "indices":
+            return _INTEGER
+        if attr in ops.DIFFERENTIABLE_FIELDS or attr in _VIEW_ATTRS:
+            return _DIFFERENTIABLE
+        return (False, None, attr in _METADATA_ATTRS, False)
+    return _DIFFERENTIABLE
+
+
+def _alias_kind(name: str) -> str | None:
+    """How the result of an op that does not write aliases its first argument, by the op's name: it is the
+    ``same`` tensor, a ``data`` or ``detach`` alias, a ``getitem`` (a view unless the index copies), a ``view``,
+    or ``None``: a new tensor."""
+    if name in ops.PASS_THROUGH:
+        return "same"
+    if name == "getattr.data":
+        return "data"
+    if name in ops.DETACH:
+        return "detach"
+    if name == "getitem":
+        return "getitem"
+    if ops.is_view_op(name) or (name.startswith("getattr.") and name[8:] in _VIEW_ATTRS):
+        return "view"
+    return None
+
+
+@functools.cache
+def _table_entry(name: str, inplace: bool) -> SavedEntry | None:
+    """What the op saves, from the static tables (cached: they never change)."""
+    entry = (SAVED.get(name + "_") if inplace else None) or SAVED.get(name) or ops.REFLECTED_SAVED.get(name)
+    if entry is None and name.endswith("_"):
+        entry = SAVED.get(name[:-1])
+    return entry
+
+
+def _possible_saves(name: str, entry: SavedEntry) -> frozenset[str]:
+    """Every name the op may save, whichever inputs need grad."""
+    tables = [entry[1]]
+    override = ops.SCALAR_OVERLOADS.get(name)
+    if override is not None:
+        tables.append(override[1])
+    return frozenset(n for table in tables for names in table.values() for n in names)
+
+
+def _inplace_phases(name: str) -> tuple[bool, bool]:
+    """Whether recording what the in-place form of ``name`` saves can find anything (before the write, after it).
+
+    Before the write only inputs other than ``self`` count (autograd clones ``self``); an op that saves nothing for
+    any input records nothing after it either. An op without a table entry is noted after the write as an unknown
+    saver. Skipping a phase that cannot find anything skips no state: its reads repeat reads the node already made.
+    """
+    entry = _table_entry(name, True)
+    if entry is None:
+        return False, True
+    saved = _possible_saves(name, entry)
+    return any(n != "self" and not n.startswith("result") for n in saved), bool(saved)
+
+
+@dataclass(frozen=True, slots=True)
+class _OpTraits:
+    """What an op's name alone decides: one record per name, made on first sight (a graph repeats a few names many
+    times, and some answers ask the schemas)."""
+
+    #: the input edges (see :func:`_name_edge`); ``None`` where the arguments decide
+    edge: Edge | None
+    #: how the result of an op that does not write aliases its first argument (see :func:`_alias_kind`)
+    alias: str | None
+    #: ``detach_`` / ``requires_grad_``: a write of autograd metadata, not data
+    meta_write: bool
+    no_derivative: bool
+    #: recording what the in-place form saves can find something, before the write and after it
+    saves_before_write: bool
+    saves_after_write: bool
+    #: what the op (not in place) saves, from the tables, and every name it may save
+    entry: SavedEntry | None
+    may_save: frozenset[str]
+
+
+_TRAITS: dict[str, _OpTraits] = {}
+
+
+def _traits(name: str) -> _OpTraits:
+    """The traits of ``name`` (callers on a hot path try ``_TRAITS.get(name)`` first: a call costs more)."""
+    traits = _TRAITS.get(name)
+    if traits is None:
+        before, after = _inplace_phases(name)
+        entry = _table_entry(name, False)
+        traits = _TRAITS[name] = _OpTraits(_name_edge(name), _alias_kind(name), name in ops.META_WRITES,
+                                           name in ops.NO_DERIVATIVE, before, after, entry,
+                                           _possible_saves(name, entry) if entry is not None else frozenset())
+    return traits
+
+
+def _all_values(states: list[torch.fx.Node], nodes: dict[torch.fx.Node, NodeFacts]) -> bool:
+    """Every input is a plain Python value (``x.size(0) * 2``): so is the result."""
+    for s in states:
+        sf = nodes.get(s)
+        if sf is None or sf.role != "value":
+            return False
+    return True
+
+
 class _Pass:
     def __init__(self, gm: torch.fx.GraphModule, inputs_require_grad: frozenset[str],
                  model: nn.Module | None) -> None:
         self.gm = gm
         #: the user's model: a GraphModule only keeps the submodules its graph uses, the report needs them all
         self.model = model if model is not None else gm
-        # One walk over the module tree gives modules, parameters and buffers (``named_parameters()`` and
-        # friends would each walk it again). A GraphModule traced from ``model`` shares its submodules.
         self.modules: dict[str, nn.Module] = {}
         self.named_params: list[tuple[str, nn.Parameter]] = []
-        self.buffer_ids: set[int] = set()
-        seen: set[int] = set()
-        stack: list[tuple[str, nn.Module]] = [("", self.model)]
-        visited: set[int] = set()
-        while stack:  # depth-first, children in order: the order and names named_parameters() gives
-            path, mod = stack.pop()
-            if id(mod) in visited:
-                continue
-            visited.add(id(mod))
-            self.modules[path] = mod
-            prefix = f"{path}." if path else ""
-            for pname, param in mod._parameters.items():
-                if param is not None and id(param) not in seen:
-                    seen.add(id(param))
-                    self.named_params.append((prefix + pname, param))
-            for buf in mod._buffers.values():
-                if buf is not None:
-                    self.buffer_ids.add(id(buf))
-            stack.extend((prefix + name, child) for name, child in reversed(mod._modules.items())
-                         if child is not None)
+        #: parameter object id -> the name ``named_parameters()`` gives (tied weights share one name)
+        self.param_names: dict[int, str] = {}
+        #: qualified name -> the root of the parameter there (on demand: only writes into parameters ask)
+        self.param_roots: dict[str, Root] = {}
+        #: roots of leaves that require grad: an in-place write on them (or a view) with grad enabled raises.
+        #: Those of parameters are added when a write first reaches a parameter (most graphs never write one).
+        self.leaf_roots: set[Root] = set()
+        self._param_leaves_added = False
+        #: call_module target -> the trainable parameters a call uses (leaf modules: filled by the walk)
+        self.module_param_cache: dict[str, list[str]] = {}
+        self._walk_modules()
+        self._buffer_ids: set[int] | None = None
         self.viewer = ops.OpViewer(self.modules)
         self.inputs_require_grad = inputs_require_grad
         self.nodes: dict[torch.fx.Node, NodeFacts] = {}
-        self.module_param_cache: dict[str, list[str]] = {}
-        self.entry_cache: dict[tuple[str, bool], Any] = {}
-        #: storage root -> nodes that may have saved a tensor of it, with their arguments' states then
-        self.deferred: dict[Root, list[tuple[NodeFacts, dict[torch.fx.Node, torch.fx.Node]]]] = {}
+        #: storage root -> nodes that may have saved a tensor of it
+        self.deferred: dict[Root, list[NodeFacts]] = {}
         self.materialized: set[torch.fx.Node] = set()
-        self.param_root_cache: dict[str, Root] = {}
         self.any_writes = True
-        #: roots of leaves that require grad: an in-place write on them (or a view) with grad enabled raises
-        self.leaf_roots: set[Root] = set()
+        #: some write may hit a parameter's storage (a ``get_attr`` of it, or an op that writes its own weight)
+        self.params_writable = True
+        #: storage root -> the index of the last write that may land in it (see :meth:`_plan`); parameters, when
+        #: writable at all, get :data:`_ANY_TIME` as their roots come up
+        self.last_write: dict[Root, int] = {}
         #: parameters frozen by ``requires_grad_(False)`` in forward, and the node that froze them
         self.frozen: dict[str, torch.fx.Node] = {}
-        self.param_names: dict[int, str] = {}
-        for name, p in self.named_params:
-            self.param_names.setdefault(id(p), name)
-            if p.requires_grad:
-                self.leaf_roots.add(("param", self.param_names[id(p)]))
         self.grad_values: dict[torch.fx.Node, bool] = {}  # is_grad_enabled nodes -> their value
         self.mode_stack: list[bool] = []
         self.grad_on = True
@@ -243,86 +359,208 @@ class _Pass:
         self.pending: dict[Root, list[SavedUse]] = {}
         self.pending_unknown: dict[Root, list[torch.fx.Node]] = {}
 
+    def _walk_modules(self) -> None:
+        """One depth-first walk over the module tree, children in order: the modules, and the order and names
+        ``named_parameters()`` gives (which, like its friends, would walk the tree again). A GraphModule traced
+        from the model shares its submodules, so a qualified name means the same parameter in both. Leaf modules
+        get the trainable parameters a call of them uses on the way."""
+        stack: list[tuple[str, nn.Module]] = [("", self.model)]
+        visited: set[int] = set()
+        modules, module_params = self.modules, self.module_param_cache
+        while stack:
+            path, mod = stack.pop()
+            key = id(mod)
+            if key in visited:
+                continue
+            visited.add(key)
+            modules[path] = mod
+            prefix = path + "." if path else ""
+            own = mod._parameters
+            trainable = self._add_params(prefix, own) if own else _NONE
+            children = mod._modules
+            if children:
+                stack += [(prefix + name, child) for name, child in reversed(children.items()) if child is not None]
+            else:
+                module_params[path] = trainable  # type: ignore[assignment]
+
+    def _add_params(self, prefix: str, params: dict[str, nn.Parameter | None]) -> list[str]:
+        """Register a module's own parameters; returns the canonical names of those that require grad."""
+        param_names = self.param_names
+        trainable: list[str] = []
+        for pname, param in params.items():
+            if param is None:
+                continue
+            name = param_names.get(id(param))
+            if name is None:  # first sight: the name named_parameters() gives it
+                name = param_names[id(param)] = prefix + pname
+                self.named_params.append((name, param))
+            if param.requires_grad:
+                trainable.append(name)
+        return trainable or _NONE  # type: ignore[return-value]
+
+    def _add_param_leaves(self) -> None:
+        """The trainable parameters are leaves that require grad (asked for the first time a write reaches one)."""
+        if not self._param_leaves_added:
+            self._param_leaves_added = True
+            self.leaf_roots.update(("param", name) for name, p in self.named_params if p.requires_grad)
+
+    @property
+    def buffer_ids(self) -> set[int]:
+        """Ids of every buffer of the model (only ``get_attr`` of a tensor asks: most graphs never do)."""
+        if self._buffer_ids is None:
+            self._buffer_ids = {id(buf) for mod in self.modules.values() for buf in mod._buffers.values()
+                                if buf is not None}
+        return self._buffer_ids
+
     # -- helpers ------------------------------------------------------------------------------------------------
 
     def state(self, a: torch.fx.Node, reader: NodeFacts) -> torch.fx.Node:
-        """The node whose value a read of ``a`` sees: the latest in-place op on its view group after ``a``.
+        """The node whose value a read of ``a`` sees (see :meth:`states`)."""
+        return self.states((a,), reader)[0]
 
-        Also notes, on the latest data write into ``a``'s storage, that a *different* tensor sharing that memory
-        (a view, the base, a ``.detach()`` or ``.data`` alias) is read after it: FXG104.
+    def states(self, args: Sequence[torch.fx.Node], reader: NodeFacts) -> list[torch.fx.Node]:
+        """The nodes whose values ``reader``'s reads of ``args`` see: for each, the latest in-place op on its view
+        group after it, if any.
+
+        Also notes, on the latest data write into a read tensor's storage, that a *different* tensor sharing that
+        memory (a view, the base, a ``.detach()`` or ``.data`` alias) is read after it: FXG104.
         """
-        fa = self.nodes.get(a)
-        if fa is None:
-            return a
-        if self.last_data_write:
-            w = self.last_data_write.get(fa.sroot)
-            wt = self.nodes[w.target] if w is not None and w.target is not None else None
-            if wt is not None and w is not None and w.index > fa.index and fa.ident is not None and (
-                    (fa.ident != wt.ident and fa.ident != wt.alias_of)
-                    # ``res = h; h = relu_(h); ... res``: the old name, read although the result has its own
-                    or (a is w.target and len(w.node.users) > 0 and reader is not w)):
-                w.alias_read_after = True
-                if w.alias_seen is None:
-                    w.alias_seen = a
-        m = self.last_mut.get(fa.vroot)
-        if m is None or m.index <= fa.index:
-            return a
-        return m.node
+        nodes, last_mut, last_data_write = self.nodes, self.last_mut, self.last_data_write
+        out: list[torch.fx.Node] = []
+        for a in args:
+            fa = nodes.get(a)
+            if fa is None:
+                out.append(a)
+                continue
+            if last_data_write:
+                w = last_data_write.get(fa.sroot)
+                if w is not None and w.index > fa.index and fa.ident is not None:
+                    wt = nodes[w.target]  # type: ignore[index]  # a data write always has its target
+                    if ((fa.ident != wt.ident and fa.ident != wt.alias_of)
+                            # ``res = h; h = relu_(h); ... res``: the old name, read although the result has its own
+                            or (a is w.target and len(w.node.users) > 0 and reader is not w)):
+                        w.alias_read_after = True
+                        if w.alias_seen is None:
+                            w.alias_seen = a
+            m = last_mut.get(fa.vroot)
+            out.append(a if m is None or m.index <= fa.index else m.node)
+        return out
 
     def _module_params(self, target: str) -> list[str]:
-        """Trainable parameters a leaf module uses, by their canonical names (cached: modules repeat)."""
+        """Trainable parameters a leaf module uses, by their canonical names (cached: modules repeat). Shared by
+        the nodes that call the module, and read only."""
         cached = self.module_param_cache.get(target)
         if cached is None:
-            mod = self.modules.get(target)
-            cached = []
-            if mod is not None:
-                named = mod._parameters.items() if not mod._modules else mod.named_parameters()
-                for n, p in named:
-                    if p is not None and p.requires_grad:
-                        cached.append(self.param_names.get(id(p)) or f"{target}.{n}")
-            self.module_param_cache[target] = cached
+            cached = self.module_param_cache[target] = self._trainable_params(target)
         return cached
 
-    def param_root(self, node: torch.fx.Node) -> Root:
-        p = _attr(self.gm, str(node.target))
-        return ("param", self.param_names.get(id(p), str(node.target)))
+    def _trainable_params(self, target: str) -> list[str]:
+        """For a module the walk did not see as a leaf (it has children, or it is not the model's)."""
+        mod = self.modules.get(target)
+        if mod is None:
+            return _NONE  # type: ignore[return-value]
+        found: list[str] = []
+        named = mod._parameters.items() if not mod._modules else mod.named_parameters()
+        for n, p in named:
+            if p is not None and p.requires_grad:
+                found.append(self.param_names.get(id(p)) or f"{target}.{n}")
+        return found or _NONE  # type: ignore[return-value]
+
+    def _param_root_of(self, qualname: str) -> Root:
+        """The root of the parameter at ``qualname`` (asked only where parameters are writable)."""
+        root = self.param_roots.get(qualname)
+        if root is None:
+            root = ("param", self.param_names.get(id(_attr(self.gm, qualname)), qualname))
+            self.param_roots[qualname] = root
+            self.last_write[root] = _ANY_TIME
+        return root
 
     # -- step 1 -------------------------------------------------------------------------------------------------
 
     def forward(self) -> None:
         nodes = list(self.gm.graph.nodes)
-        views = [self.viewer(node) for node in nodes]
-        # What an op saves for backward only matters if some op writes in place: without one, skip the bookkeeping.
-        self.any_writes = any(v.writes is not None or v.param_writes for v in views)
-        for index, (node, view) in enumerate(zip(nodes, views, strict=True)):
-            nf = NodeFacts(node, index, view, grad_on=self.grad_on)
-            self.nodes[node] = nf
+        viewer = self.viewer
+        views = [viewer(node) for node in nodes]
+        self._plan(nodes, views)
+        facts = self.nodes
+        for index, node in enumerate(nodes):
+            nf = NodeFacts(node, index, views[index])
+            if not self.grad_on:  # grad is on by default: a keyword argument costs more than this test
+                nf.grad_on = False
+            facts[node] = nf
             nf.vroot = nf.croot = nf.sroot = nf.ident = node
-            if self._grad_mode_node(nf):
+            op = node.op
+            if op == "call_function" and self._grad_mode_node(nf):
                 continue
-            if node.op == "placeholder":
+            if op == "placeholder":
                 nf.role = "input"
                 nf.live = str(node.target) in self.inputs_require_grad
                 if nf.live:
                     self.leaf_roots.add(node)
-            elif node.op == "get_attr":
+            elif op == "get_attr":
                 self._get_attr(nf)
-            elif node.op == "output":
+            elif op == "output":
                 nf.role = "output"
-                nf.deps = [(self.state(a, nf), True, False) for a in _flat_nodes(node.args)]
+                nf.deps = [(s, True, False) for s in self.states(_flat_nodes(node.args), nf)]
             else:
                 self._op(nf)
 
+    def _plan(self, nodes: list[torch.fx.Node], views: list[OpView]) -> None:
+        """Which bookkeeping the graph needs at all, and how far ahead each storage may still be written.
+
+        What an op saves for backward only matters if some op writes in place; a parameter's storage can only be
+        written through a ``get_attr`` of it (or by an op that writes its own weight), so without either nobody
+        ever asks who saved a parameter. A saved tensor only matters if a later write lands in its storage: the
+        horizon (:attr:`last_write`) lets the pass skip records nobody would ever read. A write lands in its
+        target's storage, which the target shares with the tensor it aliases: an in-place op's result with its
+        target, a view (``.detach()``, ``x[i]`` ...) with its first input, ``out[i]`` of a multi-output view with
+        its input's first input. Told by the op's name, so possibly more than the forward pass finds. One pass
+        from the end pushes each node's horizon to what it may alias.
+        """
+        last: dict[Root, int] = {}
+        any_writes = any_param_writes = any_get_attr = False
+        for index in range(len(nodes) - 1, -1, -1):
+            node, view = nodes[index], views[index]
+            writes = view.writes
+            if writes is not None:
+                any_writes = True
+                if isinstance(writes, Node) and last.get(writes, -1) < index:
+                    last[writes] = index
+            if view.param_writes:
+                any_param_writes = True
+            if node.op == "get_attr":
+                any_get_attr = True
+            horizon = last.get(node)
+            if horizon is None:
+                continue
+            if isinstance(writes, Node):
+                sources = [writes]
+            elif (writes is not None or (_TRAITS.get(view.name) or _traits(view.name)).alias) and (
+                    node.all_input_nodes):
+                sources = node.all_input_nodes[:1]
+                if view.name == "getitem":
+                    sources += sources[0].all_input_nodes[:1]
+            else:
+                continue
+            for source in sources:
+                if last.get(source, -1) < horizon:
+                    last[source] = horizon
+        self.any_writes = any_writes or any_param_writes
+        self.params_writable = any_param_writes or (any_writes and any_get_attr)
+        self.last_write = last
+
+    def _written_from(self, root: Root, index: int) -> bool:
+        """May an in-place op at ``index`` or later write into the storage ``root``?"""
+        return self.last_write.get(root, -1) >= index
+
     def _grad_mode_node(self, nf: NodeFacts) -> bool:
         node = nf.node
-        if node.op != "call_function":
-            return False
         target = node.target
         if target is torch.is_grad_enabled:
             self.grad_values[node] = self.grad_on
         elif target is torch._C._set_grad_enabled:
             arg = node.args[0] if node.args else True
-            self.grad_on = self.grad_values.get(arg, True) if isinstance(arg, torch.fx.Node) else bool(arg)
+            self.grad_on = self.grad_values.get(arg, True) if isinstance(arg, Node) else bool(arg)
         elif target is grad_mode._enter_inference_mode:
             self.mode_stack.append(self.grad_on)
             self.grad_on = self.grad_on and not bool(node.args[0] if node.args else True)
@@ -334,70 +572,62 @@ class _Pass:
         return True
 
     def _get_attr(self, nf: NodeFacts) -> None:
-        value = _attr(self.gm, str(nf.node.target))
+        target = str(nf.node.target)
+        value = _attr(self.gm, target)
         if isinstance(value, nn.Parameter):
             nf.role = "param"
             nf.live = value.requires_grad
-            nf.vroot = nf.croot = nf.sroot = self.param_root(nf.node)
+            root = ("param", self.param_names.get(id(value), target))
+            nf.vroot = nf.croot = nf.sroot = root
+            if self.params_writable:
+                self.last_write[root] = _ANY_TIME
         elif isinstance(value, torch.Tensor):
             nf.role = "buffer" if id(value) in self.buffer_ids else "constant"
         else:
             nf.role = "value"
 
-    def _edge(self, nf: NodeFacts) -> tuple[bool, str | None, bool, bool]:
-        """(differentiable, cut kind, result is a plain value, zero gradient) of the node's input edges."""
+    def _edge(self, nf: NodeFacts) -> Edge:
+        """The input edges of the ops whose arguments decide them (see :func:`_name_edge`)."""
         name = nf.view.name
-        fixed = _EDGES.get(name)
-        if fixed is not None:
-            return fixed
         if name == "getitem":
             return self._getitem_edge(nf)
-        if name.startswith("getattr."):
-            attr = name[8:]
-            if attr == "indices":
-                return (False, "integer", False, False)
-            if attr in ops.DIFFERENTIABLE_FIELDS:
-                return (True, None, False, False)
-            return (True, None, False, False) if attr in _VIEW_ATTRS else (False, None, attr in _METADATA_ATTRS,
-                                                                             False)
         if name == "requires_grad_":
             node = nf.node
             flag = node.args[1] if len(node.args) > 1 else node.kwargs.get("requires_grad", True)
-            return (True, None, False, False) if flag is not False else (False, "requires_grad", False, False)
-        if name in ops.CASTS and ops.is_integer_cast(nf.node, nf.view):
-            return (False, "integer", False, False)
-        return (True, None, False, False)
+            return _DIFFERENTIABLE if flag is not False else (False, "requires_grad", False, False)
+        if ops.is_integer_cast(nf.node, nf.view):
+            return _INTEGER
+        return _DIFFERENTIABLE
 
-    def _getitem_edge(self, nf: NodeFacts) -> tuple[bool, str | None, bool, bool]:
+    def _getitem_edge(self, nf: NodeFacts) -> Edge:
         """``h.topk(2)[1]``, ``h.max(dim=1)[1]``, ``torch.sort(h)[1]``: the indices half is an integer tensor."""
         node = nf.node
         base = node.args[0] if node.args else None
         index = node.args[1] if len(node.args) > 1 else None
-        if isinstance(base, torch.fx.Node) and index == 1 and base in self.nodes:
+        if isinstance(base, Node) and index == 1 and base in self.nodes:
             bname = self.nodes[base].view.name
             if bname in ops.VALUES_INDICES and (
                     bname not in ("max", "min", "median", "nanmedian") or len(base.args) > 1 or "dim" in base.kwargs):
-                return (False, "integer", False, False)
-        return (True, None, False, False)
+                return _INTEGER
+        return _DIFFERENTIABLE
 
     def _op(self, nf: NodeFacts) -> None:
         node, view = nf.node, nf.view
         name = view.name
+        traits = _TRAITS.get(name) or _traits(name)
         nodes = self.nodes
         args = node.all_input_nodes
-        states = [self.state(a, nf) for a in args] if self.last_mut else args
-        first = args[0] if args else None
-        first_f = nodes.get(first) if first is not None else None
+        states = self.states(args, nf) if self.last_mut else args
 
-        diff, cut, value_result, zero = self._edge(nf)
-        if not value_result and args and node.op != "call_module" and all(
-                s in nodes and nodes[s].role == "value" for s in states):
+        diff, cut, value_result, zero = traits.edge or self._edge(nf)
+        is_module = node.op == "call_module"
+        if not value_result and args and not is_module and _all_values(states, nodes):
             value_result = True
         if value_result:
             nf.role = "value"
 
         writes = view.writes
-        write_target = writes if isinstance(writes, torch.fx.Node) else None
+        write_target = writes if isinstance(writes, Node) else None
         grad_on = nf.grad_on
         live_in: torch.fx.Node | None = None  # a live input whose gradient would flow through this node
         any_live: torch.fx.Node | None = None
@@ -411,23 +641,7 @@ class _Pass:
                         live_in = s
                         break
         else:
-            overwrites = write_target is not None and name in ops.OVERWRITES
-            deps = []
-            for a, s in zip(args, states, strict=True):
-                is_self = a is write_target
-                if not grad_on:
-                    # In-place under no_grad keeps the target's history; nothing else is recorded.
-                    d, z = is_self and name not in ops.DETACH, False
-                elif is_self and overwrites:
-                    d, z = True, True  # zero_/fill_/copy_: the old value gets a zero gradient
-                else:
-                    d, z = diff, zero
-                deps.append((s, d, z))
-                sf = nodes.get(s)
-                if sf is not None and sf.live:
-                    any_live = any_live or s
-                    if d and live_in is None:
-                        live_in = s
+            deps, live_in, any_live = self._write_deps(nf, args, states, write_target, diff, zero)
         nf.deps = deps
         nf.zero = zero
 
@@ -436,82 +650,122 @@ class _Pass:
         if cut is not None and (any_live is not None or cut == "no_grad"):
             nf.cut, nf.cut_input = cut, any_live
 
-        if grad_on and live_in is not None and view.spelling.endswith("(out=...)"):
-            nf.forward_error = (f"{name}(): functions with out=... arguments don't support automatic "
-                                "differentiation, but one of the arguments requires grad.")
-        if grad_on and live_in is not None and name in ops.NO_DERIVATIVE:
-            nf.no_derivative = True
-        if node.op == "call_module":
-            nf.module_params = [p for p in self._module_params(str(node.target)) if p not in self.frozen]
-            nf.live = grad_on and (live_in is not None or bool(nf.module_params))
-            if not grad_on and nf.module_params and nf.cut is None:
+        if grad_on and live_in is not None:
+            # only ``torch.f(..., out=t)`` is spelled so, and it writes ``t``
+            if write_target is not None and view.spelling.endswith("(out=...)"):
+                nf.forward_error = (f"{name}(): functions with out=... arguments don't support automatic "
+                                    "differentiation, but one of the arguments requires grad.")
+            if traits.no_derivative:
+                nf.no_derivative = True
+        if is_module:
+            module_params = self.module_param_cache.get(node.target)  # type: ignore[arg-type]
+            if module_params is None:
+                module_params = self._module_params(str(node.target))
+            if module_params and self.frozen:
+                module_params = [p for p in module_params if p not in self.frozen]
+            nf.module_params = module_params
+            nf.live = grad_on and (live_in is not None or bool(module_params))
+            if not grad_on and module_params and nf.cut is None:
                 nf.cut = "no_grad"
         else:
             nf.live = grad_on and live_in is not None and not value_result
         if write_target is not None and not nf.live and grad_on is False and live_in is not None:
             nf.live = True  # in-place under no_grad: the target keeps requiring grad
-        if first_f is not None and not value_result:
-            self._aliases(nf, first, first_f, states)
-        for pname in view.param_writes:
-            self._write_root(nf, ("param", self.param_names.get(id(_attr(self.gm, pname)), pname)))
-        records = self.any_writes and (nf.live or (write_target is not None and grad_on)) and (
-            name not in ops.META_WRITES)
-        if write_target is not None and name in ops.META_WRITES:
-            self._meta_write(nf, write_target, diff)
-        elif write_target is not None:
-            if records:
-                self._record_saved(nf, "inputs")
-            self._write(nf, write_target)
-        if records and write_target is not None:
-            self._record_saved(nf, "result")
-        elif records:
-            self._defer(nf, args, states)
 
-    def _aliases(self, nf: NodeFacts, first: torch.fx.Node | None, first_f: NodeFacts | None,
-                 states: list[torch.fx.Node]) -> None:
-        node, view, name = nf.node, nf.view, nf.view.name
-        if first_f is None or nf.role == "value":
-            return
-        if view.writes is not None or name in ops.PASS_THROUGH or (name == "getattr.data"):
-            base = self.nodes.get(view.writes) if isinstance(view.writes, torch.fx.Node) else first_f
-            base = base or first_f
-            if name == "getattr.data":
+        alias = traits.alias
+        if writes is not None and alias != "data":
+            alias = "same"  # an in-place op returns its target
+        if alias is not None and args and not value_result:
+            first_f = nodes.get(args[0])
+            if first_f is not None:
+                self._aliases(nf, alias, args[0], first_f)
+        for qualname in view.param_writes:
+            self._write_root(nf, self._param_root_of(qualname))
+
+        records = self.any_writes and (nf.live or (write_target is not None and grad_on)) and not traits.meta_write
+        if write_target is None:
+            if records:
+                self._defer(nf, args, traits)
+        elif traits.meta_write:
+            self._meta_write(nf, write_target, diff)
+        else:
+            if records and traits.saves_before_write:
+                self._record_saved(nf, "inputs", since=nf.index)
+            self._write(nf, write_target, states[args.index(write_target)])  # the target is an input
+            if records and traits.saves_after_write:
+                self._record_result(nf)
+
+    def _write_deps(self, nf: NodeFacts, args: list[torch.fx.Node], states: list[torch.fx.Node],
+                    write_target: torch.fx.Node | None, diff: bool, zero: bool
+                    ) -> tuple[list[tuple[torch.fx.Node, bool, bool]], torch.fx.Node | None, torch.fx.Node | None]:
+        """Input edges of an in-place op or an op under no_grad: the written input's edge depends on the write.
+        Returns the edges, the first live input a gradient flows to, and the first live input."""
+        name, grad_on = nf.view.name, nf.grad_on
+        overwrites = write_target is not None and name in ops.OVERWRITES
+        deps: list[tuple[torch.fx.Node, bool, bool]] = []
+        live_in: torch.fx.Node | None = None
+        any_live: torch.fx.Node | None = None
+        for i, a in enumerate(args):
+            s = states[i]
+            is_self = a is write_target
+            if not grad_on:
+                # In-place under no_grad keeps the target's history; nothing else is recorded.
+                d, z = is_self and name not in ops.DETACH, False
+            elif is_self and overwrites:
+                d, z = True, True  # zero_/fill_/copy_: the old value gets a zero gradient
+            else:
+                d, z = diff, zero
+            deps.append((s, d, z))
+            sf = self.nodes.get(s)
+            if sf is not None and sf.live:
+                any_live = any_live or s
+                if d and live_in is None:
+                    live_in = s
+        return deps, live_in, any_live
+
+    def _aliases(self, nf: NodeFacts, kind: str, first: torch.fx.Node, first_f: NodeFacts) -> None:
+        """Alias roots of the result (see :func:`_alias_kind` for ``kind``)."""
+        view = nf.view
+        if kind == "same" or kind == "data":
+            writes = view.writes
+            base = (self.nodes.get(writes) if isinstance(writes, Node) else None) or first_f
+            if kind == "data":
                 nf.sroot = base.sroot  # same storage, own version counter, no history
                 nf.alias_of = base.ident
                 return
             nf.vroot, nf.croot, nf.sroot = base.vroot, base.croot, base.sroot
             nf.is_view, nf.multi_view, nf.ident = base.is_view, base.multi_view, base.ident  # the same tensor
             nf.expanded = base.expanded
-            return
-        if name in ops.DETACH:
+        elif kind == "detach":
             nf.croot, nf.sroot = first_f.croot, first_f.sroot  # shares the version counter
             nf.alias_of = first_f.ident
-            return
-        if name == "getitem":
-            base_node = first
-            base_f = first_f
-            base_view = base_f.view
-            if (base_f.node.op == "call_module" and not base_f.view.known) or (
-                    base_f.node.op not in ("placeholder", "call_module") and self._returns_tuple(base_f)):
-                if ops.multi_output_view(base_view.name):
-                    src = next(iter(_flat_nodes(base_f.node.args)), None)
-                    src_f = self.nodes.get(src) if src is not None else None
-                    if src_f is not None:
-                        nf.vroot, nf.croot, nf.sroot = src_f.vroot, src_f.croot, src_f.sroot
-                        nf.multi_view = nf.is_view = True
-                return
-            index = node.args[1] if len(node.args) > 1 else None
-            advanced = any(self.nodes[i].role != "value" for i in _flat_nodes(index) if i in self.nodes)
-            if isinstance(index, list) or (isinstance(index, tuple) and any(isinstance(i, list) for i in index)):
-                advanced = True  # x[[0, 1]] indexes with a list: a copy, like indexing with a tensor
-            if not advanced and base_node is not None:
-                nf.vroot, nf.croot, nf.sroot = base_f.vroot, base_f.croot, base_f.sroot
-                nf.multi_view, nf.is_view = base_f.multi_view, True
-            return
-        if ops.is_view_op(name) or (name.startswith("getattr.") and name[8:] in _VIEW_ATTRS):
+        elif kind == "getitem":
+            self._getitem_alias(nf, first, first_f)
+        else:
             nf.vroot, nf.croot, nf.sroot = first_f.vroot, first_f.croot, first_f.sroot
             nf.multi_view, nf.is_view = first_f.multi_view, True
-            nf.expanded = first_f.expanded or name in ops.EXPANDING_VIEWS
+            nf.expanded = first_f.expanded or view.name in ops.EXPANDING_VIEWS
+
+    def _getitem_alias(self, nf: NodeFacts, base_node: torch.fx.Node, base_f: NodeFacts) -> None:
+        """``out[i]`` picks one of several results, or indexes a tensor: a view, unless the index copies."""
+        node = nf.node
+        base_view = base_f.view
+        if (base_f.node.op == "call_module" and not base_f.view.known) or (
+                base_f.node.op not in ("placeholder", "call_module") and self._returns_tuple(base_f)):
+            if ops.multi_output_view(base_view.name):
+                src = next(iter(_flat_nodes(base_f.node.args)), None)
+                src_f = self.nodes.get(src) if src is not None else None
+                if src_f is not None:
+                    nf.vroot, nf.croot, nf.sroot = src_f.vroot, src_f.croot, src_f.sroot
+                    nf.multi_view = nf.is_view = True
+            return
+        index = node.args[1] if len(node.args) > 1 else None
+        advanced = any(self.nodes[i].role != "value" for i in _flat_nodes(index) if i in self.nodes)
+        if isinstance(index, list) or (isinstance(index, tuple) and any(isinstance(i, list) for i in index)):
+            advanced = True  # x[[0, 1]] indexes with a list: a copy, like indexing with a tensor
+        if not advanced:
+            nf.vroot, nf.croot, nf.sroot = base_f.vroot, base_f.croot, base_f.sroot
+            nf.multi_view, nf.is_view = base_f.multi_view, True
 
     def _returns_tuple(self, nf: NodeFacts) -> bool:
         """Does the node return several tensors (so ``out[0]`` picks one) rather than one tensor (a view)?"""
@@ -530,47 +784,66 @@ class _Pass:
                 return True
         return False
 
-    def _write(self, nf: NodeFacts, target: torch.fx.Node) -> None:
-        tf = self.nodes.get(target)
+    def _write(self, nf: NodeFacts, target: torch.fx.Node, state: torch.fx.Node) -> None:
+        """A data write into ``target``, whose value the op read as ``state``."""
+        nodes = self.nodes
+        tf = nodes.get(target)
         if tf is None:
             return
         nf.target = target
         nf.target_role = tf.role
-        before = self.state(target, nf)
-        nf.target_live = before in self.nodes and self.nodes[before].live
-        root_f = self.nodes.get(tf.vroot) if isinstance(tf.vroot, torch.fx.Node) else None
-        if isinstance(tf.vroot, tuple):
+        before = nodes.get(state)
+        nf.target_live = before is not None and before.live
+        vroot = tf.vroot
+        if isinstance(vroot, tuple):
             nf.target_role = "param"
-        elif root_f is not None and root_f.role in ("input", "buffer", "constant", "param"):
-            nf.target_role = root_f.role
+        elif isinstance(vroot, Node):
+            root_f = nodes.get(vroot)
+            if root_f is not None and root_f.role in _DATA_ROLES:
+                nf.target_role = root_f.role
         nf.is_view_target = tf.is_view
         if tf.expanded:
             nf.overlap_write = True
         elif nf.view.name in ops.RESIZES and nf.target_live:
             nf.forward_error = "cannot resize variables that require grad"
-        elif nf.grad_on and tf.vroot in self.leaf_roots and nf.target_live:
+        elif nf.grad_on and self._is_leaf(vroot) and nf.target_live:
             nf.leaf_write = True
         elif nf.grad_on and tf.multi_view and nf.target_live:
             nf.forward_error = ("Output 0 of SplitBackward0 is a view and is being modified inplace. This view is the "
                                 "output of a function that returns multiple views. Such functions do not allow the "
                                 "output views to be modified inplace.")
-        self._settle(nf, tf.sroot, tf.croot)
-        nf.unknown_savers = self.pending_unknown.pop(tf.sroot, [])
-        self.last_mut[tf.vroot] = nf
-        self.last_data_write[tf.sroot] = nf
+        sroot = tf.sroot
+        if sroot in self.deferred or sroot in self.pending:
+            self._settle(nf, sroot, tf.croot)
+        unknown = self.pending_unknown.pop(sroot, None)
+        if unknown is not None:
+            nf.unknown_savers = unknown
+        self.last_mut[vroot] = nf
+        self.last_data_write[sroot] = nf
 
     def _settle(self, nf: NodeFacts, sroot: Root, croot: Root) -> None:
         """A data write: tensors saved on this storage before now are overwritten (same version counter) or
         silently written (another counter, i.e. through ``.data``)."""
-        for saver, at in self.deferred.pop(sroot, ()):
-            if saver.node not in self.materialized:
-                self.materialized.add(saver.node)
-                self._record_saved(saver, "all", at)
-        for use in self.pending.pop(sroot, []):
-            if use.croot == croot:
-                nf.overwritten = [*nf.overwritten, use]
-            else:
-                nf.silently_written = [*nf.silently_written, use]
+        deferred = self.deferred.pop(sroot, None)
+        if deferred is not None:
+            for saver in deferred:
+                if saver.node not in self.materialized:
+                    self.materialized.add(saver.node)
+                    # the state each input had when the saver ran is the producer of its edge
+                    deps = saver.deps
+                    at = {a: deps[i][0] for i, a in enumerate(saver.node.all_input_nodes)}
+                    self._record_saved(saver, "all", at, nf.index)
+        uses = self.pending.pop(sroot, None)
+        if uses is None:
+            return
+        overwritten: list[SavedUse] = []
+        silently_written: list[SavedUse] = []
+        for use in uses:
+            (overwritten if use.croot == croot else silently_written).append(use)
+        if overwritten:
+            nf.overwritten = [*nf.overwritten, *overwritten]
+        if silently_written:
+            nf.silently_written = [*nf.silently_written, *silently_written]
 
     def _write_root(self, nf: NodeFacts, root: Root) -> None:
         """An op that writes a parameter it owns (``nn.Embedding(max_norm=...)`` renormalises its weight)."""
@@ -587,7 +860,7 @@ class _Pass:
         nf.target_live = was_live
         root = tf.vroot
         if nf.view.name == "requires_grad_":
-            is_leaf = root in self.leaf_roots or not was_live
+            is_leaf = self._is_leaf(root) or not was_live
             if not flag and was_live and not is_leaf:
                 nf.forward_error = ("you can only change requires_grad flags of leaf variables. If you want to use a "
                                     "computed variable in a subgraph that doesn't require differentiation use "
@@ -606,77 +879,90 @@ class _Pass:
             nf.live = False
         self.last_mut[root] = nf
 
+    def _is_leaf(self, root: Root) -> bool:
+        """Is the tensor with this view root a leaf that requires grad?"""
+        if isinstance(root, tuple):
+            self._add_param_leaves()
+        return root in self.leaf_roots
+
     def _requires(self, a: Any, nf: NodeFacts, at: dict[torch.fx.Node, torch.fx.Node] | None = None) -> bool:
+        if isinstance(a, Node):
+            s = at.get(a, a) if at is not None else (self.state(a, nf) if self.last_mut else a)
+            sf = self.nodes.get(s)
+            return sf is not None and sf.live
         if isinstance(a, (list, tuple)):
             return any(self._requires(x, nf, at) for x in a)
-        if not isinstance(a, torch.fx.Node):
-            return False
-        s = at.get(a, a) if at is not None else (self.state(a, nf) if self.last_mut else a)
-        sf = self.nodes.get(s)
-        return sf is not None and sf.live
+        return False
 
-    def _saved_entry(self, nf: NodeFacts, name: str, inplace: bool) -> Any:
-        if nf.node.op == "call_function":
-            function = getattr(nf.node.target, "__fxgrad_function__", None)
+    def _saved_entry(self, nf: NodeFacts, name: str, inplace: bool) -> SavedEntry | None:
+        node = nf.node
+        if node.op == "call_function":
+            function = getattr(node.target, "__fxgrad_function__", None)
             if function is not None:
                 return ops.function_saves(function)
-        key = (name, inplace)
-        if key not in self.entry_cache:
-            entry = (SAVED.get(name + "_") if inplace else None) or SAVED.get(name) or ops.REFLECTED_SAVED.get(name)
-            if entry is None and name.endswith("_"):
-                entry = SAVED.get(name[:-1])
-            self.entry_cache[key] = entry
-        return self.entry_cache[key]
+        return _table_entry(name, inplace)
 
-    def _defer(self, nf: NodeFacts, args: list[torch.fx.Node], states: list[torch.fx.Node]) -> None:
+    def _defer(self, nf: NodeFacts, args: list[torch.fx.Node], traits: _OpTraits) -> None:
         """Note that ``nf`` may have saved tensors, under the storages it touches; what exactly it saved is only
-        worked out if one of those storages is ever written (most never are)."""
-        if self._saved_entry(nf, nf.view.name, False) is None:
+        worked out if one of those storages is written later (most never are), and not at all if no later write can
+        reach a tensor it may save. A storage may be listed twice (a view shares its input's): the second time
+        finds the record made."""
+        # the table's answer, unless the node is a custom autograd.Function
+        entry = traits.entry if nf.node.op != "call_function" else self._saved_entry(nf, nf.view.name, False)
+        if entry is None:
             self._record_saved(nf)  # unknown op: noted at once, cheaply
             return
-        at = dict(zip(args, states, strict=True))
-        keys = {nf.sroot}
+        if nf.view.writes is not None:  # writes something that is no node (rare): recorded as the in-place form
+            entry = self._saved_entry(nf, nf.view.name, True) or entry
+        may_save = traits.may_save if entry is traits.entry else _possible_saves(nf.view.name, entry)
+        after = nf.index + 1
+        if not may_save or not self._may_save_written(nf, args, may_save, after):
+            return  # saves nothing (``add``), or nothing a later write could reach: nobody would ask
+        sroot, nodes = nf.sroot, self.nodes
+        keys = [sroot] if self._written_from(sroot, after) else []
         for a in args:
-            af = self.nodes.get(a)
-            if af is not None:
-                keys.add(af.sroot)
-        for pname in nf.view.params.values():
-            keys.add(self._param_root_of(pname))
+            af = nodes.get(a)
+            if af is not None and af.sroot is not sroot and self._written_from(af.sroot, after):
+                keys.append(af.sroot)
+        if self.params_writable:
+            keys += [self._param_root_of(qualname) for qualname in nf.view.params.values()]
         for key in keys:
-            self.deferred.setdefault(key, []).append((nf, at))
+            self.deferred.setdefault(key, []).append(nf)
 
-    def _param_root_of(self, qualname: str) -> Root:
-        root = self.param_root_cache.get(qualname)
-        if root is None:
-            root = ("param", self.param_names.get(id(_attr(self.gm, qualname)), qualname))
-            self.param_root_cache[qualname] = root
-        return root
+    def _may_save_written(self, nf: NodeFacts, args: list[torch.fx.Node], may_save: frozenset[str],
+                          index: int) -> bool:
+        """Could a write at ``index`` or later land in a tensor ``nf`` may have saved: its result, a parameter, an
+        input?"""
+        last = self.last_write  # (see _written_from)
+        if "result" in may_save and last.get(nf.sroot, -1) >= index:
+            return True
+        if self.params_writable and nf.view.params:
+            return True
+        nodes = self.nodes
+        for a in args:
+            af = nodes.get(a)
+            if af is not None and last.get(af.sroot, -1) >= index:
+                return True
+        return False
 
     def _record_saved(self, nf: NodeFacts, phase: str = "all",
-                      at: dict[torch.fx.Node, torch.fx.Node] | None = None) -> None:
+                      at: dict[torch.fx.Node, torch.fx.Node] | None = None, since: int = 0) -> None:
         """Record what ``nf`` saves for backward. In-place ops save their other inputs *before* they write
-        (``phase="inputs"``: ``h *= h`` saves the very tensor it then overwrites) and their result after. ``at``:
-        the state each argument had when ``nf`` ran (for deferred records)."""
+        (``phase="inputs"``: ``h *= h`` saves the very tensor it then overwrites) and their result after (see
+        :meth:`_record_result`). ``at``: the state each argument had when ``nf`` ran (for deferred records).
+        ``since``: the index of the node recording it now; a saved tensor no write from there on reaches is left
+        out, as nobody would ever read it."""
         view = nf.view
         name = view.name
         inplace = view.writes is not None
         entry = self._saved_entry(nf, name, inplace)
         if entry is None:
-            if phase == "inputs":
-                return
-            if name not in ops.PASS_THROUGH and not ops.is_view_op(name):
-                for a in nf.node.all_input_nodes:
-                    af = self.nodes.get(a)
-                    if af is not None and af.role != "value":
-                        self.pending_unknown.setdefault(af.sroot, []).append(nf.node)
+            if phase != "inputs":
+                self._note_unknown_saver(nf)
             return
-        per_input = entry[1]
-        override = ops.SCALAR_OVERLOADS.get(name)
-        if override is not None and not isinstance(view.args.get(override[0]), torch.fx.Node):
-            per_input = override[1]
         params, args = view.params, view.args
         names: set[str] = set()
-        for inp, saved in per_input.items():
+        for inp, saved in self._per_input(view, entry).items():
             if saved and (inp in params or self._requires(args.get(inp), nf, at)):
                 names.update(saved)
         if inplace:
@@ -684,29 +970,88 @@ class _Pass:
             names.discard("self")
             if phase == "inputs":
                 names = {n for n in names if not n.startswith("result")}
-            elif phase == "result":
-                names = {n for n in names if n.startswith("result")}
         if not names:
             return
         backend = name in BACKEND_DEPENDENT
+        node, nodes, pending = nf.node, self.nodes, self.pending
         for arg in names:
             if arg.startswith("result"):
-                if arg == "result":
-                    self._save(SavedUse(nf.node, nf.node, arg, nf.croot, nf.sroot, backend))
+                if arg == "result" and self._written_from(nf.sroot, since):
+                    pending.setdefault(nf.sroot, []).append(SavedUse(node, node, arg, nf.croot, nf.sroot, backend))
                 continue
             if arg in params:
-                proot = self._param_root_of(params[arg])
-                self._save(SavedUse(nf.node, params[arg], arg, proot, proot, backend))
+                if self.params_writable:
+                    proot = self._param_root_of(params[arg])
+                    pending.setdefault(proot, []).append(SavedUse(node, params[arg], arg, proot, proot, backend))
                 continue
             value = args.get(arg)
+            if value is None:
+                continue
             for arg_node in value if isinstance(value, (list, tuple)) else (value,):
-                if not isinstance(arg_node, torch.fx.Node) or arg_node not in self.nodes:
+                if not isinstance(arg_node, Node):
+                    continue
+                orig = nodes.get(arg_node)
+                if orig is None:
                     continue
                 current = at.get(arg_node, arg_node) if at is not None else self.state(arg_node, nf)
-                if self.nodes.get(current, self.nodes[arg_node]).role == "value":
+                if nodes.get(current, orig).role == "value" or not self._written_from(orig.sroot, since):
                     continue
-                orig = self.nodes[arg_node]
-                self._save(SavedUse(nf.node, arg_node, arg, orig.croot, orig.sroot, backend))
+                pending.setdefault(orig.sroot, []).append(SavedUse(node, arg_node, arg, orig.croot, orig.sroot,
+                                                                   backend))
+
+    def _record_result(self, nf: NodeFacts) -> None:
+        """After an in-place op wrote: whether it saved its result (``relu_`` does). Of the results only output 0
+        is tracked, so no other name matters here."""
+        view = nf.view
+        entry = self._saved_entry(nf, view.name, True)
+        if entry is None:
+            self._note_unknown_saver(nf)
+            return
+        kept = self._written_from(nf.sroot, nf.index + 1)
+        # (an op with a single input reads only its target)
+        if not kept and (len(nf.deps) == 1 or not self._reads_alias_of_target(nf)):
+            return  # nobody would read the record, and the reads below would note nothing new
+        params, args = view.params, view.args
+        saves_result = False
+        for inp, saved in self._per_input(view, entry).items():
+            # every input that needs grad is asked, as a full record would: reading it may note an alias (FXG104)
+            if saved and (inp in params or self._requires(args.get(inp), nf)):
+                saves_result = saves_result or "result" in saved
+        if saves_result and kept:
+            node = nf.node
+            self._save(SavedUse(node, node, "result", nf.croot, nf.sroot, view.name in BACKEND_DEPENDENT))
+
+    def _reads_alias_of_target(self, nf: NodeFacts) -> bool:
+        """Does the in-place op read, besides its target, a tensor that shares the target's storage? Only such a
+        read, after the write, can note a new alias read (:meth:`state`): every other read repeats one the op
+        made before it wrote."""
+        target = nf.target
+        tf = self.nodes.get(target) if target is not None else None
+        if tf is None:
+            return True
+        for a in nf.node.all_input_nodes:
+            af = self.nodes.get(a)
+            if a is not target and af is not None and af.sroot == tf.sroot:
+                return True
+        return False
+
+    @staticmethod
+    def _per_input(view: OpView, entry: SavedEntry) -> dict[str, tuple[str, ...]]:
+        """For each input, what the op saves when that input needs grad (``h ** 2`` saves less than ``h ** e``)."""
+        override = ops.SCALAR_OVERLOADS.get(view.name)
+        if override is not None and not isinstance(view.args.get(override[0]), Node):
+            return override[1]
+        return entry[1]
+
+    def _note_unknown_saver(self, nf: NodeFacts) -> None:
+        """An op fxgrad has no table for may have saved any input: a later write into one cannot be proved safe."""
+        name = nf.view.name
+        if name in ops.PASS_THROUGH or ops.is_view_op(name):
+            return
+        for a in nf.node.all_input_nodes:
+            af = self.nodes.get(a)
+            if af is not None and af.role != "value":
+                self.pending_unknown.setdefault(af.sroot, []).append(nf.node)
 
     def _save(self, use: SavedUse) -> None:
         self.pending.setdefault(use.sroot, []).append(use)
@@ -714,65 +1059,87 @@ class _Pass:
     # -- step 2 -------------------------------------------------------------------------------------------------
 
     def backward(self) -> None:
-        for nf in reversed(self.nodes.values()):
+        nodes = self.nodes
+        for nf in reversed(nodes.values()):
             if nf.role == "output":
                 nf.reach = nf.reach_nz = nf.data_reach = True
+            if not nf.deps:
+                continue
+            # Every user of this node came later in the graph, so was seen already: its facts are final.
+            data_reach, reach, reach_nz = nf.data_reach, nf.reach, nf.reach_nz
             for dep, diff, zero in nf.deps:
-                df = self.nodes.get(dep)
+                df = nodes.get(dep)
                 if df is None:
                     continue
-                if nf.data_reach:
+                if data_reach:
                     df.data_reach = True
-                if nf.reach and diff:
+                if reach and diff:
                     df.reach = True
-                    if nf.reach_nz and not zero:
+                    if reach_nz and not zero:
                         df.reach_nz = True
-            # causes are settled once every user was seen: propagate them to inputs that stay unreached.
-            if nf.data_reach:
-                for dep, diff, _ in nf.deps:
-                    df = self.nodes.get(dep)
-                    if df is None or df.cause is not None:
-                        continue
+                # its cause is settled once every user was seen: propagate it to inputs that stay unreached.
+                if data_reach and df.cause is None:
                     if not diff:
                         df.cause = nf.node
-                    elif not nf.reach:
+                    elif not reach:
                         df.cause = nf.cause if nf.cause is not None else (nf.node if nf.cut else None)
 
     # -- step 3 -------------------------------------------------------------------------------------------------
 
     def parameters(self) -> dict[str, ParamFacts]:
         uses: dict[str, list[NodeFacts]] = {}
+        written: set[torch.fx.Node] = set()
         for nf in self.nodes.values():
-            if nf.role == "param" and isinstance(nf.vroot, tuple):
+            if nf.module_params:  # a module call (a get_attr never has any)
+                for pname in nf.module_params:
+                    uses.setdefault(pname, []).append(nf)
+            elif nf.role == "param" and isinstance(nf.vroot, tuple):
                 uses.setdefault(nf.vroot[1], []).append(nf)
-            for pname in nf.module_params:
-                uses.setdefault(pname, []).append(nf)
+            if nf.target is not None:
+                written.add(nf.target)
         out: dict[str, ParamFacts] = {}
-        written = {nf.target for nf in self.nodes.values() if nf.target is not None}
-        for name, p in self.named_params:
+        for name, p in self.named_params:  # named_params holds the canonical names
             if not p.requires_grad:
                 continue
-            name = self.param_names.get(id(p), name)
-            pf = ParamFacts(name, "unused")
-            out[name] = pf
-            facts = uses.get(name, [])
-            pf.uses = [f.node for f in facts]
-            used = [f for f in facts if f.role != "param" or f.node.users or f.node in written]
-            if not used:
+            facts = uses.get(name)
+            if facts is None:
+                out[name] = ParamFacts(name, "unused", None, [])
                 continue
-            reach = [f for f in used if f.reach and (f.role == "param" or f.grad_on)]
-            if any(f.reach_nz for f in reach):
-                pf.status = "ok"
-            elif reach:
-                pf.status = "zero-grad"
-                pf.cause = self._zero_cause(reach[0])
-            else:
-                pf.status = "no-grad"
-                pf.cause = self.frozen.get(name) or next(
-                    (f.node for f in used if f.role != "param" and f.cut == "no_grad"), None)
-                if pf.cause is None:
-                    pf.cause = next((f.cause for f in used if f.cause is not None), None)
+            first = facts[0]
+            if first.role != "param" and first.reach and first.grad_on and first.reach_nz:
+                # the common case, decided by the first use: a call that gets a non-zero gradient
+                out[name] = ParamFacts(name, "ok", None, [f.node for f in facts])
+                continue
+            pf = out[name] = ParamFacts(name, "unused", None, [f.node for f in facts])
+            self._verdict(pf, facts, written)
         return out
+
+    def _verdict(self, pf: ParamFacts, facts: list[NodeFacts], written: set[torch.fx.Node]) -> None:
+        """A parameter's status from the nodes that use it (a ``get_attr`` of it counts once it is read or
+        written): ``ok`` as soon as one use gets a non-zero gradient, which is the common case."""
+        used = False
+        first_reached: NodeFacts | None = None
+        for f in facts:
+            if f.role != "param" or f.node.users or f.node in written:
+                used = True
+                if f.reach and (f.role == "param" or f.grad_on):
+                    if f.reach_nz:
+                        pf.status = "ok"
+                        return
+                    if first_reached is None:
+                        first_reached = f
+        if not used:
+            return
+        if first_reached is not None:
+            pf.status = "zero-grad"
+            pf.cause = self._zero_cause(first_reached)
+            return
+        pf.status = "no-grad"
+        pf.cause = self.frozen.get(pf.name) or next(
+            (f.node for f in facts if f.role != "param" and f.cut == "no_grad"), None)
+        if pf.cause is None:
+            pf.cause = next((f.cause for f in facts if f.cause is not None and (
+                f.role != "param" or f.node.users or f.node in written)), None)
 
     def _zero_cause(self, start: NodeFacts) -> torch.fx.Node | None:
         """The first zero-gradient op downstream of ``start`` on the way to the output (walks users)."""

@@ -17,7 +17,7 @@ import inspect
 import operator
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -243,9 +243,10 @@ def _signature_names(fn: Callable[..., Any]) -> tuple[str, ...] | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpView:
-    """One fx node as an op: what fxgrad's tables are keyed by."""
+    """One fx node as an op: what fxgrad's tables are keyed by. Read-only by convention: the analysis makes one
+    per node, and a frozen dataclass would cost four times as much to make (``object.__setattr__`` per field)."""
 
     name: str
     #: the node's arguments by schema name (positional arguments by position).
@@ -267,14 +268,17 @@ class OpView:
 
 
 def _bind(names: tuple[str, ...] | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    names = names or ()
+    known = len(names)
     bound: dict[str, Any] = {}
     for i, a in enumerate(args):
-        key = names[i] if names and i < len(names) else str(i)
-        bound[key] = a
-    bound.update(kwargs)
+        bound[names[i] if i < known else str(i)] = a
+    if kwargs:
+        bound.update(kwargs)
     return bound
 
 
+@functools.cache
 def _schema_arg_names(name: str) -> tuple[str, ...] | None:
     entry = SAVED.get(name)
     if entry is not None:
@@ -325,6 +329,10 @@ class _Template:
     spelling: str
     #: Python-level function: bind by its own signature (``F.batch_norm``), look for ``inplace=True``
     python: bool = False
+    #: a Python operator (``2.0 ** h`` calls the reflected op, with another saved set)
+    operator: bool = False
+    #: the custom ``autograd.Function`` the tracer kept opaque behind this target
+    function: type | None = None
 
 
 _TEMPLATES: dict[tuple[str, Any], _Template] = {}
@@ -363,6 +371,7 @@ def _template(op: str, target: Any) -> _Template:
         python = getattr(target, "__code__", None) is not None and _signature_names(target) is not None
         spelling = f"torch.{fname}()" if writes else fname
         t = _Template(name, _schema_arg_names(name), writes, spelling, python)
+    t = replace(t, operator=target in _OPERATORS, function=getattr(target, "__fxgrad_function__", None))
     _TEMPLATES[key] = t
     return t
 
@@ -394,39 +403,50 @@ def _module_kind(cls: type) -> _ModuleKind:
     return kind
 
 
+#: what a ``call_module`` target means: (op name, schema name of the first input, spelling, {schema name: qualified
+#: parameter name}, writes its input, a module fxgrad knows, qualified names of parameters it writes)
+_ModuleInfo = tuple[str, "str | None", str, dict[str, str], bool, bool, tuple[str, ...]]
+
+
 class OpViewer:
     """Normalises nodes to :class:`OpView` s; caches what depends only on the target or the module."""
 
     def __init__(self, modules: dict[str, nn.Module]) -> None:
         self.modules = modules
-        self._modules: dict[str, tuple[str, str | None, str, dict[str, str], bool, bool]] = {}
-        self._param_writes: dict[str, tuple[str, ...]] = {}
+        self._modules: dict[str, _ModuleInfo] = {}
+        #: target -> its template; one key per target is enough: a method is named by a string, a function is not
+        self._templates: dict[Any, _Template] = {}
 
-    def _module(self, target: str) -> tuple[str, str | None, str, dict[str, str], bool, bool] | None:
-        if target in self._modules:
-            return self._modules[target]
+    def _module(self, target: str) -> _ModuleInfo | None:
+        info = self._modules.get(target)
+        if info is not None:
+            return info
         mod = self.modules.get(target)
         if mod is None:
             return None
-        kind = _module_kind(type(mod))
+        kind = _MODULE_KINDS.get(type(mod)) or _module_kind(type(mod))
         attrs = mod.__dict__  # plain attributes: no nn.Module.__getattr__ round trip
         inplace = kind.inplace_capable and attrs.get("inplace") is True
         if inplace and kind.dropout and not mod.training:
             inplace = False  # F.dropout(training=False) returns its input untouched
         spelling = kind.spelling_inplace if inplace else kind.spelling
-        info: tuple[str, str | None, str, dict[str, str], bool, bool]
+        param_writes: tuple[str, ...] = ()
+        if kind.embedding and attrs.get("max_norm") is not None:
+            param_writes = (f"{target}.weight",)
+        params: dict[str, str] = {}
         if kind.entry is None:
-            params = {n: f"{target}.{n}" for n, _ in mod.named_parameters()}
-            info = (type(mod).__name__, None, spelling, params, inplace, False)
+            for n, _ in mod.named_parameters():
+                params[n] = f"{target}.{n}"
+            info = (type(mod).__name__, None, spelling, params, inplace, False, param_writes)
         else:
             name, first, param_attrs = kind.entry
             own = mod._parameters
-            params = {schema: f"{target}.{attr}" for schema, attr in param_attrs.items() if own.get(attr) is not None}
+            for schema, attr in param_attrs.items():
+                if own.get(attr) is not None:
+                    params[schema] = f"{target}.{attr}"
             if kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None):
                 name = "batch_norm_eval"
-            info = (name, first, spelling, params, inplace, True)
-        if kind.embedding and attrs.get("max_norm") is not None:
-            self._param_writes[target] = (f"{target}.weight",)
+            info = (name, first, spelling, params, inplace, True, param_writes)
         self._modules[target] = info
         return info
 
@@ -437,32 +457,32 @@ class OpViewer:
             info = self._module(str(node.target))
             if info is None:
                 return OpView("module", known=False)
-            name, first, spelling, params, inplace, known = info
+            name, first, spelling, params, inplace, known, param_writes = info
             if not known:
                 bound = _bind(None, tuple(args), dict(node.kwargs))
             else:
                 bound = {first: args[0]} if args and first else {}
-            return OpView(name, bound, args[0] if inplace and args else None, spelling, params, known,
-                          self._param_writes.get(str(node.target), ()))
-        if op not in ("call_method", "call_function"):
+            return OpView(name, bound, args[0] if inplace and args else None, spelling, params, known, param_writes)
+        if op != "call_method" and op != "call_function":
             return OpView(op)
         target = node.target
         if target is getattr:
-            return OpView(f"getattr.{args[1]}", {"self": args[0]}, None, f"x.{args[1]}")
-        t = _template(op, target)
+            return OpView(f"getattr.{args[1]}", {"self": args[0]}, None, f"x.{args[1]}", {}, True, ())
+        t = self._templates.get(target)
+        if t is None:
+            t = self._templates[target] = _template(op, target)
         kwargs = node.kwargs
-        if target in _OPERATORS and len(args) == 2 and not isinstance(args[0], torch.fx.Node) and isinstance(
+        if t.operator and len(args) == 2 and not isinstance(args[0], torch.fx.Node) and isinstance(
                 args[1], torch.fx.Node):
             # ``2.0 ** h``: Python calls ``h.__rpow__(2.0)``, a different op with a different saved set
-            return OpView(f"r{t.name}", {"other": args[0], "self": args[1]}, None, t.spelling)
-        function = getattr(target, "__fxgrad_function__", None)
-        if function is not None:  # a custom autograd.Function, kept opaque by the tracer
-            names = (function_saves(function) or ((), {}))[0]
-            return OpView(t.name, _bind(names or None, tuple(args), dict(kwargs)), None, t.name)
+            return OpView(f"r{t.name}", {"other": args[0], "self": args[1]}, None, t.spelling, {}, True, ())
+        if t.function is not None:  # a custom autograd.Function, kept opaque by the tracer
+            names = (function_saves(t.function) or ((), {}))[0]
+            return OpView(t.name, _bind(names or None, tuple(args), dict(kwargs)), None, t.name, {}, True, ())
         if t.name == "einsum" and args and isinstance(args[0], str):
             # torch.einsum(equation, *operands) or torch.einsum(equation, [operands])
             ops_ = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
-            return OpView("einsum", {"equation": args[0], "tensors": list(ops_)}, None, "einsum")
+            return OpView("einsum", {"equation": args[0], "tensors": list(ops_)}, None, "einsum", {}, True, ())
         if t.python:
             bound = _bind_call(target, t.name, tuple(args), dict(kwargs))  # type: ignore[arg-type]
             if t.name in DROPOUTS and bound.get("training", True) is False:
@@ -471,15 +491,15 @@ class OpViewer:
                 bound.pop("inplace")
                 py_names = _signature_names(target)  # type: ignore[arg-type]
                 written = args[0] if args else (kwargs.get(py_names[0]) if py_names else None)
-                return OpView(t.name, bound, written, f"F.{t.name}(inplace=True)")
+                return OpView(t.name, bound, written, f"F.{t.name}(inplace=True)", {}, True, ())
         else:
-            bound = _bind(t.arg_names, tuple(args), _schema_kwargs(t.name, dict(kwargs)) if kwargs else {})
+            bound = _bind(t.arg_names, args, _schema_kwargs(t.name, kwargs) if kwargs else {})
         if t.writes_first:
-            return OpView(t.name, bound, args[0] if args else None, t.spelling)
+            return OpView(t.name, bound, args[0] if args else None, t.spelling, {}, True, ())
         out = kwargs.get("out") if kwargs else None
         if isinstance(out, torch.fx.Node):
-            return OpView(t.name, bound, out, f"torch.{t.name}(out=...)")
-        return OpView(t.name, bound, None, t.spelling)
+            return OpView(t.name, bound, out, f"torch.{t.name}(out=...)", {}, True, ())
+        return OpView(t.name, bound, None, t.spelling, {}, True, ())
 
 
 _FUNCTION_SAVES: dict[type, tuple[tuple[str, ...], dict[str, tuple[str, ...]]] | None] = {}

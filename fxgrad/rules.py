@@ -46,7 +46,7 @@ def _finding(rule_code: str, nf: NodeFacts, message: str, *, params: Iterable[st
     origin = node_origin(nf.node)
     return Finding(code=rule.code, severity=rule.severity, node=nf.node.name, target=nf.view.spelling or nf.view.name,
                    message=message, module=origin.module, location=origin.location,
-                   params=tuple(sorted(params)), fixable=rule.fixable, related=related)
+                   params=tuple(sorted(params)) if params else (), fixable=rule.fixable, related=related)
 
 
 def _lost(nf: NodeFacts, facts: GraphFacts) -> list[str]:
@@ -117,6 +117,8 @@ def _saver_text(facts: GraphFacts, uses: list) -> tuple[str, tuple[Related, ...]
 
 
 def _check_overwrites_saved(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
+    if not nf.overwritten:
+        return None
     uses = [u for u in nf.overwritten if facts[u.saver].reach]
     if not uses:
         return None
@@ -129,6 +131,8 @@ def _check_overwrites_saved(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
 
 
 def _check_silent(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
+    if not nf.silently_written:
+        return None
     uses = [u for u in nf.silently_written if facts[u.saver].reach]
     if not uses:
         return None
@@ -160,7 +164,8 @@ def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | Non
     if (nf.target is None or nf.target_role != "activation" or nf.leaf_write or nf.meta_write or nf.forward_error
             or nf.overlap_write):
         return None
-    if [u for u in (*nf.overwritten, *nf.silently_written) if facts[u.saver].reach]:
+    if (nf.overwritten or nf.silently_written) and [
+            u for u in (*nf.overwritten, *nf.silently_written) if facts[u.saver].reach]:
         return None
     if not nf.target_live:
         return None
@@ -168,7 +173,7 @@ def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | Non
         return _finding("FXG101", nf, f"In-place `{nf.view.spelling}` under no_grad on `{nf.target.name}`, which "
                         "requires grad: the value changes but autograd does not record it, so gradients are "
                         "computed as if this line did not run.")
-    unknown = [n.name for n in nf.unknown_savers]
+    unknown = [n.name for n in nf.unknown_savers] if nf.unknown_savers else []
     msg = (f"In-place `{nf.view.spelling}` on activation `{nf.target.name}`: no earlier op saved it for "
            "backward, so backward stays correct today; a later edit that saves it would break.")
     if unknown:
@@ -336,6 +341,15 @@ def _family(code: str) -> str:
     return "cut" if code.startswith("FXG0") else "write" if code.startswith("FXG1") else "param"
 
 
+def _check(checks: list[Callable[[NodeFacts, GraphFacts], Finding | None]], nf: NodeFacts, facts: GraphFacts,
+           findings: list[Finding]) -> None:
+    """Run one family's checks on a node, in catalog order."""
+    for check in checks:
+        f = check(nf, facts)
+        if f is not None:
+            findings.append(f)
+
+
 def run_rules(facts: GraphFacts) -> list[Finding]:
     """Every finding of every rule, in graph order, then the per-parameter verdicts.
 
@@ -347,15 +361,10 @@ def run_rules(facts: GraphFacts) -> list[Finding]:
     write_rules = [r.check for r in RULES if r.check is not None and _family(r.code) == "write"]
     findings: list[Finding] = []
     for nf in facts:
-        checks: list[Callable[[NodeFacts, GraphFacts], Finding | None]] = []
         if nf.cut is not None or nf.zero or nf.no_derivative or nf.forward_error:
-            checks += cut_rules
+            _check(cut_rules, nf, facts, findings)
         if nf.target is not None or nf.overwritten or nf.silently_written:
-            checks += write_rules
-        for check in checks:
-            f = check(nf, facts)
-            if f is not None:
-                findings.append(f)
+            _check(write_rules, nf, facts, findings)
     findings.extend(param_findings(facts))
     return without_counterfactuals(findings)
 
