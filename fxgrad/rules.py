@@ -7,6 +7,7 @@ and returns early on anything that is not its business. One code has one meaning
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -360,12 +361,20 @@ def run_rules(facts: GraphFacts) -> list[Finding]:
     cut_rules = [r.check for r in RULES if r.check is not None and _family(r.code) == "cut"]
     write_rules = [r.check for r in RULES if r.check is not None and _family(r.code) == "write"]
     findings: list[Finding] = []
-    for nf in facts:
-        if nf.cut is not None or nf.zero or nf.no_derivative or nf.forward_error:
-            _check(cut_rules, nf, facts, findings)
-        if nf.target is not None or nf.overwritten or nf.silently_written:
-            _check(write_rules, nf, facts, findings)
-    findings.extend(param_findings(facts))
+    # Findings are small acyclic objects: cyclic GC runs would only rescan the graph's many live objects (on a
+    # 40,000-node graph they tripled the cost of this pass). Reference counting still frees everything.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for nf in facts:
+            if nf.cut is not None or nf.zero or nf.no_derivative or nf.forward_error:
+                _check(cut_rules, nf, facts, findings)
+            if nf.target is not None or nf.overwritten or nf.silently_written:
+                _check(write_rules, nf, facts, findings)
+        findings.extend(param_findings(facts))
+    finally:
+        if was_enabled:
+            gc.enable()
     return without_counterfactuals(findings)
 
 
