@@ -362,7 +362,7 @@ def run_rules(facts: GraphFacts) -> list[Finding]:
     write_rules = [r.check for r in RULES if r.check is not None and _family(r.code) == "write"]
     findings: list[Finding] = []
     # Findings are small acyclic objects: cyclic GC runs would only rescan the graph's many live objects (on a
-    # 40,000-node graph they tripled the cost of this pass). Reference counting still frees everything.
+    # 40,000-node graph they nearly tripled the cost of this pass). Reference counting still frees everything.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
