@@ -386,6 +386,11 @@ class _Twins:
             state["_parameters"] = {k: None if v is None else tensor(v) for k, v in mod._parameters.items()}
             state["_buffers"] = {k: None if v is None else tensor(v) for k, v in mod._buffers.items()}
             state["_modules"] = {k: None if v is None else self.module(v) for k, v in mod._modules.items()}
+            for key, value in mod.__dict__.items():
+                # A module that keeps its own list of its parameters (``nn.RNNBase._flat_weights``) must run on
+                # the twins too, or autograd would be handed the user's tensors.
+                if isinstance(value, list) and value and any(isinstance(v, torch.Tensor) for v in value):
+                    state[key] = [self.tensors.get(id(v), v) if isinstance(v, torch.Tensor) else v for v in value]
             self.modules[id(mod)] = twin
         return twin
 

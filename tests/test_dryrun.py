@@ -50,10 +50,13 @@ def test_dryrun_does_not_touch_the_model() -> None:
     model.train()
     before = copy.deepcopy(model.state_dict())
     flags = [(m.training, getattr(m, "inplace", None)) for m in model.modules()]
+    versions = [t._version for t in (*model.parameters(), *model.buffers())]
     x = torch.randn(2, 3, 8, 8)
     rng = torch.get_rng_state()
     report = fxgrad.analyze(model, x)
     assert report.mode == "dry-run"
+    # BatchNorm's ``num_batches_tracked += 1`` ran on a twin: no version counter of the user's tensors moved
+    assert versions == [t._version for t in (*model.parameters(), *model.buffers())]
     after = model.state_dict()
     for k, v in before.items():
         assert torch.equal(v, after[k]), k  # num_batches_tracked and running stats included
@@ -61,6 +64,35 @@ def test_dryrun_does_not_touch_the_model() -> None:
     assert flags == [(m.training, getattr(m, "inplace", None)) for m in model.modules()]
     assert torch.equal(rng, torch.get_rng_state())
     assert torch.is_grad_enabled()
+
+
+def test_module_keeping_its_own_parameter_list_runs_on_the_twins() -> None:
+    """``nn.LSTM`` reads its weights from ``_flat_weights``, a plain list: the dry-run must hand autograd the meta
+    twins, never the user's parameters, and still name every parameter that eager gives a gradient."""
+    from fxgrad.dryrun import _Twins
+    from fxgrad.facts import compute_facts
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(4, 8, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, _ = self.rnn(x)
+            return self.head(out[:, -1])
+
+    model = Tagger()
+    gm = fxgrad.trace(model)
+    twin = _Twins(gm, compute_facts(gm, model=model), meta=True).attr("rnn")
+    assert all(w.is_meta for w in twin._flat_weights)
+    assert [id(w) for w in twin._flat_weights] == [id(twin._parameters[n]) for n in model.rnn._flat_weights_names]
+    assert not any(w.is_meta for w in model.rnn._flat_weights)
+
+    x = torch.randn(2, 5, 4)
+    report = fxgrad.analyze(model, fxgrad.spec((2, 5, 4)))
+    model(x).sum().backward()
+    assert _status(report, "ok") == {n for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_dryrun_verdict_does_not_depend_on_batch_size() -> None:
