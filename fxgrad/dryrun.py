@@ -369,9 +369,8 @@ class _Twins:
         return twin
 
     def name(self, t: torch.Tensor) -> str | None:
-        """The report name of a (twin) parameter. A module that keeps its own list of its parameters (as
-        ``nn.RNNBase._flat_weights`` does) hands autograd the user's tensor rather than the twin: that one is
-        named too."""
+        """The report name of a (twin) parameter. The user's own parameter is named too: a module that keeps a
+        reference to it somewhere :meth:`module` does not replace (lists are replaced) hands autograd that one."""
         return self.names.get(id(t)) or self.facts.param_names.get(id(t))
 
     def module(self, mod: nn.Module) -> nn.Module:
@@ -498,7 +497,7 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
         if name is not None:
             result.reached_params.add(name)
         if runner.any_write:  # without a write no saved tensor can be stale: nothing to read
-            for attr in _saved_attrs(type(g)):
+            for attr in _tensor_attrs(type(g)):
                 try:
                     getattr(g, attr)
                 except RuntimeError as e:

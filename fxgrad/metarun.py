@@ -39,7 +39,7 @@ _META = torch.device("meta")
 #: op -> (kind, indices of written positional args, names of written kwargs, takes a device); kind: write (data),
 #: view_write (metadata only: ``unsqueeze_``, ``detach_``), alias (returns a view of an input) or fresh
 _KINDS: dict[Any, tuple[str, tuple[int, ...], tuple[str, ...], bool]] = {}
-#: memo entries: the op returns its first argument / one tensor
+#: memo entries: the op returns its first argument / one tensor (kept without a pytree spec)
 _SELF: Any = object()
 _LEAF: Any = object()
 _DATA_DEPENDENT = {t for t in (getattr(torch.Tag, "dynamic_output_shape", None),
@@ -66,12 +66,16 @@ def _kind(func: Any) -> tuple[str, tuple[int, ...], tuple[str, ...], bool]:
     return cached
 
 
+def _empty(shape: Any, stride: Any, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty_strided(shape, stride, dtype=dtype, device=_META)
+
+
 def meta_twin(t: torch.Tensor) -> torch.Tensor:
     """A meta tensor with ``t``'s size, strides, dtype and ``requires_grad`` (a leaf, no storage shared).
 
     Twins made while a :class:`MetaMode` is active (on first use, in the middle of the run) must be made with
     ``torch._C._DisableTorchDispatch()``, so they do not pass through the mode as if the program made them."""
-    twin = torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=_META)
+    twin = _empty(t.size(), t.stride(), t.dtype)
     return twin.requires_grad_(True) if t.requires_grad else twin
 
 
@@ -153,11 +157,8 @@ class MetaMode(TorchDispatchMode):
             if spec is _SELF:
                 return args[0]
             if spec is _LEAF:
-                shape, stride, dtype = leaves[0]
-                return torch.empty_strided(shape, stride, dtype=dtype, device=_META)
-            return pytree.tree_unflatten(
-                [torch.empty_strided(v[0], v[1], dtype=v[2], device=_META) if isinstance(v, tuple) else v
-                 for v in leaves], spec)
+                return _empty(*leaves[0])
+            return pytree.tree_unflatten([_empty(*v) if isinstance(v, tuple) else v for v in leaves], spec)
         if kind == "write":
             # An in-place op: when it returns its target with the target's metadata unchanged, the same call on
             # the same metadata will too (its checks only read metadata), so later calls skip the kernel.
@@ -198,7 +199,7 @@ class MetaMode(TorchDispatchMode):
             return t
         hit = self._twins.get(id(t))
         if hit is None or hit[0] is not t:
-            hit = (t, torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=_META))
+            hit = (t, _empty(t.size(), t.stride(), t.dtype))
             self._twins[id(t)] = hit  # keeps ``t`` alive, so its id is not reused during the run
         return hit[1]
 
@@ -229,17 +230,9 @@ class MetaMode(TorchDispatchMode):
     def _record(out: Any, args: Any, kwargs: Any) -> tuple[Any, list[Any]] | None:
         """What a memo entry keeps of ``out``: None (never memoise) when outputs share memory with each other or
         with an input, since rebuilt outputs would not."""
-        if isinstance(out, torch.Tensor):  # the common case, without pytree
-            if out.layout is not torch.strided or out.storage_offset() != 0 or any(
-                    isinstance(t, torch.Tensor) and t.untyped_storage()._cdata == out.untyped_storage()._cdata
-                    for t in pytree.tree_leaves((args, kwargs))):
-                return None
-            return _LEAF, [(out.shape, out.stride(), out.dtype)]
-        leaves, spec = pytree.tree_flatten(out)
-        storages: set[int] = set()
-        for t in pytree.tree_leaves((args, kwargs)):
-            if isinstance(t, torch.Tensor):
-                storages.add(t.untyped_storage()._cdata)
+        leaves, spec = ([out], _LEAF) if isinstance(out, torch.Tensor) else pytree.tree_flatten(out)
+        storages = {t.untyped_storage()._cdata for t in pytree.tree_leaves((args, kwargs))
+                    if isinstance(t, torch.Tensor)}
         kept: list[Any] = []
         for v in leaves:
             if isinstance(v, torch.Tensor):

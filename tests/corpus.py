@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxgrad.examples import BasicBlock
+
 __all__ = ["CASES", "Case", "build", "build_inputs", "case"]
 
 
@@ -605,27 +607,11 @@ class ConvBnReluInplace(nn.Module):
 
 
 @case()
-class ResNetBasicBlock(nn.Module):
-    """torchvision's BasicBlock: conv-bn-relu(inplace)-conv-bn, `out += identity`, relu(inplace)."""
+class ResNetBasicBlock(BasicBlock):
+    """torchvision's BasicBlock (the demo's copy): conv-bn-relu(inplace)-conv-bn, `out += identity`, relu(inplace)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 3, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(3)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(3, 3, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out += identity
-        out = self.relu(out)
-        return out
+        super().__init__(3)
 
     make_inputs = staticmethod(_img)
 

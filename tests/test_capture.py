@@ -26,21 +26,6 @@ from fxgrad.capture import NodeOrigin
 
 from .oracle import eager_truth
 
-_ORIGINALS = {
-    "tensor": torch.tensor,
-    "as_tensor": torch.as_tensor,
-    "asarray": torch.asarray,
-    "from_numpy": torch.from_numpy,
-    "no_grad.__enter__": grad_mode.no_grad.__enter__,
-    "no_grad.__exit__": grad_mode.no_grad.__exit__,
-    "enable_grad.__enter__": grad_mode.enable_grad.__enter__,
-    "set_grad_enabled.__init__": grad_mode.set_grad_enabled.__init__,
-    "set_grad_enabled.__enter__": grad_mode.set_grad_enabled.__enter__,
-    "inference_mode.__enter__": grad_mode.inference_mode.__enter__,
-    "Proxy.__iadd__": getattr(torch.fx.Proxy, "__iadd__", None),
-    "Proxy.__setitem__": getattr(torch.fx.Proxy, "__setitem__", None),
-}
-
 
 def _current_globals() -> dict[str, Any]:
     return {
@@ -57,6 +42,10 @@ def _current_globals() -> dict[str, Any]:
         "Proxy.__iadd__": getattr(torch.fx.Proxy, "__iadd__", None),
         "Proxy.__setitem__": getattr(torch.fx.Proxy, "__setitem__", None),
     }
+
+
+#: taken at import, before any test traces: what every trace must leave behind
+_ORIGINALS = _current_globals()
 
 
 # ----------------------------------------------------------------------------------------------------------------
