@@ -131,7 +131,7 @@ class NodeFacts:
     cause: torch.fx.Node | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ParamFacts:
     name: str
     status: str  # ok | no-grad | zero-grad | unused
@@ -204,6 +204,9 @@ SavedEntry = tuple[tuple[str, ...], dict[str, tuple[str, ...]]]
 _DATA_ROLES = frozenset({"input", "buffer", "constant", "param"})
 #: the horizon of a storage any later write may reach (a writable parameter's)
 _ANY_TIME = sys.maxsize
+#: call targets that read or change grad mode (the faithful tracer keeps them as nodes)
+_GRAD_MODE_TARGETS = frozenset({torch.is_grad_enabled, torch._C._set_grad_enabled, grad_mode._enter_inference_mode,
+                                grad_mode._exit_inference_mode})
 
 
 def _name_edge(name: str) -> Edge | None:
@@ -291,6 +294,8 @@ class _OpTraits:
     #: what the op (not in place) saves, from the tables, and every name it may save
     entry: SavedEntry | None
     may_save: frozenset[str]
+    #: what its in-place form saves
+    inplace_entry: SavedEntry | None
 
 
 _TRAITS: dict[str, _OpTraits] = {}
@@ -304,7 +309,8 @@ def _traits(name: str) -> _OpTraits:
         entry = _table_entry(name, False)
         traits = _TRAITS[name] = _OpTraits(_name_edge(name), _alias_kind(name), name in ops.META_WRITES,
                                            name in ops.NO_DERIVATIVE, before, after, entry,
-                                           _possible_saves(name, entry) if entry is not None else frozenset())
+                                           _possible_saves(name, entry) if entry is not None else frozenset(),
+                                           _table_entry(name, True))
     return traits
 
 
@@ -355,9 +361,15 @@ class _Pass:
         self.mode_stack: list[bool] = []
         self.grad_on = True
         self.last_mut: dict[Root, NodeFacts] = {}
+        #: the index of the latest write (of data or autograd state): a node made at or after it reads as itself
+        self.latest_write = -1
         self.last_data_write: dict[Root, NodeFacts] = {}
         self.pending: dict[Root, list[SavedUse]] = {}
         self.pending_unknown: dict[Root, list[torch.fx.Node]] = {}
+        #: call target -> the custom ``autograd.Function`` behind it, if any
+        self.functions: dict[Any, type | None] = {}
+        #: canonical parameter name -> the nodes that use it, in graph order (module calls, ``get_attr`` s)
+        self.uses: dict[str, list[torch.fx.Node]] = {}
 
     def _walk_modules(self) -> None:
         """One depth-first walk over the module tree, children in order: the modules, and the order and names
@@ -365,38 +377,37 @@ class _Pass:
         from the model shares its submodules, so a qualified name means the same parameter in both. Leaf modules
         get the trainable parameters a call of them uses on the way."""
         stack: list[tuple[str, nn.Module]] = [("", self.model)]
+        pop, push = stack.pop, stack.append
         visited: set[int] = set()
         modules, module_params = self.modules, self.module_param_cache
+        param_names, named_params = self.param_names, self.named_params
         while stack:
-            path, mod = stack.pop()
+            path, mod = pop()
             key = id(mod)
             if key in visited:
                 continue
             visited.add(key)
             modules[path] = mod
             prefix = path + "." if path else ""
-            own = mod._parameters
-            trainable = self._add_params(prefix, own) if own else _NONE
+            trainable: list[str] = _NONE  # type: ignore[assignment]
+            for pname, param in mod._parameters.items():
+                if param is None:
+                    continue
+                name = param_names.get(id(param))
+                if name is None:  # first sight: the name named_parameters() gives it
+                    name = param_names[id(param)] = prefix + pname
+                    named_params.append((name, param))
+                if param.requires_grad:
+                    if not trainable:
+                        trainable = []
+                    trainable.append(name)
             children = mod._modules
             if children:
-                stack += [(prefix + name, child) for name, child in reversed(children.items()) if child is not None]
+                for name, child in reversed(children.items()):
+                    if child is not None:
+                        push((prefix + name, child))
             else:
-                module_params[path] = trainable  # type: ignore[assignment]
-
-    def _add_params(self, prefix: str, params: dict[str, nn.Parameter | None]) -> list[str]:
-        """Register a module's own parameters; returns the canonical names of those that require grad."""
-        param_names = self.param_names
-        trainable: list[str] = []
-        for pname, param in params.items():
-            if param is None:
-                continue
-            name = param_names.get(id(param))
-            if name is None:  # first sight: the name named_parameters() gives it
-                name = param_names[id(param)] = prefix + pname
-                self.named_params.append((name, param))
-            if param.requires_grad:
-                trainable.append(name)
-        return trainable or _NONE  # type: ignore[return-value]
+                module_params[path] = trainable
 
     def _add_param_leaves(self) -> None:
         """The trainable parameters are leaves that require grad (asked for the first time a write reaches one)."""
@@ -426,10 +437,11 @@ class _Pass:
         memory (a view, the base, a ``.detach()`` or ``.data`` alias) is read after it: FXG104.
         """
         nodes, last_mut, last_data_write = self.nodes, self.last_mut, self.last_data_write
+        latest = self.latest_write
         out: list[torch.fx.Node] = []
         for a in args:
             fa = nodes.get(a)
-            if fa is None:
+            if fa is None or fa.index >= latest:  # nothing was written since ``a`` was made
                 out.append(a)
                 continue
             if last_data_write:
@@ -466,6 +478,13 @@ class _Pass:
                 found.append(self.param_names.get(id(p)) or f"{target}.{n}")
         return found or _NONE  # type: ignore[return-value]
 
+    def _use(self, pname: str, node: torch.fx.Node) -> None:
+        used = self.uses.get(pname)
+        if used is None:
+            self.uses[pname] = [node]
+        else:
+            used.append(node)
+
     def _param_root_of(self, qualname: str) -> Root:
         """The root of the parameter at ``qualname`` (asked only where parameters are writable)."""
         root = self.param_roots.get(qualname)
@@ -490,7 +509,8 @@ class _Pass:
             facts[node] = nf
             nf.vroot = nf.croot = nf.sroot = nf.ident = node
             op = node.op
-            if op == "call_function" and self._grad_mode_node(nf):
+            if op == "call_function" and node.target in _GRAD_MODE_TARGETS:
+                self._grad_mode_node(nf)
                 continue
             if op == "placeholder":
                 nf.role = "input"
@@ -553,7 +573,8 @@ class _Pass:
         """May an in-place op at ``index`` or later write into the storage ``root``?"""
         return self.last_write.get(root, -1) >= index
 
-    def _grad_mode_node(self, nf: NodeFacts) -> bool:
+    def _grad_mode_node(self, nf: NodeFacts) -> None:
+        """A node the tracer kept for a grad-mode change (see :data:`_GRAD_MODE_TARGETS`)."""
         node = nf.node
         target = node.target
         if target is torch.is_grad_enabled:
@@ -564,12 +585,9 @@ class _Pass:
         elif target is grad_mode._enter_inference_mode:
             self.mode_stack.append(self.grad_on)
             self.grad_on = self.grad_on and not bool(node.args[0] if node.args else True)
-        elif target is grad_mode._exit_inference_mode:
+        else:  # grad_mode._exit_inference_mode
             self.grad_on = self.mode_stack.pop() if self.mode_stack else True
-        else:
-            return False
         nf.role = "control"
-        return True
 
     def _get_attr(self, nf: NodeFacts) -> None:
         target = str(nf.node.target)
@@ -579,6 +597,7 @@ class _Pass:
             nf.live = value.requires_grad
             root = ("param", self.param_names.get(id(value), target))
             nf.vroot = nf.croot = nf.sroot = root
+            self._use(root[1], nf.node)
             if self.params_writable:
                 self.last_write[root] = _ANY_TIME
         elif isinstance(value, torch.Tensor):
@@ -615,11 +634,21 @@ class _Pass:
         node, view = nf.node, nf.view
         name = view.name
         traits = _TRAITS.get(name) or _traits(name)
-        nodes = self.nodes
         args = node.all_input_nodes
         states = self.states(args, nf) if self.last_mut else args
+        edge = traits.edge
+        if edge is _DIFFERENTIABLE and nf.grad_on and not view.param_writes:
+            writes = view.writes
+            if writes is None and traits.alias is None:
+                self._plain(nf, node, traits, args, states)
+                return
+            if isinstance(writes, Node) and traits.alias != "data" and not traits.meta_write and (
+                    name not in ops.OVERWRITES):
+                self._inplace(nf, node, traits, args, states, writes)
+                return
+        nodes = self.nodes
 
-        diff, cut, value_result, zero = traits.edge or self._edge(nf)
+        diff, cut, value_result, zero = edge or self._edge(nf)
         is_module = node.op == "call_module"
         if not value_result and args and not is_module and _all_values(states, nodes):
             value_result = True
@@ -631,8 +660,8 @@ class _Pass:
         grad_on = nf.grad_on
         live_in: torch.fx.Node | None = None  # a live input whose gradient would flow through this node
         any_live: torch.fx.Node | None = None
-        if write_target is None and grad_on:
-            deps = [(s, diff, zero) for s in states]
+        if grad_on and (write_target is None or name not in ops.OVERWRITES):  # every edge alike
+            deps = [(states[0], diff, zero)] if len(states) == 1 else [(s, diff, zero) for s in states]
             for s in states:
                 sf = nodes.get(s)
                 if sf is not None and sf.live:
@@ -658,12 +687,7 @@ class _Pass:
             if traits.no_derivative:
                 nf.no_derivative = True
         if is_module:
-            module_params = self.module_param_cache.get(node.target)  # type: ignore[arg-type]
-            if module_params is None:
-                module_params = self._module_params(str(node.target))
-            if module_params and self.frozen:
-                module_params = [p for p in module_params if p not in self.frozen]
-            nf.module_params = module_params
+            module_params = self._module_call(nf, node)
             nf.live = grad_on and (live_in is not None or bool(module_params))
             if not grad_on and module_params and nf.cut is None:
                 nf.cut = "no_grad"
@@ -693,7 +717,88 @@ class _Pass:
                 self._record_saved(nf, "inputs", since=nf.index)
             self._write(nf, write_target, states[args.index(write_target)])  # the target is an input
             if records and traits.saves_after_write:
-                self._record_result(nf)
+                self._record_result(nf, traits)
+
+    def _plain(self, nf: NodeFacts, node: torch.fx.Node, traits: _OpTraits, args: list[torch.fx.Node],
+               states: list[torch.fx.Node]) -> None:
+        """:meth:`_op` for most nodes: a differentiable op with grad enabled that writes nothing and is no view."""
+        nodes = self.nodes
+        live_in: torch.fx.Node | None = None
+        for s in states:
+            sf = nodes.get(s)
+            if sf is not None and sf.live:
+                live_in = s
+                break
+        nf.deps = [(states[0], True, False)] if len(states) == 1 else [(s, True, False) for s in states]
+        if node.op == "call_module":
+            module_params = self._module_call(nf, node)
+            nf.live = live_in is not None or bool(module_params)
+        elif args and _all_values(states, nodes):
+            nf.role = "value"
+        elif live_in is not None:
+            nf.live = True
+        if live_in is not None and traits.no_derivative:
+            nf.no_derivative = True
+        if nf.live and self.any_writes and not traits.meta_write:
+            self._defer(nf, args, traits)
+
+    def _inplace(self, nf: NodeFacts, node: torch.fx.Node, traits: _OpTraits, args: list[torch.fx.Node],
+                 states: list[torch.fx.Node], target: torch.fx.Node) -> None:
+        """:meth:`_op` for most writes: a differentiable in-place op with grad enabled that does not overwrite its
+        target completely (``relu_``, ``+=``, ``x[i] = v``)."""
+        nodes = self.nodes
+        live_in: torch.fx.Node | None = None
+        for s in states:
+            sf = nodes.get(s)
+            if sf is not None and sf.live:
+                live_in = s
+                break
+        nf.deps = [(states[0], True, False)] if len(states) == 1 else [(s, True, False) for s in states]
+        value_result = False
+        if node.op == "call_module":
+            module_params = self._module_call(nf, node)
+            nf.live = live_in is not None or bool(module_params)
+        elif args and _all_values(states, nodes):
+            nf.role = "value"
+            value_result = True
+        elif live_in is not None:
+            nf.live = True
+        if live_in is not None:
+            # only ``torch.f(..., out=t)`` is spelled so, and it writes ``t``
+            if nf.view.spelling.endswith("(out=...)"):
+                nf.forward_error = (f"{nf.view.name}(): functions with out=... arguments don't support automatic "
+                                    "differentiation, but one of the arguments requires grad.")
+            if traits.no_derivative:
+                nf.no_derivative = True
+        if args and not value_result:  # an in-place op returns its target: the same tensor
+            base = nodes.get(target) or nodes.get(args[0])
+            if base is not None:
+                nf.vroot, nf.croot, nf.sroot = base.vroot, base.croot, base.sroot
+                nf.is_view, nf.multi_view, nf.ident = base.is_view, base.multi_view, base.ident
+                nf.expanded = base.expanded
+        if traits.saves_before_write:
+            self._record_saved(nf, "inputs", since=nf.index)
+        self._write(nf, target, states[args.index(target)])  # the target is an input
+        if traits.saves_after_write:
+            self._record_result(nf, traits)
+
+    def _module_call(self, nf: NodeFacts, node: torch.fx.Node) -> list[str]:
+        """The trainable parameters a module call uses (frozen ones left out), noted as uses of them."""
+        module_params = self.module_param_cache.get(node.target)  # type: ignore[arg-type]
+        if module_params is None:
+            module_params = self._module_params(str(node.target))
+        if module_params:
+            if self.frozen:
+                module_params = [p for p in module_params if p not in self.frozen]
+            nf.module_params = module_params
+            uses = self.uses
+            for pname in module_params:
+                used = uses.get(pname)
+                if used is None:
+                    uses[pname] = [node]
+                else:
+                    used.append(node)
+        return module_params
 
     def _write_deps(self, nf: NodeFacts, args: list[torch.fx.Node], states: list[torch.fx.Node],
                     write_target: torch.fx.Node | None, diff: bool, zero: bool
@@ -815,11 +920,13 @@ class _Pass:
         sroot = tf.sroot
         if sroot in self.deferred or sroot in self.pending:
             self._settle(nf, sroot, tf.croot)
-        unknown = self.pending_unknown.pop(sroot, None)
-        if unknown is not None:
-            nf.unknown_savers = unknown
+        if self.pending_unknown:
+            unknown = self.pending_unknown.pop(sroot, None)
+            if unknown is not None:
+                nf.unknown_savers = unknown
         self.last_mut[vroot] = nf
         self.last_data_write[sroot] = nf
+        self.latest_write = nf.index
 
     def _settle(self, nf: NodeFacts, sroot: Root, croot: Root) -> None:
         """A data write: tensors saved on this storage before now are overwritten (same version counter) or
@@ -878,6 +985,7 @@ class _Pass:
         else:
             nf.live = False
         self.last_mut[root] = nf
+        self.latest_write = nf.index
 
     def _is_leaf(self, root: Root) -> bool:
         """Is the tensor with this view root a leaf that requires grad?"""
@@ -897,10 +1005,18 @@ class _Pass:
     def _saved_entry(self, nf: NodeFacts, name: str, inplace: bool) -> SavedEntry | None:
         node = nf.node
         if node.op == "call_function":
-            function = getattr(node.target, "__fxgrad_function__", None)
+            function = self._custom_function(node.target)
             if function is not None:
                 return ops.function_saves(function)
         return _table_entry(name, inplace)
+
+    def _custom_function(self, target: Any) -> type | None:
+        """The custom ``autograd.Function`` the tracer kept opaque behind ``target``, if any (cached per target)."""
+        functions = self.functions
+        if target in functions:
+            return functions[target]
+        function = functions[target] = getattr(target, "__fxgrad_function__", None)
+        return function
 
     def _defer(self, nf: NodeFacts, args: list[torch.fx.Node], traits: _OpTraits) -> None:
         """Note that ``nf`` may have saved tensors, under the storages it touches; what exactly it saved is only
@@ -908,7 +1024,10 @@ class _Pass:
         reach a tensor it may save. A storage may be listed twice (a view shares its input's): the second time
         finds the record made."""
         # the table's answer, unless the node is a custom autograd.Function
-        entry = traits.entry if nf.node.op != "call_function" else self._saved_entry(nf, nf.view.name, False)
+        node = nf.node
+        entry = traits.entry
+        if node.op == "call_function" and self._custom_function(node.target) is not None:
+            entry = self._saved_entry(nf, nf.view.name, False)
         if entry is None:
             self._record_saved(nf)  # unknown op: noted at once, cheaply
             return
@@ -999,11 +1118,13 @@ class _Pass:
                 pending.setdefault(orig.sroot, []).append(SavedUse(node, arg_node, arg, orig.croot, orig.sroot,
                                                                    backend))
 
-    def _record_result(self, nf: NodeFacts) -> None:
+    def _record_result(self, nf: NodeFacts, traits: _OpTraits) -> None:
         """After an in-place op wrote: whether it saved its result (``relu_`` does). Of the results only output 0
         is tracked, so no other name matters here."""
-        view = nf.view
-        entry = self._saved_entry(nf, view.name, True)
+        view, node = nf.view, nf.node
+        entry = traits.inplace_entry
+        if node.op == "call_function" and self._custom_function(node.target) is not None:
+            entry = self._saved_entry(nf, view.name, True)
         if entry is None:
             self._note_unknown_saver(nf)
             return
@@ -1018,7 +1139,6 @@ class _Pass:
             if saved and (inp in params or self._requires(args.get(inp), nf)):
                 saves_result = saves_result or "result" in saved
         if saves_result and kept:
-            node = nf.node
             self._save(SavedUse(node, node, "result", nf.croot, nf.sroot, view.name in BACKEND_DEPENDENT))
 
     def _reads_alias_of_target(self, nf: NodeFacts) -> bool:
@@ -1087,31 +1207,26 @@ class _Pass:
     # -- step 3 -------------------------------------------------------------------------------------------------
 
     def parameters(self) -> dict[str, ParamFacts]:
-        uses: dict[str, list[NodeFacts]] = {}
-        written: set[torch.fx.Node] = set()
-        for nf in self.nodes.values():
-            if nf.module_params:  # a module call (a get_attr never has any)
-                for pname in nf.module_params:
-                    uses.setdefault(pname, []).append(nf)
-            elif nf.role == "param" and isinstance(nf.vroot, tuple):
-                uses.setdefault(nf.vroot[1], []).append(nf)
-            if nf.target is not None:
-                written.add(nf.target)
+        """Each trainable parameter's verdict, from the uses the forward pass noted."""
+        nodes, uses = self.nodes, self.uses
+        written: set[torch.fx.Node] | None = None  # (only a parameter not decided by its first use asks)
         out: dict[str, ParamFacts] = {}
         for name, p in self.named_params:  # named_params holds the canonical names
             if not p.requires_grad:
                 continue
-            facts = uses.get(name)
-            if facts is None:
+            used = uses.get(name)
+            if used is None:
                 out[name] = ParamFacts(name, "unused", None, [])
                 continue
-            first = facts[0]
+            first = nodes[used[0]]
             if first.role != "param" and first.reach and first.grad_on and first.reach_nz:
                 # the common case, decided by the first use: a call that gets a non-zero gradient
-                out[name] = ParamFacts(name, "ok", None, [f.node for f in facts])
+                out[name] = ParamFacts(name, "ok", None, used)
                 continue
-            pf = out[name] = ParamFacts(name, "unused", None, [f.node for f in facts])
-            self._verdict(pf, facts, written)
+            if written is None:
+                written = {nf.target for nf in nodes.values() if nf.target is not None}
+            pf = out[name] = ParamFacts(name, "unused", None, used)
+            self._verdict(pf, [nodes[n] for n in used], written)
         return out
 
     def _verdict(self, pf: ParamFacts, facts: list[NodeFacts], written: set[torch.fx.Node]) -> None:

@@ -17,8 +17,8 @@ import inspect
 import operator
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import torch
 import torch.fx
@@ -243,28 +243,65 @@ def _signature_names(fn: Callable[..., Any]) -> tuple[str, ...] | None:
         return None
 
 
-@dataclass(slots=True)
+class _Lazy(Protocol):
+    """Works out, when first asked, what an :class:`OpView` does not need at once."""
+
+    def bind(self, node: torch.fx.Node) -> dict[str, Any]: ...
+
+    def params(self, node: torch.fx.Node) -> dict[str, str]: ...
+
+
 class OpView:
     """One fx node as an op: what fxgrad's tables are keyed by. Read-only by convention: the analysis makes one
-    per node, and a frozen dataclass would cost four times as much to make (``object.__setattr__`` per field)."""
+    per node (a frozen class would cost four times as much to make: ``object.__setattr__`` per field).
 
-    name: str
-    #: the node's arguments by schema name (positional arguments by position).
-    args: dict[str, Any] = field(default_factory=dict)
-    #: the argument the op writes to, when it is in-place.
-    writes: Any = None
-    #: how the source spelled it (``"x.add_()"``, ``"+="``, ``"nn.ReLU(inplace=True)"`` ...).
-    spelling: str = ""
-    #: parameters a ``call_module`` brings: schema name -> qualified parameter name.
-    params: dict[str, str] = field(default_factory=dict)
-    #: True for ``torch.nn`` modules fxgrad knows; unknown leaf modules are opaque.
-    known: bool = True
-    #: qualified names of parameters the op writes in place (``nn.Embedding(max_norm=...)`` renormalises its weight)
-    param_writes: tuple[str, ...] = ()
+    ``args`` and ``params`` are worked out on first use, by ``source``: only nodes whose saved tensors matter ask
+    (an in-place op somewhere after them), and binding every node's arguments by schema name cost more than the
+    rest of its view."""
+
+    __slots__ = ("_args", "_node", "_params", "_source", "known", "name", "param_writes", "spelling", "writes")
+
+    def __init__(self, name: str, args: dict[str, Any] | None = None, writes: Any = None, spelling: str = "",
+                 params: dict[str, str] | None = None, known: bool = True, param_writes: tuple[str, ...] = (),
+                 node: torch.fx.Node | None = None, source: _Lazy | None = None) -> None:
+        self.name = name
+        #: the argument the op writes to, when it is in-place.
+        self.writes = writes
+        #: how the source spelled it (``"x.add_()"``, ``"+="``, ``"nn.ReLU(inplace=True)"`` ...).
+        self.spelling = spelling
+        #: True for ``torch.nn`` modules fxgrad knows; unknown leaf modules are opaque.
+        self.known = known
+        #: qualified names of parameters the op writes in place (``nn.Embedding(max_norm=...)`` renormalises its
+        #: weight)
+        self.param_writes = param_writes
+        self._args = args
+        self._params = params
+        self._node = node
+        self._source = source
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The node's arguments by schema name (positional arguments by position)."""
+        args = self._args
+        if args is None:
+            args = self._args = self._source.bind(self._node) if self._source is not None else {}  # type: ignore[arg-type]
+        return args
+
+    @property
+    def params(self) -> dict[str, str]:
+        """Parameters a ``call_module`` brings: schema name -> qualified parameter name."""
+        params = self._params
+        if params is None:
+            params = self._params = (self._source.params(self._node)  # type: ignore[arg-type]
+                                     if self._source is not None else {})
+        return params
 
     @property
     def inplace(self) -> bool:
         return self.writes is not None
+
+    def __repr__(self) -> str:
+        return f"OpView({self.name!r}, writes={self.writes!r}, spelling={self.spelling!r})"
 
 
 def _bind(names: tuple[str, ...] | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +370,29 @@ class _Template:
     operator: bool = False
     #: the custom ``autograd.Function`` the tracer kept opaque behind this target
     function: type | None = None
+    #: a Python-level function with an ``inplace`` argument: its arguments decide whether it writes
+    inplace_arg: bool = False
+
+    def bind(self, node: torch.fx.Node) -> dict[str, Any]:
+        """The node's arguments by schema name (see :class:`OpView`)."""
+        args, kwargs = node.args, node.kwargs
+        if not self.python:
+            return _bind(self.arg_names, args, _schema_kwargs(self.name, kwargs) if kwargs else {})
+        return self.bind_python(node)[0]
+
+    def bind_python(self, node: torch.fx.Node) -> tuple[dict[str, Any], bool]:
+        """A Python-level function's arguments, and whether ``inplace=True`` makes the call write (the flag is then
+        left out of the arguments, as the op it names is the in-place one)."""
+        bound = _bind_call(node.target, self.name, tuple(node.args), dict(node.kwargs))  # type: ignore[arg-type]
+        if self.name in DROPOUTS and bound.get("training", True) is False:
+            bound.pop("inplace", None)  # a no-op outside training: nothing is written
+        if bound.get("inplace") is True:
+            bound.pop("inplace")
+            return bound, True
+        return bound, False
+
+    def params(self, node: torch.fx.Node) -> dict[str, str]:
+        return {}
 
 
 _TEMPLATES: dict[tuple[str, Any], _Template] = {}
@@ -371,7 +431,8 @@ def _template(op: str, target: Any) -> _Template:
         python = getattr(target, "__code__", None) is not None and _signature_names(target) is not None
         spelling = f"torch.{fname}()" if writes else fname
         t = _Template(name, _schema_arg_names(name), writes, spelling, python)
-    t = replace(t, operator=target in _OPERATORS, function=getattr(target, "__fxgrad_function__", None))
+    t = replace(t, operator=target in _OPERATORS, function=getattr(target, "__fxgrad_function__", None),
+                inplace_arg=t.python and "inplace" in (_signature_names(target) or ()))
     _TEMPLATES[key] = t
     return t
 
@@ -403,71 +464,65 @@ def _module_kind(cls: type) -> _ModuleKind:
     return kind
 
 
-#: what a ``call_module`` target means: (op name, schema name of the first input, spelling, {schema name: qualified
-#: parameter name}, writes its input, a module fxgrad knows, qualified names of parameters it writes)
-_ModuleInfo = tuple[str, "str | None", str, dict[str, str], bool, bool, tuple[str, ...]]
-
-
 class OpViewer:
-    """Normalises nodes to :class:`OpView` s; caches what depends only on the target or the module."""
+    """Normalises nodes to :class:`OpView` s. What depends only on a target or a module class is cached; what a
+    module instance decides (``inplace``, training mode) is read per call, from its plain attributes."""
 
     def __init__(self, modules: dict[str, nn.Module]) -> None:
         self.modules = modules
-        self._modules: dict[str, _ModuleInfo] = {}
         #: target -> its template; one key per target is enough: a method is named by a string, a function is not
         self._templates: dict[Any, _Template] = {}
 
-    def _module(self, target: str) -> _ModuleInfo | None:
-        info = self._modules.get(target)
-        if info is not None:
-            return info
+    def params(self, node: torch.fx.Node) -> dict[str, str]:
+        """The parameters a call of a known module brings (asked by :attr:`OpView.params`)."""
+        target = str(node.target)
+        mod = self.modules[target]
+        entry = _module_kind(type(mod)).entry
+        own = mod._parameters
+        return {schema: f"{target}.{attr}" for schema, attr in (entry[2] if entry else {}).items()
+                if own.get(attr) is not None}
+
+    def bind(self, node: torch.fx.Node) -> dict[str, Any]:
+        """A known module's input, by the schema name of the op it stands for (asked by :attr:`OpView.args`)."""
+        args = node.args
+        entry = _module_kind(type(self.modules[str(node.target)])).entry
+        first = entry[1] if entry else None
+        return {first: args[0]} if args and first else {}
+
+    def _module(self, node: torch.fx.Node) -> OpView:
+        target = str(node.target)
         mod = self.modules.get(target)
         if mod is None:
-            return None
+            return OpView("module", known=False)
         kind = _MODULE_KINDS.get(type(mod)) or _module_kind(type(mod))
         attrs = mod.__dict__  # plain attributes: no nn.Module.__getattr__ round trip
-        inplace = kind.inplace_capable and attrs.get("inplace") is True
-        if inplace and kind.dropout and not mod.training:
-            inplace = False  # F.dropout(training=False) returns its input untouched
-        spelling = kind.spelling_inplace if inplace else kind.spelling
+        args = node.args
+        writes, spelling = None, kind.spelling
+        if kind.inplace_capable and attrs.get("inplace") is True and args and not (kind.dropout and not mod.training):
+            # (F.dropout(training=False) returns its input untouched)
+            writes, spelling = args[0], kind.spelling_inplace
         param_writes: tuple[str, ...] = ()
         if kind.embedding and attrs.get("max_norm") is not None:
             param_writes = (f"{target}.weight",)
-        params: dict[str, str] = {}
-        if kind.entry is None:
-            for n, _ in mod.named_parameters():
-                params[n] = f"{target}.{n}"
-            info = (type(mod).__name__, None, spelling, params, inplace, False, param_writes)
-        else:
-            name, first, param_attrs = kind.entry
-            own = mod._parameters
-            for schema, attr in param_attrs.items():
-                if own.get(attr) is not None:
-                    params[schema] = f"{target}.{attr}"
-            if kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None):
-                name = "batch_norm_eval"
-            info = (name, first, spelling, params, inplace, True, param_writes)
-        self._modules[target] = info
-        return info
+        if kind.entry is None:  # a module fxgrad does not know: opaque, every argument and parameter counts
+            params = {n: f"{target}.{n}" for n, _ in mod.named_parameters()}
+            return OpView(type(mod).__name__, _bind(None, tuple(args), dict(node.kwargs)), writes, spelling, params,
+                          False, param_writes)
+        name = kind.entry[0]
+        if kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None):
+            name = "batch_norm_eval"
+        return OpView(name, None, writes, spelling, None, True, param_writes, node, self)
 
     def __call__(self, node: torch.fx.Node) -> OpView:
         op = node.op
-        args = node.args
         if op == "call_module":
-            info = self._module(str(node.target))
-            if info is None:
-                return OpView("module", known=False)
-            name, first, spelling, params, inplace, known, param_writes = info
-            if not known:
-                bound = _bind(None, tuple(args), dict(node.kwargs))
-            else:
-                bound = {first: args[0]} if args and first else {}
-            return OpView(name, bound, args[0] if inplace and args else None, spelling, params, known, param_writes)
+            return self._module(node)
         if op != "call_method" and op != "call_function":
             return OpView(op)
+        args = node.args
         target = node.target
         if target is getattr:
-            return OpView(f"getattr.{args[1]}", {"self": args[0]}, None, f"x.{args[1]}", {}, True, ())
+            return OpView(f"getattr.{args[1]}", {"self": args[0]}, None, f"x.{args[1]}")
         t = self._templates.get(target)
         if t is None:
             t = self._templates[target] = _template(op, target)
@@ -475,31 +530,27 @@ class OpViewer:
         if t.operator and len(args) == 2 and not isinstance(args[0], torch.fx.Node) and isinstance(
                 args[1], torch.fx.Node):
             # ``2.0 ** h``: Python calls ``h.__rpow__(2.0)``, a different op with a different saved set
-            return OpView(f"r{t.name}", {"other": args[0], "self": args[1]}, None, t.spelling, {}, True, ())
+            return OpView(f"r{t.name}", {"other": args[0], "self": args[1]}, None, t.spelling)
         if t.function is not None:  # a custom autograd.Function, kept opaque by the tracer
             names = (function_saves(t.function) or ((), {}))[0]
-            return OpView(t.name, _bind(names or None, tuple(args), dict(kwargs)), None, t.name, {}, True, ())
+            return OpView(t.name, _bind(names or None, tuple(args), dict(kwargs)), None, t.name)
         if t.name == "einsum" and args and isinstance(args[0], str):
             # torch.einsum(equation, *operands) or torch.einsum(equation, [operands])
             ops_ = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
-            return OpView("einsum", {"equation": args[0], "tensors": list(ops_)}, None, "einsum", {}, True, ())
-        if t.python:
-            bound = _bind_call(target, t.name, tuple(args), dict(kwargs))  # type: ignore[arg-type]
-            if t.name in DROPOUTS and bound.get("training", True) is False:
-                bound.pop("inplace", None)  # a no-op outside training: nothing is written
-            if bound.get("inplace") is True:
-                bound.pop("inplace")
+            return OpView("einsum", {"equation": args[0], "tensors": list(ops_)}, None, "einsum")
+        bound = None  # bound when first asked (see OpView), unless the arguments decide whether the call writes
+        if t.inplace_arg:  # ``F.relu(x, inplace=True)``
+            bound, writes = t.bind_python(node)
+            if writes:
                 py_names = _signature_names(target)  # type: ignore[arg-type]
                 written = args[0] if args else (kwargs.get(py_names[0]) if py_names else None)
-                return OpView(t.name, bound, written, f"F.{t.name}(inplace=True)", {}, True, ())
-        else:
-            bound = _bind(t.arg_names, args, _schema_kwargs(t.name, kwargs) if kwargs else {})
+                return OpView(t.name, bound, written, f"F.{t.name}(inplace=True)")
         if t.writes_first:
-            return OpView(t.name, bound, args[0] if args else None, t.spelling, {}, True, ())
+            return OpView(t.name, bound, args[0] if args else None, t.spelling, None, True, (), node, t)
         out = kwargs.get("out") if kwargs else None
         if isinstance(out, torch.fx.Node):
-            return OpView(t.name, bound, out, f"torch.{t.name}(out=...)", {}, True, ())
-        return OpView(t.name, bound, None, t.spelling, {}, True, ())
+            return OpView(t.name, bound, out, f"torch.{t.name}(out=...)", None, True, (), node, t)
+        return OpView(t.name, bound, None, t.spelling, None, True, (), node, t)
 
 
 _FUNCTION_SAVES: dict[type, tuple[tuple[str, ...], dict[str, tuple[str, ...]]] | None] = {}

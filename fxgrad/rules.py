@@ -15,7 +15,7 @@ import torch.fx
 
 from .capture import node_origin
 from .facts import GraphFacts, NodeFacts, ParamFacts
-from .report import Finding, Related
+from .report import Finding, Related, new_finding
 
 __all__ = [
     "FORWARD_ERRORS",
@@ -39,15 +39,18 @@ class Rule:
     why: str
     fixable: bool = False
     check: Callable[[NodeFacts, GraphFacts], Finding | None] | None = None
+    #: the node fact without which ``check`` has nothing to say: nodes where it is falsy are not shown to it
+    when: str = ""
 
 
 def _finding(rule_code: str, nf: NodeFacts, message: str, *, params: Iterable[str] = (),
              related: tuple[Related, ...] = ()) -> Finding:
     rule = RULES_BY_CODE[rule_code]
     origin = node_origin(nf.node)
-    return Finding(code=rule.code, severity=rule.severity, node=nf.node.name, target=nf.view.spelling or nf.view.name,
-                   message=message, module=origin.module, location=origin.location,
-                   params=tuple(sorted(params)) if params else (), fixable=rule.fixable, related=related)
+    return new_finding(code=rule.code, severity=rule.severity, node=nf.node.name,
+                       target=nf.view.spelling or nf.view.name, message=message, module=origin.module,
+                       location=origin.location, params=tuple(sorted(params)) if params else (),
+                       fixable=rule.fixable, related=related)
 
 
 def _lost(nf: NodeFacts, facts: GraphFacts) -> list[str]:
@@ -230,61 +233,65 @@ def _check_overlap(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
 RULES: tuple[Rule, ...] = (
     Rule("FXG001", "detach", "warning", "`.detach()` / `detach_()` cuts the gradient of a value that depends on "
          "parameters", "Everything upstream of the detached value gets no gradient through this path.",
+         when="cut",
          check=_cut_rule("detach", "FXG001", lambda nf, f: f"`.detach()` cuts the gradient of {_name(nf, f)}.")),
     Rule("FXG002", "data", "warning", "`.data` read on a tensor in the graph",
          "`.data` returns a tensor with no history and its own version counter: gradients stop, and in-place "
          "writes through it are invisible to autograd.",
+         when="cut",
          check=_cut_rule("data", "FXG002", lambda nf, f: f"`.data` of {_name(nf, f)} has no autograd history.")),
     Rule("FXG003", "no-grad", "warning", "op runs with grad disabled (`no_grad`, `set_grad_enabled(False)`, "
          "`inference_mode`)", "Ops run with grad disabled record nothing for backward.",
-         check=_cut_rule("no_grad", "FXG003",
+         when="cut", check=_cut_rule("no_grad", "FXG003",
                          lambda nf, f: f"`{nf.view.spelling or nf.view.name}` runs with grad disabled.")),
     Rule("FXG004", "leaves-autograd", "warning", "value leaves autograd: `.item()`, `.tolist()`, `.numpy()`",
          "Python numbers and NumPy arrays carry no autograd history.",
-         check=_cut_rule("leaves", "FXG004",
+         when="cut", check=_cut_rule("leaves", "FXG004",
                          lambda nf, f: f"`{nf.view.spelling}` turns {_name(nf, f)} into a plain value.")),
     Rule("FXG005", "requires-grad-false", "warning", "`requires_grad_(False)` on a tensor in the graph",
          "On a parameter it freezes it; on an activation that requires grad forward raises.",
-         check=_cut_rule("requires_grad", "FXG005",
+         when="cut", check=_cut_rule("requires_grad", "FXG005",
                          lambda nf, f: f"`requires_grad_(False)` stops gradients of {_name(nf, f)}.")),
     Rule("FXG006", "integer-result", "warning", "op with an integer/bool result: no gradient (`argmax`, "
          "comparisons, `.long()`, `to(int dtype)` …)", "Integer and bool tensors cannot carry gradients.",
-         check=_cut_rule("integer", "FXG006",
+         when="cut", check=_cut_rule("integer", "FXG006",
                          lambda nf, f: f"`{nf.view.spelling}` has an integer/bool result: no gradient flows back to "
                          f"{_name(nf, f)}.")),
     Rule("FXG007", "zero-gradient", "warning", "gradient is zero almost everywhere (`round`, `floor`, `ceil`, "
          "`trunc`, `sign`)", "Autograd returns a gradient, but it is zero: parameters upstream never change.",
-         check=_check_zero),
+         check=_check_zero, when="zero"),
     Rule("FXG008", "rebuilt-tensor", "warning", "tensor rebuilt from values (`torch.tensor`, `from_numpy`, "
          "`new_tensor`)", "The new tensor is a leaf without history.",
-         check=_cut_rule("rebuild", "FXG008",
+         when="cut", check=_cut_rule("rebuild", "FXG008",
                          lambda nf, f: f"`{nf.view.spelling}` builds a new tensor without the history of "
                          f"{_name(nf, f)}.")),
     Rule("FXG009", "no-derivative", "error", "op without a derivative on the gradient path (`//`, `floor_divide`): "
-         "`backward()` raises", "Autograd records the op but cannot differentiate it.", check=_check_no_derivative),
+         "`backward()` raises", "Autograd records the op but cannot differentiate it.",
+         check=_check_no_derivative, when="no_derivative"),
     Rule("FXG010", "autograd-forward-error", "error", "autograd rejects the call in forward: `requires_grad_(False)` "
          "on a non-leaf, in-place on a view returned by `split`/`chunk`/`unbind`, `out=` with inputs that require "
-         "grad", "These raise during forward, before any gradient exists.", check=_check_forward_error),
+         "grad", "These raise during forward, before any gradient exists.",
+         check=_check_forward_error, when="forward_error"),
     Rule("FXG101", "inplace-activation", "warning", "in-place op on an activation (`x.add_()`, `torch.relu_`, "
          "`inplace=True`, in-place modules, `+=`, `x[i] = v`, `out=`)",
          "Legal as long as no op saved the overwritten tensor for backward; fragile under later edits.",
-         fixable=True, check=_check_inplace_activation),
+         fixable=True, check=_check_inplace_activation, when="target"),
     Rule("FXG102", "inplace-saved", "error", "in-place op overwrites a tensor that an earlier op saved for "
          "backward: `backward()` will raise", "Autograd checks the saved tensor's version at backward.",
-         fixable=True, check=_check_overwrites_saved),
+         fixable=True, check=_check_overwrites_saved, when="overwritten"),
     Rule("FXG103", "inplace-leaf", "error", "in-place op on a leaf that requires grad (e.g. a parameter) with grad "
          "enabled: forward raises", "Autograd forbids in-place changes of leaves that require grad.",
-         check=_check_leaf),
+         check=_check_leaf, when="leaf_write"),
     Rule("FXG104", "inplace-alias", "warning", "in-place op on a view or alias of another tensor that is used "
-         "later", "The write is visible through every alias.", check=_check_alias),
+         "later", "The write is visible through every alias.", check=_check_alias, when="alias_read_after"),
     Rule("FXG105", "inplace-input", "warning", "in-place op mutates a graph input (visible to the caller)",
-         "The caller's tensor changes.", check=_check_input),
+         "The caller's tensor changes.", check=_check_input, when="target"),
     Rule("FXG106", "inplace-behind-counter", "error", "in-place write through `.data` into a tensor saved for "
          "backward: silently wrong gradients", "`.data` has its own version counter, so autograd cannot notice.",
-         check=_check_silent),
+         check=_check_silent, when="silently_written"),
     Rule("FXG107", "inplace-overlap", "error", "in-place write into an `expand`ed view (elements share memory): "
          "forward raises", "One memory location stands for several elements; PyTorch refuses to write it.",
-         check=_check_overlap),
+         check=_check_overlap, when="overlap_write"),
     Rule("FXG201", "param-no-grad", "error", "parameter gets no gradient: every path to the output is cut",
          "Its `.grad` stays None and the optimizer never updates it."),
     Rule("FXG202", "param-zero-grad", "warning", "parameter gets only a zero gradient",
@@ -342,13 +349,16 @@ def _family(code: str) -> str:
     return "cut" if code.startswith("FXG0") else "write" if code.startswith("FXG1") else "param"
 
 
-def _check(checks: list[Callable[[NodeFacts, GraphFacts], Finding | None]], nf: NodeFacts, facts: GraphFacts,
-           findings: list[Finding]) -> None:
-    """Run one family's checks on a node, in catalog order."""
-    for check in checks:
-        f = check(nf, facts)
-        if f is not None:
-            findings.append(f)
+Check = Callable[[NodeFacts, GraphFacts], "Finding | None"]
+
+
+def _check(checks: list[tuple[str, Check]], nf: NodeFacts, facts: GraphFacts, findings: list[Finding]) -> None:
+    """Run one family's checks on a node, in catalog order; a check whose fact is not set on the node is skipped."""
+    for when, check in checks:
+        if getattr(nf, when):
+            f = check(nf, facts)
+            if f is not None:
+                findings.append(f)
 
 
 def run_rules(facts: GraphFacts) -> list[Finding]:
@@ -358,8 +368,8 @@ def run_rules(facts: GraphFacts) -> list[Finding]:
     its facts say it cuts, zeroes or raises (FXG0xx) or writes (FXG1xx), so the pass costs little more than a
     walk over the nodes.
     """
-    cut_rules = [r.check for r in RULES if r.check is not None and _family(r.code) == "cut"]
-    write_rules = [r.check for r in RULES if r.check is not None and _family(r.code) == "write"]
+    cut_rules = [(r.when, r.check) for r in RULES if r.check is not None and _family(r.code) == "cut"]
+    write_rules = [(r.when, r.check) for r in RULES if r.check is not None and _family(r.code) == "write"]
     findings: list[Finding] = []
     # Findings are small acyclic objects: cyclic GC runs would only rescan the graph's many live objects (on a
     # 40,000-node graph they nearly tripled the cost of this pass). Reference counting still frees everything.
