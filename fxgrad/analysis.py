@@ -26,6 +26,7 @@ from torch import nn
 from .capture import node_origin, trace
 from .errors import AnalysisError, FxgradError, InputError
 from .facts import GraphFacts, compute_facts
+from .gcpause import gc_paused
 from .report import Finding, ParamStatus, Report
 from .rules import RULES_BY_CODE, run_rules, select_codes
 from .suppress import is_suppressed
@@ -109,20 +110,29 @@ def analyze(
     name = type(model).__name__
     with preserved(model):
         gm = trace(model, concrete_args, tracer=tracer, leaf_modules=leaf_modules)
-        try:
-            facts = compute_facts(gm, model=model)
-            findings = run_rules(facts)
-        except FxgradError:
-            raise
-        except Exception as e:  # an fxgrad bug: say which node, keep the cause
-            raise AnalysisError(f"fxgrad failed while analysing {name}: {type(e).__name__}: {e}") from e
-        params = _param_status(facts)
-        report = Report(model=name, findings=findings, params=params)
-        if example_inputs is not None and dryrun:
-            from .dryrun import prove  # the dry-run pulls in torch's dispatch machinery; only load it when asked for
-
-            prove(report, gm, facts, example_inputs, mode="real" if dryrun == "real" else "meta")
+        # One pause of cyclic GC from the facts to the report, and the facts dropped before it ends: the collector
+        # never walks the per-node records (see fxgrad.gcpause).
+        with gc_paused():
+            report = _analyse(gm, model, name, example_inputs, dryrun)
     return _filter(report, enabled)
+
+
+def _analyse(gm: torch.fx.GraphModule, model: nn.Module, name: str, example_inputs: Any, dryrun: str | bool
+             ) -> Report:
+    """Steps 3-4 of :func:`analyze`: the report of a traced model (its facts are freed when this returns)."""
+    try:
+        facts = compute_facts(gm, model=model)
+        findings = run_rules(facts)
+    except FxgradError:
+        raise
+    except Exception as e:  # an fxgrad bug: say which node, keep the cause
+        raise AnalysisError(f"fxgrad failed while analysing {name}: {type(e).__name__}: {e}") from e
+    report = Report(model=name, findings=findings, params=_param_status(facts))
+    if example_inputs is not None and dryrun:
+        from .dryrun import prove  # the dry-run pulls in torch's dispatch machinery; only load it when asked for
+
+        prove(report, gm, facts, example_inputs, mode="real" if dryrun == "real" else "meta")
+    return report
 
 
 def _filter(report: Report, enabled: set[str]) -> Report:

@@ -37,7 +37,6 @@ accelerator are given, so the verdict is the one for the inputs' device, and the
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import re
 from collections.abc import Iterator
@@ -52,6 +51,7 @@ from torch.utils import _pytree as pytree
 from .capture import node_origin
 from .errors import InputError
 from .facts import GraphFacts, ParamFacts
+from .gcpause import gc_paused
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .metarun import MetaMode, meta_twin
 from .report import Finding, ParamStatus, Related, Report
@@ -463,17 +463,12 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
     grad_was = torch.is_grad_enabled()
     # The run makes many small acyclic objects (records, autograd wrappers) and keeps most alive until it ends:
     # cyclic GC passes would only rescan them, which made the per-node cost grow with the size of the graph.
-    # Reference counting still frees everything; the collector is back on when the run ends.
-    gc_was = gc.isenabled()
-    gc.disable()
     try:
         torch._C._set_grad_enabled(True)
-        with mode:
+        with gc_paused(), mode:
             out = runner.run(*run_args)
     finally:
         torch._C._set_grad_enabled(grad_was)
-        if gc_was:
-            gc.enable()
     result.forward_errors = runner.forward_errors
 
     # Step 4: what backward will reach from the outputs, and what it will find when it unpacks.

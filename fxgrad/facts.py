@@ -38,7 +38,6 @@ depends only on an op's name, a call target or a module is worked out once (:cla
 from __future__ import annotations
 
 import functools
-import gc
 import sys
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from torch.fx import Node
 
 from . import ops
 from ._saved_table import BACKEND_DEPENDENT, SAVED
+from .gcpause import gc_paused
 from .ops import OpView
 
 __all__ = ["GraphFacts", "NodeFacts", "ParamFacts", "SavedUse", "compute_facts"]
@@ -635,7 +635,14 @@ class _Pass:
         name = view.name
         traits = _TRAITS.get(name) or _traits(name)
         args = node.all_input_nodes
-        states = self.states(args, nf) if self.last_mut else args
+        states = args
+        if self.last_mut:  # some write ran: an input made before the latest one may read as a later state
+            nodes, latest = self.nodes, self.latest_write
+            for a in args:
+                fa = nodes.get(a)
+                if fa is not None and fa.index < latest:
+                    states = self.states(args, nf)
+                    break
         edge = traits.edge
         if edge is _DIFFERENTIABLE and nf.grad_on and not view.param_writes:
             writes = view.writes
@@ -1034,10 +1041,19 @@ class _Pass:
         if nf.view.writes is not None:  # writes something that is no node (rare): recorded as the in-place form
             entry = self._saved_entry(nf, nf.view.name, True) or entry
         may_save = traits.may_save if entry is traits.entry else _possible_saves(nf.view.name, entry)
+        if not may_save:
+            return  # saves nothing (``add``): nobody would ask
+        # Could a later write land in a tensor it may have saved: its result, a parameter, an input? If not,
+        # nobody would ask either.
         after = nf.index + 1
-        if not may_save or not self._may_save_written(nf, args, may_save, after):
-            return  # saves nothing (``add``), or nothing a later write could reach: nobody would ask
-        sroot, nodes = nf.sroot, self.nodes
+        sroot, nodes, last = nf.sroot, self.nodes, self.last_write
+        if not (("result" in may_save and last.get(sroot, -1) >= after) or (self.params_writable and nf.view.params)):
+            for a in args:
+                af = nodes.get(a)
+                if af is not None and last.get(af.sroot, -1) >= after:
+                    break
+            else:
+                return
         keys = [sroot] if self._written_from(sroot, after) else []
         for a in args:
             af = nodes.get(a)
@@ -1047,22 +1063,6 @@ class _Pass:
             keys += [self._param_root_of(qualname) for qualname in nf.view.params.values()]
         for key in keys:
             self.deferred.setdefault(key, []).append(nf)
-
-    def _may_save_written(self, nf: NodeFacts, args: list[torch.fx.Node], may_save: frozenset[str],
-                          index: int) -> bool:
-        """Could a write at ``index`` or later land in a tensor ``nf`` may have saved: its result, a parameter, an
-        input?"""
-        last = self.last_write  # (see _written_from)
-        if "result" in may_save and last.get(nf.sroot, -1) >= index:
-            return True
-        if self.params_writable and nf.view.params:
-            return True
-        nodes = self.nodes
-        for a in args:
-            af = nodes.get(a)
-            if af is not None and last.get(af.sroot, -1) >= index:
-                return True
-        return False
 
     def _record_saved(self, nf: NodeFacts, phase: str = "all",
                       at: dict[torch.fx.Node, torch.fx.Node] | None = None, since: int = 0) -> None:
@@ -1277,17 +1277,9 @@ class _Pass:
 def compute_facts(gm: torch.fx.GraphModule, *, inputs_require_grad: frozenset[str] = frozenset(),
                   model: nn.Module | None = None) -> GraphFacts:
     """Run the passes over ``gm`` (which is only read); ``model`` is the module it was traced from."""
-    p = _Pass(gm, inputs_require_grad, model)
-    # The passes allocate a few small objects per node and free none of them: cyclic GC runs would only rescan
-    # them (a third of the time on large graphs). Reference counting still frees everything.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():  # (see fxgrad.gcpause)
+        p = _Pass(gm, inputs_require_grad, model)
         p.forward()
         p.backward()
-        params = p.parameters()
-    finally:
-        if was_enabled:
-            gc.enable()
-    return GraphFacts(gm, p.nodes, params, p.param_names)
+        return GraphFacts(gm, p.nodes, p.parameters(), p.param_names)
 
