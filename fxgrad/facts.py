@@ -634,7 +634,7 @@ class _Pass:
         node, view = nf.node, nf.view
         name = view.name
         traits = _TRAITS.get(name) or _traits(name)
-        args = node.all_input_nodes
+        args = list(node._input_nodes)  # what ``node.all_input_nodes`` returns, without the property call
         states = args
         if self.last_mut:  # some write ran: an input made before the latest one may read as a later state
             nodes, latest = self.nodes, self.latest_write

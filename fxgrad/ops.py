@@ -496,18 +496,17 @@ class OpViewer:
             return OpView("module", known=False)
         kind = _MODULE_KINDS.get(type(mod)) or _module_kind(type(mod))
         attrs = mod.__dict__  # plain attributes: no nn.Module.__getattr__ round trip
-        args = node.args
         writes, spelling = None, kind.spelling
-        if kind.inplace_capable and attrs.get("inplace") is True and args and not (kind.dropout and not mod.training):
-            # (F.dropout(training=False) returns its input untouched)
-            writes, spelling = args[0], kind.spelling_inplace
+        if kind.inplace_capable and attrs.get("inplace") is True and node.args and not (
+                kind.dropout and not mod.training):  # (F.dropout(training=False) returns its input untouched)
+            writes, spelling = node.args[0], kind.spelling_inplace
         param_writes: tuple[str, ...] = ()
         if kind.embedding and attrs.get("max_norm") is not None:
             param_writes = (f"{target}.weight",)
         if kind.entry is None:  # a module fxgrad does not know: opaque, every argument and parameter counts
             params = {n: f"{target}.{n}" for n, _ in mod.named_parameters()}
-            return OpView(type(mod).__name__, _bind(None, tuple(args), dict(node.kwargs)), writes, spelling, params,
-                          False, param_writes)
+            return OpView(type(mod).__name__, _bind(None, tuple(node.args), dict(node.kwargs)), writes, spelling,
+                          params, False, param_writes)
         name = kind.entry[0]
         if kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None):
             name = "batch_norm_eval"

@@ -47,10 +47,8 @@ def _finding(rule_code: str, nf: NodeFacts, message: str, *, params: Iterable[st
              related: tuple[Related, ...] = ()) -> Finding:
     rule = RULES_BY_CODE[rule_code]
     origin = node_origin(nf.node)
-    return new_finding(code=rule.code, severity=rule.severity, node=nf.node.name,
-                       target=nf.view.spelling or nf.view.name, message=message, module=origin.module,
-                       location=origin.location, params=tuple(sorted(params)) if params else (),
-                       fixable=rule.fixable, related=related)
+    return new_finding(rule.code, rule.severity, nf.node.name, nf.view.spelling or nf.view.name, message,
+                       origin.module, origin.location, tuple(sorted(params)) if params else (), rule.fixable, related)
 
 
 def _lost(nf: NodeFacts, facts: GraphFacts) -> list[str]:
