@@ -275,7 +275,8 @@ def analysis_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any
     return {
         "method": "median wall time over interleaved rounds (see runs); batch 2; ratio = median / median of the "
                   "baseline measured in the same interleaved call. 'static analysis' is compute_facts + "
-                  "run_rules on an already traced graph, in one pause of cyclic GC as fxgrad.analyze runs them; 'dry-run' is fxgrad.dryrun.run_dryrun (meta tensors) on "
+                  "run_rules on an already traced graph, in one pause of cyclic GC as fxgrad.analyze runs them; "
+                  "'dry-run' is fxgrad.dryrun.run_dryrun (meta tensors) on "
                   "an already traced and analysed graph; 'fix (no verification)' is fxgrad.fix(model, "
                   "only='all', verify=False): trace + static analysis + rewrite. torch.export keeps in-place "
                   "ops until run_decompositions({}), so the alternative timed is export + run_decompositions "

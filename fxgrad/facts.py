@@ -330,7 +330,8 @@ class _Pass:
         #: the user's model: a GraphModule only keeps the submodules its graph uses, the report needs them all
         self.model = model if model is not None else gm
         self.modules: dict[str, nn.Module] = {}
-        self.named_params: list[tuple[str, nn.Parameter]] = []
+        #: canonical names of the parameters that require grad, in ``named_parameters()`` order
+        self.trainable: list[str] = []
         #: parameter object id -> the name ``named_parameters()`` gives (tied weights share one name)
         self.param_names: dict[int, str] = {}
         #: qualified name -> the root of the parameter there (on demand: only writes into parameters ask)
@@ -380,7 +381,7 @@ class _Pass:
         pop, push = stack.pop, stack.append
         visited: set[int] = set()
         modules, module_params = self.modules, self.module_param_cache
-        param_names, named_params = self.param_names, self.named_params
+        param_names, all_trainable = self.param_names, self.trainable
         while stack:
             path, mod = pop()
             key = id(mod)
@@ -388,20 +389,22 @@ class _Pass:
                 continue
             visited.add(key)
             modules[path] = mod
+            own, children = mod._parameters, mod._modules
             prefix = path + "." if path else ""
             trainable: list[str] = _NONE  # type: ignore[assignment]
-            for pname, param in mod._parameters.items():
-                if param is None:
-                    continue
-                name = param_names.get(id(param))
-                if name is None:  # first sight: the name named_parameters() gives it
-                    name = param_names[id(param)] = prefix + pname
-                    named_params.append((name, param))
-                if param.requires_grad:
-                    if not trainable:
-                        trainable = []
-                    trainable.append(name)
-            children = mod._modules
+            if own:
+                for pname, param in own.items():
+                    if param is None:
+                        continue
+                    name = param_names.get(id(param))
+                    if name is None:  # first sight: the name named_parameters() gives it
+                        name = param_names[id(param)] = prefix + pname
+                        if param.requires_grad:
+                            all_trainable.append(name)
+                    if param.requires_grad:
+                        if not trainable:
+                            trainable = []
+                        trainable.append(name)
             if children:
                 for name, child in reversed(children.items()):
                     if child is not None:
@@ -413,7 +416,7 @@ class _Pass:
         """The trainable parameters are leaves that require grad (asked for the first time a write reaches one)."""
         if not self._param_leaves_added:
             self._param_leaves_added = True
-            self.leaf_roots.update(("param", name) for name, p in self.named_params if p.requires_grad)
+            self.leaf_roots.update(("param", name) for name in self.trainable)
 
     @property
     def buffer_ids(self) -> set[int]:
@@ -634,7 +637,7 @@ class _Pass:
         node, view = nf.node, nf.view
         name = view.name
         traits = _TRAITS.get(name) or _traits(name)
-        args = list(node._input_nodes)  # what ``node.all_input_nodes`` returns, without the property call
+        args = node.all_input_nodes
         states = args
         if self.last_mut:  # some write ran: an input made before the latest one may read as a later state
             nodes, latest = self.nodes, self.latest_write
@@ -1047,7 +1050,8 @@ class _Pass:
         # nobody would ask either.
         after = nf.index + 1
         sroot, nodes, last = nf.sroot, self.nodes, self.last_write
-        if not (("result" in may_save and last.get(sroot, -1) >= after) or (self.params_writable and nf.view.params)):
+        if not (("result" in may_save and last.get(sroot, -1) >= after)
+                or (self.params_writable and nf.view.params_of(nf.node))):
             for a in args:
                 af = nodes.get(a)
                 if af is not None and last.get(af.sroot, -1) >= after:
@@ -1060,7 +1064,7 @@ class _Pass:
             if af is not None and af.sroot is not sroot and self._written_from(af.sroot, after):
                 keys.append(af.sroot)
         if self.params_writable:
-            keys += [self._param_root_of(qualname) for qualname in nf.view.params.values()]
+            keys += [self._param_root_of(qualname) for qualname in nf.view.params_of(nf.node).values()]
         for key in keys:
             self.deferred.setdefault(key, []).append(nf)
 
@@ -1079,9 +1083,9 @@ class _Pass:
             if phase != "inputs":
                 self._note_unknown_saver(nf)
             return
-        params, args = view.params, view.args
+        params, args = view.params_of(nf.node), view.args_of(nf.node)
         names: set[str] = set()
-        for inp, saved in self._per_input(view, entry).items():
+        for inp, saved in self._per_input(nf, entry, args).items():
             if saved and (inp in params or self._requires(args.get(inp), nf, at)):
                 names.update(saved)
         if inplace:
@@ -1132,9 +1136,9 @@ class _Pass:
         # (an op with a single input reads only its target)
         if not kept and (len(nf.deps) == 1 or not self._reads_alias_of_target(nf)):
             return  # nobody would read the record, and the reads below would note nothing new
-        params, args = view.params, view.args
+        params, args = view.params_of(nf.node), view.args_of(nf.node)
         saves_result = False
-        for inp, saved in self._per_input(view, entry).items():
+        for inp, saved in self._per_input(nf, entry, args).items():
             # every input that needs grad is asked, as a full record would: reading it may note an alias (FXG104)
             if saved and (inp in params or self._requires(args.get(inp), nf)):
                 saves_result = saves_result or "result" in saved
@@ -1156,10 +1160,10 @@ class _Pass:
         return False
 
     @staticmethod
-    def _per_input(view: OpView, entry: SavedEntry) -> dict[str, tuple[str, ...]]:
+    def _per_input(nf: NodeFacts, entry: SavedEntry, args: dict[str, Any]) -> dict[str, tuple[str, ...]]:
         """For each input, what the op saves when that input needs grad (``h ** 2`` saves less than ``h ** e``)."""
-        override = ops.SCALAR_OVERLOADS.get(view.name)
-        if override is not None and not isinstance(view.args.get(override[0]), Node):
+        override = ops.SCALAR_OVERLOADS.get(nf.view.name)
+        if override is not None and not isinstance(args.get(override[0]), Node):
             return override[1]
         return entry[1]
 
@@ -1211,9 +1215,7 @@ class _Pass:
         nodes, uses = self.nodes, self.uses
         written: set[torch.fx.Node] | None = None  # (only a parameter not decided by its first use asks)
         out: dict[str, ParamFacts] = {}
-        for name, p in self.named_params:  # named_params holds the canonical names
-            if not p.requires_grad:
-                continue
+        for name in self.trainable:
             used = uses.get(name)
             if used is None:
                 out[name] = ParamFacts(name, "unused", None, [])

@@ -25,9 +25,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from ._saved_table import BACKEND_DEPENDENT, SAVED
+from ._saved_table import SAVED
 
-__all__ = ["INPLACE_MODULE_TYPES", "OpView", "op_view", "saved_args"]
+__all__ = ["INPLACE_MODULE_TYPES", "OpView", "OpViewer", "op_view"]
 
 # --------------------------------------------------------------------------------------------------------------
 # Source-level spellings.
@@ -252,18 +252,18 @@ class _Lazy(Protocol):
 
 
 class OpView:
-    """One fx node as an op: what fxgrad's tables are keyed by. Read-only by convention: the analysis makes one
-    per node (a frozen class would cost four times as much to make: ``object.__setattr__`` per field).
+    """One fx node as an op: what fxgrad's tables are keyed by. Read-only: nodes of the same kind share one view
+    (every call of ``torch.relu``, every ``nn.Conv2d`` not in place), so most nodes cost no view of their own.
 
-    ``args`` and ``params`` are worked out on first use, by ``source``: only nodes whose saved tensors matter ask
-    (an in-place op somewhere after them), and binding every node's arguments by schema name cost more than the
-    rest of its view."""
+    What differs from node to node, the arguments by schema name and a module's parameters, is worked out when
+    asked (:meth:`args_of`, :meth:`params_of`): only nodes whose saved tensors matter ask (an in-place op somewhere
+    after them), and binding every node's arguments cost more than the rest of its view."""
 
-    __slots__ = ("_args", "_node", "_params", "_source", "known", "name", "param_writes", "spelling", "writes")
+    __slots__ = ("_args", "_params", "_source", "known", "name", "param_writes", "spelling", "writes")
 
     def __init__(self, name: str, args: dict[str, Any] | None = None, writes: Any = None, spelling: str = "",
                  params: dict[str, str] | None = None, known: bool = True, param_writes: tuple[str, ...] = (),
-                 node: torch.fx.Node | None = None, source: _Lazy | None = None) -> None:
+                 source: _Lazy | None = None) -> None:
         self.name = name
         #: the argument the op writes to, when it is in-place.
         self.writes = writes
@@ -276,25 +276,19 @@ class OpView:
         self.param_writes = param_writes
         self._args = args
         self._params = params
-        self._node = node
         self._source = source
 
-    @property
-    def args(self) -> dict[str, Any]:
+    def args_of(self, node: torch.fx.Node) -> dict[str, Any]:
         """The node's arguments by schema name (positional arguments by position)."""
-        args = self._args
-        if args is None:
-            args = self._args = self._source.bind(self._node) if self._source is not None else {}  # type: ignore[arg-type]
-        return args
+        if self._args is not None:
+            return self._args
+        return self._source.bind(node) if self._source is not None else {}
 
-    @property
-    def params(self) -> dict[str, str]:
+    def params_of(self, node: torch.fx.Node) -> dict[str, str]:
         """Parameters a ``call_module`` brings: schema name -> qualified parameter name."""
-        params = self._params
-        if params is None:
-            params = self._params = (self._source.params(self._node)  # type: ignore[arg-type]
-                                     if self._source is not None else {})
-        return params
+        if self._params is not None:
+            return self._params
+        return self._source.params(node) if self._source is not None else {}
 
     @property
     def inplace(self) -> bool:
@@ -372,6 +366,8 @@ class _Template:
     function: type | None = None
     #: a Python-level function with an ``inplace`` argument: its arguments decide whether it writes
     inplace_arg: bool = False
+    #: its calls share one view unless they write through ``out=``: nothing else in their arguments matters
+    plain: bool = False
 
     def bind(self, node: torch.fx.Node) -> dict[str, Any]:
         """The node's arguments by schema name (see :class:`OpView`)."""
@@ -433,6 +429,8 @@ def _template(op: str, target: Any) -> _Template:
         t = _Template(name, _schema_arg_names(name), writes, spelling, python)
     t = replace(t, operator=target in _OPERATORS, function=getattr(target, "__fxgrad_function__", None),
                 inplace_arg=t.python and "inplace" in (_signature_names(target) or ()))
+    t = replace(t, plain=not (t.operator or t.function is not None or t.name == "einsum" or t.inplace_arg
+                              or t.writes_first))
     _TEMPLATES[key] = t
     return t
 
@@ -465,16 +463,20 @@ def _module_kind(cls: type) -> _ModuleKind:
 
 
 class OpViewer:
-    """Normalises nodes to :class:`OpView` s. What depends only on a target or a module class is cached; what a
-    module instance decides (``inplace``, training mode) is read per call, from its plain attributes."""
+    """Normalises nodes to :class:`OpView` s. What depends only on a target or a module class is cached, shared
+    views included; what a module instance decides (``inplace``, training mode) is read per call, from its plain
+    attributes."""
 
     def __init__(self, modules: dict[str, nn.Module]) -> None:
         self.modules = modules
-        #: target -> its template; one key per target is enough: a method is named by a string, a function is not
-        self._templates: dict[Any, _Template] = {}
+        #: target -> its template and the view its calls share when they write nothing; one key per target is
+        #: enough: a method is named by a string, a function is not
+        self._templates: dict[Any, tuple[_Template, OpView]] = {}
+        #: (module class, op name) -> the view its calls share when they write nothing
+        self._module_views: dict[tuple[type, str], OpView] = {}
 
     def params(self, node: torch.fx.Node) -> dict[str, str]:
-        """The parameters a call of a known module brings (asked by :attr:`OpView.params`)."""
+        """The parameters a call of a known module brings (asked by :meth:`OpView.params_of`)."""
         target = str(node.target)
         mod = self.modules[target]
         entry = _module_kind(type(mod)).entry
@@ -483,7 +485,7 @@ class OpViewer:
                 if own.get(attr) is not None}
 
     def bind(self, node: torch.fx.Node) -> dict[str, Any]:
-        """A known module's input, by the schema name of the op it stands for (asked by :attr:`OpView.args`)."""
+        """A known module's input, by the schema name of the op it stands for (asked by :meth:`OpView.args_of`)."""
         args = node.args
         entry = _module_kind(type(self.modules[str(node.target)])).entry
         first = entry[1] if entry else None
@@ -494,7 +496,8 @@ class OpViewer:
         mod = self.modules.get(target)
         if mod is None:
             return OpView("module", known=False)
-        kind = _MODULE_KINDS.get(type(mod)) or _module_kind(type(mod))
+        cls = type(mod)
+        kind = _MODULE_KINDS.get(cls) or _module_kind(cls)
         attrs = mod.__dict__  # plain attributes: no nn.Module.__getattr__ round trip
         writes, spelling = None, kind.spelling
         if kind.inplace_capable and attrs.get("inplace") is True and node.args and not (
@@ -505,12 +508,17 @@ class OpViewer:
             param_writes = (f"{target}.weight",)
         if kind.entry is None:  # a module fxgrad does not know: opaque, every argument and parameter counts
             params = {n: f"{target}.{n}" for n, _ in mod.named_parameters()}
-            return OpView(type(mod).__name__, _bind(None, tuple(node.args), dict(node.kwargs)), writes, spelling,
+            return OpView(cls.__name__, _bind(None, tuple(node.args), dict(node.kwargs)), writes, spelling,
                           params, False, param_writes)
         name = kind.entry[0]
         if kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None):
             name = "batch_norm_eval"
-        return OpView(name, None, writes, spelling, None, True, param_writes, node, self)
+        if writes is not None or param_writes:
+            return OpView(name, None, writes, spelling, None, True, param_writes, self)
+        shared = self._module_views.get((cls, name))
+        if shared is None:
+            shared = self._module_views[(cls, name)] = OpView(name, None, None, spelling, None, True, (), self)
+        return shared
 
     def __call__(self, node: torch.fx.Node) -> OpView:
         op = node.op
@@ -518,14 +526,24 @@ class OpViewer:
             return self._module(node)
         if op != "call_method" and op != "call_function":
             return OpView(op)
-        args = node.args
         target = node.target
-        if target is getattr:
-            return OpView(f"getattr.{args[1]}", {"self": args[0]}, None, f"x.{args[1]}")
-        t = self._templates.get(target)
-        if t is None:
-            t = self._templates[target] = _template(op, target)
-        kwargs = node.kwargs
+        cached = self._templates.get(target)
+        if cached is None:
+            if target is getattr:
+                args = node.args
+                return OpView(f"getattr.{args[1]}", {"self": args[0]}, None, f"x.{args[1]}")
+            t = _template(op, target)
+            cached = self._templates[target] = (t, OpView(t.name, None, None, t.spelling, None, True, (), t))
+        t, shared = cached
+        if t.plain:
+            kwargs = node.kwargs
+            if not kwargs or not isinstance(kwargs.get("out"), torch.fx.Node):
+                return shared
+        return self._call(node, t, shared)
+
+    def _call(self, node: torch.fx.Node, t: _Template, shared: OpView) -> OpView:
+        """A call whose arguments decide its view (see :attr:`_Template.plain`)."""
+        args, kwargs, target = node.args, node.kwargs, node.target
         if t.operator and len(args) == 2 and not isinstance(args[0], torch.fx.Node) and isinstance(
                 args[1], torch.fx.Node):
             # ``2.0 ** h``: Python calls ``h.__rpow__(2.0)``, a different op with a different saved set
@@ -537,7 +555,7 @@ class OpViewer:
             # torch.einsum(equation, *operands) or torch.einsum(equation, [operands])
             ops_ = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
             return OpView("einsum", {"equation": args[0], "tensors": list(ops_)}, None, "einsum")
-        bound = None  # bound when first asked (see OpView), unless the arguments decide whether the call writes
+        bound = None  # bound when asked (see OpView), unless the arguments decide whether the call writes
         if t.inplace_arg:  # ``F.relu(x, inplace=True)``
             bound, writes = t.bind_python(node)
             if writes:
@@ -545,11 +563,11 @@ class OpViewer:
                 written = args[0] if args else (kwargs.get(py_names[0]) if py_names else None)
                 return OpView(t.name, bound, written, f"F.{t.name}(inplace=True)")
         if t.writes_first:
-            return OpView(t.name, bound, args[0] if args else None, t.spelling, None, True, (), node, t)
+            return OpView(t.name, bound, args[0] if args else None, t.spelling, None, True, (), t)
         out = kwargs.get("out") if kwargs else None
         if isinstance(out, torch.fx.Node):
-            return OpView(t.name, bound, out, f"torch.{t.name}(out=...)", None, True, (), node, t)
-        return OpView(t.name, bound, None, t.spelling, None, True, (), node, t)
+            return OpView(t.name, bound, out, f"torch.{t.name}(out=...)", None, True, (), t)
+        return shared if bound is None else OpView(t.name, bound, None, t.spelling, None, True, (), t)
 
 
 _FUNCTION_SAVES: dict[type, tuple[tuple[str, ...], dict[str, tuple[str, ...]]] | None] = {}
@@ -593,11 +611,6 @@ _FUNCTIONAL: frozenset[Callable[..., Any]] = frozenset(
 )
 
 
-def first_tensor_arg(view: OpView) -> Any:
-    """The argument the op is "about": the self/input of a method or function."""
-    return next(iter(view.args.values()), None)
-
-
 def is_integer_cast(node: torch.fx.Node, view: OpView) -> bool:
     """``x.long()``, ``x.to(torch.int64)``, ``x.type(torch.bool)``: results that carry no gradient."""
     if view.name in CASTS:
@@ -608,24 +621,3 @@ def is_integer_cast(node: torch.fx.Node, view: OpView) -> bool:
 
 def multi_output_view(name: str) -> bool:
     return name in _MULTI_OUTPUT_VIEWS
-
-
-def saved_args(view: OpView, requires_grad: Callable[[str], bool]) -> tuple[set[str], bool] | None:
-    """Schema names of the arguments (and ``"result"``) the op saves for backward, given which inputs need grad.
-
-    Returns ``None`` when fxgrad has no table entry for the op. The flag says whether the answer depends on the
-    backend (cuDNN vs CPU kernels, fused attention): the dry-run with real inputs decides those.
-    """
-    name = view.name
-    if name.endswith("_") and name[:-1] in SAVED and name not in SAVED:
-        name = name[:-1]
-    entry = SAVED.get(name)
-    if entry is None:
-        return None
-    _, per_input = entry
-    saved: set[str] = set()
-    for inp, names in per_input.items():
-        if requires_grad(inp):
-            saved.update(names)
-    return saved, name in BACKEND_DEPENDENT
-

@@ -351,15 +351,7 @@ Check = Callable[[NodeFacts, GraphFacts], "Finding | None"]
 #: the node checks of each family, with the fact that must be set for each to have something to say
 _CUT_RULES: list[tuple[str, Check]] = [(r.when, r.check) for r in RULES if r.check and _family(r.code) == "cut"]
 _WRITE_RULES: list[tuple[str, Check]] = [(r.when, r.check) for r in RULES if r.check and _family(r.code) == "write"]
-
-
-def _check(checks: list[tuple[str, Check]], nf: NodeFacts, facts: GraphFacts, findings: list[Finding]) -> None:
-    """Run one family's checks on a node, in catalog order; a check whose fact is not set on the node is skipped."""
-    for when, check in checks:
-        if getattr(nf, when):
-            f = check(nf, facts)
-            if f is not None:
-                findings.append(f)
+_ALL_RULES = _CUT_RULES + _WRITE_RULES
 
 
 def run_rules(facts: GraphFacts) -> list[Finding]:
@@ -372,10 +364,18 @@ def run_rules(facts: GraphFacts) -> list[Finding]:
     with gc_paused():  # (see fxgrad.gcpause)
         findings: list[Finding] = []
         for nf in facts:
+            checks = None
             if nf.cut is not None or nf.zero or nf.no_derivative or nf.forward_error:
-                _check(_CUT_RULES, nf, facts, findings)
+                checks = _CUT_RULES
             if nf.target is not None or nf.overwritten or nf.silently_written:
-                _check(_WRITE_RULES, nf, facts, findings)
+                checks = _ALL_RULES if checks else _WRITE_RULES
+            if checks:
+                # each family's checks in catalog order; a check whose fact is not set on the node is skipped
+                for when, check in checks:
+                    if getattr(nf, when):
+                        f = check(nf, facts)
+                        if f is not None:
+                            findings.append(f)
         findings.extend(param_findings(facts))
         return without_counterfactuals(findings)
 
