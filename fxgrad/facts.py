@@ -342,9 +342,9 @@ class _Pass:
         self._param_leaves_added = False
         #: call_module target -> the trainable parameters a call uses (leaf modules: filled by the walk)
         self.module_param_cache: dict[str, list[str]] = {}
+        self.viewer = ops.OpViewer(self.modules)
         self._walk_modules()
         self._buffer_ids: set[int] | None = None
-        self.viewer = ops.OpViewer(self.modules)
         self.inputs_require_grad = inputs_require_grad
         self.nodes: dict[torch.fx.Node, NodeFacts] = {}
         #: storage root -> nodes that may have saved a tensor of it
@@ -382,6 +382,7 @@ class _Pass:
         visited: set[int] = set()
         modules, module_params = self.modules, self.module_param_cache
         param_names, all_trainable = self.param_names, self.trainable
+        module_kind = self.viewer.module_kind  # decided while the module is at hand (see OpViewer.module_kind)
         while stack:
             path, mod = pop()
             key = id(mod)
@@ -411,6 +412,7 @@ class _Pass:
                         push((prefix + name, child))
             else:
                 module_params[path] = trainable
+                module_kind(path, mod)
 
     def _add_param_leaves(self) -> None:
         """The trainable parameters are leaves that require grad (asked for the first time a write reaches one)."""

@@ -472,8 +472,10 @@ class OpViewer:
         #: target -> its template and the view its calls share when they write nothing; one key per target is
         #: enough: a method is named by a string, a function is not
         self._templates: dict[Any, tuple[_Template, OpView]] = {}
-        #: (module class, op name) -> the view its calls share when they write nothing
-        self._module_views: dict[tuple[type, str], OpView] = {}
+        #: (module class, a batch norm in eval mode) -> the view its calls share when they write nothing
+        self._module_views: dict[tuple[type, bool], OpView] = {}
+        #: module target -> what its calls are (see :meth:`module_kind`)
+        self._decided: dict[str, tuple[OpView, str | None]] = {}
 
     def params(self, node: torch.fx.Node) -> dict[str, str]:
         """The parameters a call of a known module brings (asked by :meth:`OpView.params_of`)."""
@@ -491,34 +493,62 @@ class OpViewer:
         first = entry[1] if entry else None
         return {first: args[0]} if args and first else {}
 
-    def _module(self, node: torch.fx.Node) -> OpView:
-        target = str(node.target)
-        mod = self.modules.get(target)
-        if mod is None:
-            return OpView("module", known=False)
+    def module_kind(self, target: str, mod: nn.Module) -> tuple[OpView, str | None] | None:
+        """What a call of the known module ``mod`` at ``target`` is: the view its calls share, and the spelling of
+        its in-place form if the module writes its input. ``None`` for a module fxgrad does not know or one that
+        writes a parameter (their views depend on the call). The facts' module walk asks this of each leaf module
+        while it holds it (see :meth:`_module`), and the answer is kept."""
         cls = type(mod)
         kind = _MODULE_KINDS.get(cls) or _module_kind(cls)
         attrs = mod.__dict__  # plain attributes: no nn.Module.__getattr__ round trip
+        if kind.entry is None or (kind.embedding and attrs.get("max_norm") is not None):
+            return None
+        eval_norm = kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None)
+        shared = self._module_views.get((cls, eval_norm))
+        if shared is None:
+            name = "batch_norm_eval" if eval_norm else kind.entry[0]
+            shared = self._module_views[(cls, eval_norm)] = OpView(name, None, None, kind.spelling, None, True, (),
+                                                                   self)
+        inplace = kind.inplace_capable and attrs.get("inplace") is True and not (kind.dropout and not mod.training)
+        # (F.dropout(training=False) returns its input untouched)
+        decided = self._decided[target] = (shared, kind.spelling_inplace if inplace else None)
+        return decided
+
+    def _module(self, node: torch.fx.Node) -> OpView:
+        target = str(node.target)
+        decided = self._decided.get(target)
+        if decided is None:
+            mod = self.modules.get(target)
+            if mod is None:
+                return OpView("module", known=False)
+            decided = self.module_kind(target, mod)
+            if decided is None:
+                return self._other_module(node, target, mod)
+        shared, inplace_spelling = decided
+        if inplace_spelling is not None and node.args:
+            return OpView(shared.name, None, node.args[0], inplace_spelling, None, True, (), self)
+        return shared
+
+    def _other_module(self, node: torch.fx.Node, target: str, mod: nn.Module) -> OpView:
+        """A module fxgrad does not know (opaque: every argument and parameter counts), or one that writes its own
+        parameter (``nn.Embedding(max_norm=...)``)."""
+        kind = _MODULE_KINDS.get(type(mod)) or _module_kind(type(mod))
+        attrs = mod.__dict__
         writes, spelling = None, kind.spelling
         if kind.inplace_capable and attrs.get("inplace") is True and node.args and not (
-                kind.dropout and not mod.training):  # (F.dropout(training=False) returns its input untouched)
+                kind.dropout and not mod.training):
             writes, spelling = node.args[0], kind.spelling_inplace
         param_writes: tuple[str, ...] = ()
         if kind.embedding and attrs.get("max_norm") is not None:
             param_writes = (f"{target}.weight",)
-        if kind.entry is None:  # a module fxgrad does not know: opaque, every argument and parameter counts
+        if kind.entry is None:
             params = {n: f"{target}.{n}" for n, _ in mod.named_parameters()}
-            return OpView(cls.__name__, _bind(None, tuple(node.args), dict(node.kwargs)), writes, spelling,
+            return OpView(type(mod).__name__, _bind(None, tuple(node.args), dict(node.kwargs)), writes, spelling,
                           params, False, param_writes)
         name = kind.entry[0]
         if kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None):
             name = "batch_norm_eval"
-        if writes is not None or param_writes:
-            return OpView(name, None, writes, spelling, None, True, param_writes, self)
-        shared = self._module_views.get((cls, name))
-        if shared is None:
-            shared = self._module_views[(cls, name)] = OpView(name, None, None, spelling, None, True, (), self)
-        return shared
+        return OpView(name, None, writes, spelling, None, True, param_writes, self)
 
     def __call__(self, node: torch.fx.Node) -> OpView:
         op = node.op
