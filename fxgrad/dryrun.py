@@ -40,7 +40,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -586,7 +586,7 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
     kept = [f for f in report.findings if f.code not in ("FXG009", "FXG010", "FXG101", "FXG102", "FXG103", "FXG104",
                                                          "FXG106", "FXG107", "FXG201", "FXG202", "FXG203")]
     # FXG104: the static alias is proved when the two tensors really share a storage (reshape may copy).
-    kept += [replace(f, verdict="dry-run") for f in report.findings
+    kept += [f._replace(verdict="dry-run") for f in report.findings
              if f.code == "FXG104" and any(n.name == f.node for n in result.aliased_writes)]
     new: list[Finding] = []
     conflicted: set[torch.fx.Node] = set()
@@ -673,7 +673,7 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
         warning = inplace_warning(nf, proved=True) if nf.grad_on else next(
             (f for f in report.findings if f.code == "FXG101" and f.node == nf.node.name), None)
         if warning is not None:
-            new.append(replace(warning, verdict="dry-run", backend_dependent=nf.node.name in backend_names))
+            new.append(warning._replace(verdict="dry-run", backend_dependent=nf.node.name in backend_names))
 
     if result.forward_errors:
         kept = [f for f in kept if not (f.code == "FXG104" and any(n.name == f.node for n in result.forward_errors))]
@@ -701,7 +701,7 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
     from .rules import param_findings
 
     for f in param_findings(proved):
-        new.append(replace(f, verdict="dry-run"))
+        new.append(f._replace(verdict="dry-run"))
     statuses: dict[str, ParamStatus] = {}
     for name, ps in report.params.items():
         proved_pf = params.get(name)

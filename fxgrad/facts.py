@@ -118,12 +118,10 @@ class NodeFacts:
     alias_read_after: bool = False
     #: the first alias of the written tensor read after the write (what makes FXG104 true)
     alias_seen: torch.fx.Node | None = None
-    is_view_target: bool = False
     # The lists below are a shared empty tuple until a node needs its own (most never do: no per-node allocation).
     overwritten: list[SavedUse] = _NONE  # type: ignore[assignment]  # version bumped: backward raises
     silently_written: list[SavedUse] = _NONE  # type: ignore[assignment]  # storage written behind the counter
     unknown_savers: list[torch.fx.Node] = _NONE  # type: ignore[assignment]
-    module_params: list[str] = _NONE  # type: ignore[assignment]  # trainable params a call_module uses
     # backward pass
     reach: bool = False
     reach_nz: bool = False
@@ -802,7 +800,6 @@ class _Pass:
         if module_params:
             if self.frozen:
                 module_params = [p for p in module_params if p not in self.frozen]
-            nf.module_params = module_params
             uses = self.uses
             for pname in module_params:
                 used = uses.get(pname)
@@ -918,7 +915,6 @@ class _Pass:
             root_f = nodes.get(vroot)
             if root_f is not None and root_f.role in _DATA_ROLES:
                 nf.target_role = root_f.role
-        nf.is_view_target = tf.is_view
         if tf.expanded:
             nf.overlap_write = True
         elif nf.view.name in ops.RESIZES and nf.target_live:

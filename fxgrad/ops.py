@@ -553,6 +553,9 @@ class OpViewer:
     def __call__(self, node: torch.fx.Node) -> OpView:
         op = node.op
         if op == "call_module":
+            decided = self._decided.get(node.target)  # type: ignore[arg-type]
+            if decided is not None and decided[1] is None:  # (most calls: a known module that writes nothing)
+                return decided[0]
             return self._module(node)
         if op != "call_method" and op != "call_function":
             return OpView(op)

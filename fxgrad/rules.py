@@ -15,7 +15,7 @@ import torch.fx
 from .capture import node_origin
 from .facts import GraphFacts, NodeFacts, ParamFacts
 from .gcpause import gc_paused
-from .report import Finding, Related, new_finding
+from .report import Finding, Related
 
 __all__ = [
     "FORWARD_ERRORS",
@@ -47,8 +47,8 @@ def _finding(rule_code: str, nf: NodeFacts, message: str, *, params: Iterable[st
              related: tuple[Related, ...] = ()) -> Finding:
     rule = RULES_BY_CODE[rule_code]
     origin = node_origin(nf.node)
-    return new_finding(rule.code, rule.severity, nf.node.name, nf.view.spelling or nf.view.name, message,
-                       origin.module, origin.location, tuple(sorted(params)) if params else (), rule.fixable, related)
+    return Finding(rule.code, rule.severity, nf.node.name, nf.view.spelling or nf.view.name, message, origin.module,
+                   origin.location, tuple(sorted(params)) if params else (), rule.fixable, "static", False, related)
 
 
 def _lost(nf: NodeFacts, facts: GraphFacts) -> list[str]:

@@ -347,21 +347,22 @@ def test_bare_suppression_comment_silences_every_code_on_its_line() -> None:
     assert report.params["a.weight"].status == "no-grad"  # the verdict stays true
 
 
-def test_the_rules_fast_finding_is_an_ordinary_finding() -> None:
-    """The rules build findings without the frozen dataclass's ``__init__`` (fxgrad.report.new_finding): the object
-    must be the one ``Finding(...)`` makes, field for field, and a field added to Finding must be added there too."""
-    import dataclasses
-
+def test_findings_are_immutable_records() -> None:
+    """A Finding is a named tuple (the rules make thousands): immutable, hashable, comparable by value, and its
+    dict form has every field."""
     from fxgrad.capture import SourceLocation
-    from fxgrad.report import Finding, Related, new_finding
+    from fxgrad.report import Finding, Related
 
     loc = SourceLocation("m.py", 3, "forward", "h.relu_()")
     related = (Related("saved by", "sigmoid", loc),)
-    fast = new_finding("FXG102", "error", "relu_", "x.relu_()", "msg", "blocks.0", loc, ("w",), True, related)
-    slow = Finding(code="FXG102", severity="error", node="relu_", target="x.relu_()", message="msg",
-                   module="blocks.0", location=loc, params=("w",), fixable=True, related=related)
-    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
-    assert fast.to_dict() == slow.to_dict()
-    assert set(vars(fast)) == {f.name for f in dataclasses.fields(Finding)}
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        fast.code = "FXG101"  # type: ignore[misc]
+    a = Finding("FXG102", "error", "relu_", "x.relu_()", "msg", "blocks.0", loc, ("w",), True, related=related)
+    b = Finding(code="FXG102", severity="error", node="relu_", target="x.relu_()", message="msg", module="blocks.0",
+                location=loc, params=("w",), fixable=True, related=related)
+    assert a == b and hash(a) == hash(b) and a.verdict == "static" and a.where == "m.py:3"
+    assert set(a.to_dict()) == set(Finding._fields)
+    assert a.to_dict()["related"] == [{"role": "saved by", "node": "sigmoid", "location": {
+        "file": "m.py", "line": 3, "function": "forward", "code": "h.relu_()"}}]
+    proved = a._replace(verdict="dry-run")
+    assert proved.verdict == "dry-run" and a.verdict == "static"
+    with pytest.raises(AttributeError):
+        a.code = "FXG101"  # type: ignore[misc]
