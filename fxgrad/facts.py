@@ -634,31 +634,59 @@ class _Pass:
         return _DIFFERENTIABLE
 
     def _op(self, nf: NodeFacts) -> None:
+        """An op node. Most are plain: a differentiable op, run with grad enabled, that writes nothing and makes no
+        view; they are handled here, in-place ops of the same kind by :meth:`_inplace`, the rest by
+        :meth:`_general`."""
         node, view = nf.node, nf.view
         name = view.name
         traits = _TRAITS.get(name) or _traits(name)
         args = node.all_input_nodes
+        nodes = self.nodes
         states = args
         if self.last_mut:  # some write ran: an input made before the latest one may read as a later state
-            nodes, latest = self.nodes, self.latest_write
+            latest = self.latest_write
             for a in args:
                 fa = nodes.get(a)
                 if fa is not None and fa.index < latest:
                     states = self.states(args, nf)
                     break
-        edge = traits.edge
-        if edge is _DIFFERENTIABLE and nf.grad_on and not view.param_writes:
-            writes = view.writes
-            if writes is None and traits.alias is None:
-                self._plain(nf, node, traits, args, states)
-                return
+        writes = view.writes
+        if traits.edge is not _DIFFERENTIABLE or not nf.grad_on or view.param_writes or (
+                writes is None and traits.alias is not None):
+            self._general(nf, node, view, traits, args, states)
+            return
+        if writes is not None:
             if isinstance(writes, Node) and traits.alias != "data" and not traits.meta_write and (
                     name not in ops.OVERWRITES):
                 self._inplace(nf, node, traits, args, states, writes)
-                return
-        nodes = self.nodes
+            else:
+                self._general(nf, node, view, traits, args, states)
+            return
+        live_in: torch.fx.Node | None = None
+        for s in states:
+            sf = nodes.get(s)
+            if sf is not None and sf.live:
+                live_in = s
+                break
+        nf.deps = [(states[0], True, False)] if len(states) == 1 else [(s, True, False) for s in states]
+        if node.op == "call_module":
+            module_params = self._module_call(nf, node)
+            nf.live = live_in is not None or bool(module_params)
+        elif args and _all_values(states, nodes):
+            nf.role = "value"
+        elif live_in is not None:
+            nf.live = True
+        if live_in is not None and traits.no_derivative:
+            nf.no_derivative = True
+        if nf.live and self.any_writes and not traits.meta_write:
+            self._defer(nf, args, traits)
 
-        diff, cut, value_result, zero = edge or self._edge(nf)
+    def _general(self, nf: NodeFacts, node: torch.fx.Node, view: OpView, traits: _OpTraits,
+                 args: list[torch.fx.Node], states: list[torch.fx.Node]) -> None:
+        """:meth:`_op` for the other ops: cuts, views, writes of autograd state, ops under no_grad."""
+        name = view.name
+        nodes = self.nodes
+        diff, cut, value_result, zero = traits.edge or self._edge(nf)
         is_module = node.op == "call_module"
         if not value_result and args and not is_module and _all_values(states, nodes):
             value_result = True
@@ -728,29 +756,6 @@ class _Pass:
             self._write(nf, write_target, states[args.index(write_target)])  # the target is an input
             if records and traits.saves_after_write:
                 self._record_result(nf, traits)
-
-    def _plain(self, nf: NodeFacts, node: torch.fx.Node, traits: _OpTraits, args: list[torch.fx.Node],
-               states: list[torch.fx.Node]) -> None:
-        """:meth:`_op` for most nodes: a differentiable op with grad enabled that writes nothing and is no view."""
-        nodes = self.nodes
-        live_in: torch.fx.Node | None = None
-        for s in states:
-            sf = nodes.get(s)
-            if sf is not None and sf.live:
-                live_in = s
-                break
-        nf.deps = [(states[0], True, False)] if len(states) == 1 else [(s, True, False) for s in states]
-        if node.op == "call_module":
-            module_params = self._module_call(nf, node)
-            nf.live = live_in is not None or bool(module_params)
-        elif args and _all_values(states, nodes):
-            nf.role = "value"
-        elif live_in is not None:
-            nf.live = True
-        if live_in is not None and traits.no_derivative:
-            nf.no_derivative = True
-        if nf.live and self.any_writes and not traits.meta_write:
-            self._defer(nf, args, traits)
 
     def _inplace(self, nf: NodeFacts, node: torch.fx.Node, traits: _OpTraits, args: list[torch.fx.Node],
                  states: list[torch.fx.Node], target: torch.fx.Node) -> None:
