@@ -476,6 +476,8 @@ class OpViewer:
         self._module_views: dict[tuple[type, bool], OpView] = {}
         #: module target -> what its calls are (see :meth:`module_kind`)
         self._decided: dict[str, tuple[OpView, str | None]] = {}
+        #: module class -> what its calls are, for classes where the instance does not matter
+        self._by_class: dict[type, tuple[OpView, str | None]] = {}
 
     def params(self, node: torch.fx.Node) -> dict[str, str]:
         """The parameters a call of a known module brings (asked by :meth:`OpView.params_of`)."""
@@ -499,6 +501,10 @@ class OpViewer:
         writes a parameter (their views depend on the call). The facts' module walk asks this of each leaf module
         while it holds it (see :meth:`_module`), and the answer is kept."""
         cls = type(mod)
+        decided = self._by_class.get(cls)
+        if decided is not None:  # a class whose calls never depend on the instance (``nn.Linear``, ``nn.Conv2d``)
+            self._decided[target] = decided
+            return decided
         kind = _MODULE_KINDS.get(cls) or _module_kind(cls)
         attrs = mod.__dict__  # plain attributes: no nn.Module.__getattr__ round trip
         if kind.entry is None or (kind.embedding and attrs.get("max_norm") is not None):
@@ -512,6 +518,8 @@ class OpViewer:
         inplace = kind.inplace_capable and attrs.get("inplace") is True and not (kind.dropout and not mod.training)
         # (F.dropout(training=False) returns its input untouched)
         decided = self._decided[target] = (shared, kind.spelling_inplace if inplace else None)
+        if not (kind.inplace_capable or kind.batch_norm or kind.embedding or kind.dropout):
+            self._by_class[cls] = decided
         return decided
 
     def _module(self, node: torch.fx.Node) -> OpView:
