@@ -97,14 +97,16 @@ class NodeFacts:
     forward_error: str | None = None
     #: for in-place ops: the node written to, and what its write does
     target: torch.fx.Node | None = None
-    # The lists below are a shared empty tuple until a node needs its own (most never do: no per-node allocation).
+    # The savers' lists (and ``unknown_savers``) are a shared empty tuple until a node needs its own (most never
+    # do: no per-node allocation).
     overwritten: list[SavedUse] = _NONE  # type: ignore[assignment]  # version bumped: backward raises
     silently_written: list[SavedUse] = _NONE  # type: ignore[assignment]  # storage written behind the counter
-    # backward pass
+    # set by the backward pass
     reach: bool = False
     reach_nz: bool = False
     data_reach: bool = False
     cause: torch.fx.Node | None = None
+    # aliasing (see the module docstring)
     vroot: Root = None
     croot: Root = None
     sroot: Root = None
@@ -393,18 +395,19 @@ class _Pass:
             visited.add(key)
             modules[path] = mod
             own, children = mod._parameters, mod._modules
-            prefix = path + "." if path else ""
+            prefix = (path + "." if path else "") if own or children else ""
             trainable: list[str] = _NONE  # type: ignore[assignment]
             if own:
                 for pname, param in own.items():
                     if param is None:
                         continue
-                    name = param_names.get(id(param))
+                    key, trains = id(param), param.requires_grad
+                    name = param_names.get(key)
                     if name is None:  # first sight: the name named_parameters() gives it
-                        name = param_names[id(param)] = prefix + pname
-                        if param.requires_grad:
+                        name = param_names[key] = prefix + pname
+                        if trains:
                             all_trainable.append(name)
-                    if param.requires_grad:
+                    if trains:
                         if not trainable:
                             trainable = []
                         trainable.append(name)

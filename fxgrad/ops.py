@@ -462,6 +462,16 @@ def _module_kind(cls: type) -> _ModuleKind:
     return kind
 
 
+def _instance(kind: _ModuleKind, mod: nn.Module) -> tuple[bool, bool]:
+    """What a module instance decides, from its plain attributes (no ``nn.Module.__getattr__`` round trip): whether
+    a call writes its input (``inplace=True``; a dropout only while training: ``F.dropout(training=False)`` returns
+    its input untouched), and whether it is a batch norm that uses its running statistics (eval mode)."""
+    attrs = mod.__dict__
+    inplace = kind.inplace_capable and attrs.get("inplace") is True and not (kind.dropout and not mod.training)
+    eval_norm = kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None)
+    return inplace, eval_norm
+
+
 class OpViewer:
     """Normalises nodes to :class:`OpView` s. What depends only on a target or a module class is cached, shared
     views included; what a module instance decides (``inplace``, training mode) is read per call, from its plain
@@ -506,17 +516,14 @@ class OpViewer:
             self._decided[target] = decided
             return decided
         kind = _MODULE_KINDS.get(cls) or _module_kind(cls)
-        attrs = mod.__dict__  # plain attributes: no nn.Module.__getattr__ round trip
-        if kind.entry is None or (kind.embedding and attrs.get("max_norm") is not None):
+        if kind.entry is None or (kind.embedding and mod.__dict__.get("max_norm") is not None):
             return None
-        eval_norm = kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None)
+        inplace, eval_norm = _instance(kind, mod)
         shared = self._module_views.get((cls, eval_norm))
         if shared is None:
             name = "batch_norm_eval" if eval_norm else kind.entry[0]
             shared = self._module_views[(cls, eval_norm)] = OpView(name, None, None, kind.spelling, None, True, (),
                                                                    self)
-        inplace = kind.inplace_capable and attrs.get("inplace") is True and not (kind.dropout and not mod.training)
-        # (F.dropout(training=False) returns its input untouched)
         decided = self._decided[target] = (shared, kind.spelling_inplace if inplace else None)
         if not (kind.inplace_capable or kind.batch_norm or kind.embedding or kind.dropout):
             self._by_class[cls] = decided
@@ -541,22 +548,19 @@ class OpViewer:
         """A module fxgrad does not know (opaque: every argument and parameter counts), or one that writes its own
         parameter (``nn.Embedding(max_norm=...)``)."""
         kind = _MODULE_KINDS.get(type(mod)) or _module_kind(type(mod))
-        attrs = mod.__dict__
+        inplace, eval_norm = _instance(kind, mod)
         writes, spelling = None, kind.spelling
-        if kind.inplace_capable and attrs.get("inplace") is True and node.args and not (
-                kind.dropout and not mod.training):
+        if inplace and node.args:
             writes, spelling = node.args[0], kind.spelling_inplace
         param_writes: tuple[str, ...] = ()
-        if kind.embedding and attrs.get("max_norm") is not None:
+        if kind.embedding and mod.__dict__.get("max_norm") is not None:
             param_writes = (f"{target}.weight",)
         if kind.entry is None:
             params = {n: f"{target}.{n}" for n, _ in mod.named_parameters()}
             return OpView(type(mod).__name__, _bind(None, tuple(node.args), dict(node.kwargs)), writes, spelling,
                           params, False, param_writes)
-        name = kind.entry[0]
-        if kind.batch_norm and not (mod.training or mod._buffers.get("running_mean") is None):
-            name = "batch_norm_eval"
-        return OpView(name, None, writes, spelling, None, True, param_writes, self)
+        return OpView("batch_norm_eval" if eval_norm else kind.entry[0], None, writes, spelling, None, True,
+                      param_writes, self)
 
     def __call__(self, node: torch.fx.Node) -> OpView:
         op = node.op
