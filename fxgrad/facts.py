@@ -334,8 +334,8 @@ class _Pass:
         #: the user's model: a GraphModule only keeps the submodules its graph uses, the report needs them all
         self.model = model if model is not None else gm
         self.modules: dict[str, nn.Module] = {}
-        #: canonical names of the parameters that require grad, in ``named_parameters()`` order
-        self.trainable: list[str] = []
+        #: the parameters that require grad, in ``named_parameters()`` order: canonical name and its uses
+        self.trainable: list[tuple[str, list[torch.fx.Node]]] = []
         #: parameter object id -> the name ``named_parameters()`` gives (tied weights share one name)
         self.param_names: dict[int, str] = {}
         #: qualified name -> the root of the parameter there (on demand: only writes into parameters ask)
@@ -344,9 +344,14 @@ class _Pass:
         #: Those of parameters are added when a write first reaches a parameter (most graphs never write one).
         self.leaf_roots: set[Root] = set()
         self._param_leaves_added = False
-        #: call_module target -> the trainable parameters a call uses (leaf modules: filled by the walk)
-        self.module_param_cache: dict[str, list[str]] = {}
+        #: call_module target -> the trainable parameters a call uses, with their uses (leaf modules: filled by the
+        #: walk)
+        self.module_param_cache: dict[str, list[tuple[str, list[torch.fx.Node]]]] = {}
         self.viewer = ops.OpViewer(self.modules)
+        #: canonical parameter name -> the nodes that use it, in graph order (module calls, ``get_attr`` s). The
+        #: walk makes the list of each trainable parameter and hands it to the modules that own it, so noting a use
+        #: is an append, with no lookup.
+        self.uses: dict[str, list[torch.fx.Node]] = {}
         self._walk_modules()
         self._buffer_ids: set[int] | None = None
         self.inputs_require_grad = inputs_require_grad
@@ -373,8 +378,6 @@ class _Pass:
         self.pending_unknown: dict[Root, list[torch.fx.Node]] = {}
         #: call target -> the custom ``autograd.Function`` behind it, if any
         self.functions: dict[Any, type | None] = {}
-        #: canonical parameter name -> the nodes that use it, in graph order (module calls, ``get_attr`` s)
-        self.uses: dict[str, list[torch.fx.Node]] = {}
 
     def _walk_modules(self) -> None:
         """One depth-first walk over the module tree, children in order: the modules, and the order and names
@@ -385,18 +388,19 @@ class _Pass:
         pop, push = stack.pop, stack.append
         visited: set[int] = set()
         modules, module_params = self.modules, self.module_param_cache
-        param_names, all_trainable = self.param_names, self.trainable
+        param_names, all_trainable, uses = self.param_names, self.trainable, self.uses
         module_kind = self.viewer.module_kind  # decided while the module is at hand (see OpViewer.module_kind)
         while stack:
             path, mod = pop()
-            key = id(mod)
-            if key in visited:
-                continue
-            visited.add(key)
-            modules[path] = mod
             own, children = mod._parameters, mod._modules
+            if children:  # a container met again (shared, or a cycle) is walked once; a shared leaf is harmless
+                key = id(mod)
+                if key in visited:
+                    continue
+                visited.add(key)
+            modules[path] = mod
             prefix = (path + "." if path else "") if own or children else ""
-            trainable: list[str] = _NONE  # type: ignore[assignment]
+            trainable: list[tuple[str, list[torch.fx.Node]]] = _NONE  # type: ignore[assignment]
             if own:
                 for pname, param in own.items():
                     if param is None:
@@ -406,11 +410,14 @@ class _Pass:
                     if name is None:  # first sight: the name named_parameters() gives it
                         name = param_names[key] = prefix + pname
                         if trains:
-                            all_trainable.append(name)
+                            entry = (name, uses.setdefault(name, []))
+                            all_trainable.append(entry)
+                    elif trains:  # a tied parameter, seen again under another module
+                        entry = (name, uses.setdefault(name, []))
                     if trains:
                         if not trainable:
                             trainable = []
-                        trainable.append(name)
+                        trainable.append(entry)
             if children:
                 for name, child in reversed(children.items()):
                     if child is not None:
@@ -423,7 +430,7 @@ class _Pass:
         """The trainable parameters are leaves that require grad (asked for the first time a write reaches one)."""
         if not self._param_leaves_added:
             self._param_leaves_added = True
-            self.leaf_roots.update(("param", name) for name in self.trainable)
+            self.leaf_roots.update(("param", name) for name, _ in self.trainable)
 
     @property
     def buffer_ids(self) -> set[int]:
@@ -468,7 +475,7 @@ class _Pass:
             out.append(a if m is None or m.index <= fa.index else m.node)
         return out
 
-    def _module_params(self, target: str) -> list[str]:
+    def _module_params(self, target: str) -> list[tuple[str, list[torch.fx.Node]]]:
         """Trainable parameters a leaf module uses, by their canonical names (cached: modules repeat). Shared by
         the nodes that call the module, and read only."""
         cached = self.module_param_cache.get(target)
@@ -476,24 +483,21 @@ class _Pass:
             cached = self.module_param_cache[target] = self._trainable_params(target)
         return cached
 
-    def _trainable_params(self, target: str) -> list[str]:
+    def _trainable_params(self, target: str) -> list[tuple[str, list[torch.fx.Node]]]:
         """For a module the walk did not see as a leaf (it has children, or it is not the model's)."""
         mod = self.modules.get(target)
         if mod is None:
             return _NONE  # type: ignore[return-value]
-        found: list[str] = []
+        found: list[tuple[str, list[torch.fx.Node]]] = []
         named = mod._parameters.items() if not mod._modules else mod.named_parameters()
         for n, p in named:
             if p is not None and p.requires_grad:
-                found.append(self.param_names.get(id(p)) or f"{target}.{n}")
+                name = self.param_names.get(id(p)) or f"{target}.{n}"
+                found.append((name, self.uses.setdefault(name, [])))
         return found or _NONE  # type: ignore[return-value]
 
     def _use(self, pname: str, node: torch.fx.Node) -> None:
-        used = self.uses.get(pname)
-        if used is None:
-            self.uses[pname] = [node]
-        else:
-            used.append(node)
+        self.uses.setdefault(pname, []).append(node)
 
     def _param_root_of(self, qualname: str) -> Root:
         """The root of the parameter at ``qualname`` (asked only where parameters are writable)."""
@@ -804,21 +808,16 @@ class _Pass:
         if traits.saves_after_write:
             self._record_result(nf, traits)
 
-    def _module_call(self, nf: NodeFacts, node: torch.fx.Node) -> list[str]:
+    def _module_call(self, nf: NodeFacts, node: torch.fx.Node) -> list[tuple[str, list[torch.fx.Node]]]:
         """The trainable parameters a module call uses (frozen ones left out), noted as uses of them."""
         module_params = self.module_param_cache.get(node.target)  # type: ignore[arg-type]
         if module_params is None:
             module_params = self._module_params(str(node.target))
         if module_params:
             if self.frozen:
-                module_params = [p for p in module_params if p not in self.frozen]
-            uses = self.uses
-            for pname in module_params:
-                used = uses.get(pname)
-                if used is None:
-                    uses[pname] = [node]
-                else:
-                    used.append(node)
+                module_params = [(p, used) for p, used in module_params if p not in self.frozen]
+            for _, used in module_params:
+                used.append(node)
         return module_params
 
     def _write_deps(self, nf: NodeFacts, args: list[torch.fx.Node], states: list[torch.fx.Node],
@@ -1222,13 +1221,12 @@ class _Pass:
 
     def parameters(self) -> dict[str, ParamFacts]:
         """Each trainable parameter's verdict, from the uses the forward pass noted."""
-        nodes, uses = self.nodes, self.uses
+        nodes = self.nodes
         written: set[torch.fx.Node] | None = None  # (only a parameter not decided by its first use asks)
         out: dict[str, ParamFacts] = {}
-        for name in self.trainable:
-            used = uses.get(name)
-            if used is None:
-                out[name] = ParamFacts(name, "unused", None, [])
+        for name, used in self.trainable:
+            if not used:
+                out[name] = ParamFacts(name, "unused", None, used)
                 continue
             first = nodes[used[0]]
             if first.role != "param" and first.reach and first.grad_on and first.reach_nz:
