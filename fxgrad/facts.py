@@ -347,7 +347,7 @@ class _Pass:
         #: call_module target -> the trainable parameters a call uses, with their uses (leaf modules: filled by the
         #: walk)
         self.module_param_cache: dict[str, list[tuple[str, list[torch.fx.Node]]]] = {}
-        self.viewer = ops.OpViewer(self.modules)
+        self.viewer = ops.OpViewer(self.modules, self.model)
         #: canonical parameter name -> the nodes that use it, in graph order (module calls, ``get_attr`` s). The
         #: walk makes the list of each trainable parameter and hands it to the modules that own it, so noting a use
         #: is an append, with no lookup.
@@ -398,7 +398,7 @@ class _Pass:
                 if key in visited:
                     continue
                 visited.add(key)
-            modules[path] = mod
+                modules[path] = mod
             prefix = (path + "." if path else "") if own or children else ""
             trainable: list[tuple[str, list[torch.fx.Node]]] = _NONE  # type: ignore[assignment]
             if own:
@@ -424,7 +424,8 @@ class _Pass:
                         push((prefix + name, child))
             else:
                 module_params[path] = trainable
-                module_kind(path, mod)
+                if module_kind(path, mod) is None:  # (a known leaf's calls never ask for it by name)
+                    modules[path] = mod
 
     def _add_param_leaves(self) -> None:
         """The trainable parameters are leaves that require grad (asked for the first time a write reaches one)."""
@@ -436,7 +437,7 @@ class _Pass:
     def buffer_ids(self) -> set[int]:
         """Ids of every buffer of the model (only ``get_attr`` of a tensor asks: most graphs never do)."""
         if self._buffer_ids is None:
-            self._buffer_ids = {id(buf) for mod in self.modules.values() for buf in mod._buffers.values()
+            self._buffer_ids = {id(buf) for mod in self.model.modules() for buf in mod._buffers.values()
                                 if buf is not None}
         return self._buffer_ids
 

@@ -477,8 +477,10 @@ class OpViewer:
     views included; what a module instance decides (``inplace``, training mode) is read per call, from its plain
     attributes."""
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
+    def __init__(self, modules: dict[str, nn.Module], root: nn.Module | None = None) -> None:
+        #: modules by qualified name; a known leaf module need not be there (see :meth:`module_kind`)
         self.modules = modules
+        self.root = root
         #: target -> its template and the view its calls share when they write nothing; one key per target is
         #: enough: a method is named by a string, a function is not
         self._templates: dict[Any, tuple[_Template, OpView]] = {}
@@ -492,7 +494,7 @@ class OpViewer:
     def params(self, node: torch.fx.Node) -> dict[str, str]:
         """The parameters a call of a known module brings (asked by :meth:`OpView.params_of`)."""
         target = str(node.target)
-        mod = self.modules[target]
+        mod = self._module_at(target)
         entry = _module_kind(type(mod)).entry
         own = mod._parameters
         return {schema: f"{target}.{attr}" for schema, attr in (entry[2] if entry else {}).items()
@@ -501,9 +503,18 @@ class OpViewer:
     def bind(self, node: torch.fx.Node) -> dict[str, Any]:
         """A known module's input, by the schema name of the op it stands for (asked by :meth:`OpView.args_of`)."""
         args = node.args
-        entry = _module_kind(type(self.modules[str(node.target)])).entry
+        entry = _module_kind(type(self._module_at(str(node.target)))).entry
         first = entry[1] if entry else None
         return {first: args[0]} if args and first else {}
+
+    def _module_at(self, target: str) -> nn.Module:
+        """The module at ``target``, from the index or, for a known leaf module the index left out, from the root."""
+        mod = self.modules.get(target)
+        if mod is None:
+            mod = self.root
+            for part in target.split("."):
+                mod = mod._modules[part]  # type: ignore[union-attr,assignment]
+        return mod  # type: ignore[return-value]
 
     def module_kind(self, target: str, mod: nn.Module) -> tuple[OpView, str | None] | None:
         """What a call of the known module ``mod`` at ``target`` is: the view its calls share, and the spelling of
