@@ -406,7 +406,6 @@ class _Pass:
                     continue
                 visited.add(key)
                 modules[path] = mod
-            prefix = (path + "." if path else "") if own or children else ""
             trainable: list[tuple[str, list[torch.fx.Node]]] = _NONE  # type: ignore[assignment]
             if own:
                 for pname, param in own.items():
@@ -415,7 +414,7 @@ class _Pass:
                     key, trains = id(param), param.requires_grad
                     name = param_names.get(key)
                     if name is None:  # first sight: the name named_parameters() gives it
-                        name = param_names[key] = prefix + pname
+                        name = param_names[key] = f"{path}.{pname}" if path else pname
                         if trains:
                             entry = (name, uses.setdefault(name, []))
                             all_trainable.append(entry)
@@ -428,7 +427,7 @@ class _Pass:
             if children:
                 for name, child in reversed(children.items()):
                     if child is not None:
-                        push((prefix + name, child))
+                        push((f"{path}.{name}" if path else name, child))
             else:
                 module_params[path] = trainable
                 if module_kind(path, mod) is None:  # (a known leaf's calls never ask for it by name)
