@@ -680,20 +680,7 @@ class _Pass:
             else:
                 self._general(nf, node, view, traits, args, states)
             return
-        live_in: torch.fx.Node | None = None
-        for s in states:
-            sf = nodes.get(s)
-            if sf is not None and sf.live:
-                live_in = s
-                break
-        nf.deps = ((states[0], True, False),) if len(states) == 1 else [(s, True, False) for s in states]
-        if node.op == "call_module":
-            module_params = self._module_call(nf, node)
-            nf.live = live_in is not None or bool(module_params)
-        elif args and _all_values(states, nodes):
-            nf.role = "value"
-        elif live_in is not None:
-            nf.live = True
+        live_in, _ = self._differentiable(nf, node, args, states)
         if live_in is not None and traits.no_derivative:
             nf.no_derivative = True
         if nf.live and self.any_writes and not traits.meta_write:
@@ -775,10 +762,10 @@ class _Pass:
             if records and traits.saves_after_write:
                 self._record_result(nf, traits)
 
-    def _inplace(self, nf: NodeFacts, node: torch.fx.Node, traits: _OpTraits, args: list[torch.fx.Node],
-                 states: list[torch.fx.Node], target: torch.fx.Node) -> None:
-        """:meth:`_op` for most writes: a differentiable in-place op with grad enabled that does not overwrite its
-        target completely (``relu_``, ``+=``, ``x[i] = v``)."""
+    def _differentiable(self, nf: NodeFacts, node: torch.fx.Node, args: list[torch.fx.Node],
+                        states: list[torch.fx.Node]) -> tuple[torch.fx.Node | None, bool]:
+        """Edges, role and ``live`` of an op whose every input edge is differentiable, run with grad enabled (the
+        plain ops and :meth:`_inplace`). Returns the first live input and whether the result is a plain value."""
         nodes = self.nodes
         live_in: torch.fx.Node | None = None
         for s in states:
@@ -787,15 +774,22 @@ class _Pass:
                 live_in = s
                 break
         nf.deps = ((states[0], True, False),) if len(states) == 1 else [(s, True, False) for s in states]
-        value_result = False
         if node.op == "call_module":
-            module_params = self._module_call(nf, node)
+            module_params = self._module_call(nf, node)  # (noted as uses whether or not an input is live)
             nf.live = live_in is not None or bool(module_params)
         elif args and _all_values(states, nodes):
             nf.role = "value"
-            value_result = True
+            return live_in, True
         elif live_in is not None:
             nf.live = True
+        return live_in, False
+
+    def _inplace(self, nf: NodeFacts, node: torch.fx.Node, traits: _OpTraits, args: list[torch.fx.Node],
+                 states: list[torch.fx.Node], target: torch.fx.Node) -> None:
+        """:meth:`_op` for most writes: a differentiable in-place op with grad enabled that does not overwrite its
+        target completely (``relu_``, ``+=``, ``x[i] = v``)."""
+        nodes = self.nodes
+        live_in, value_result = self._differentiable(nf, node, args, states)
         if live_in is not None:
             # only ``torch.f(..., out=t)`` is spelled so, and it writes ``t``
             if nf.view.spelling.endswith("(out=...)"):
@@ -1028,12 +1022,17 @@ class _Pass:
             return any(self._requires(x, nf, at) for x in a)
         return False
 
-    def _saved_entry(self, nf: NodeFacts, name: str, inplace: bool) -> SavedEntry | None:
+    def _saved_entry(self, nf: NodeFacts, name: str, inplace: bool, traits: _OpTraits | None = None
+                     ) -> SavedEntry | None:
+        """What the op (or its in-place form) saves: the tables' answer (already in ``traits`` when given), unless
+        the node is a custom ``autograd.Function``."""
         node = nf.node
         if node.op == "call_function":
             function = self._custom_function(node.target)
             if function is not None:
                 return ops.function_saves(function)
+        if traits is not None:
+            return traits.inplace_entry if inplace else traits.entry
         return _table_entry(name, inplace)
 
     def _custom_function(self, target: Any) -> type | None:
@@ -1049,11 +1048,7 @@ class _Pass:
         worked out if one of those storages is written later (most never are), and not at all if no later write can
         reach a tensor it may save. A storage may be listed twice (a view shares its input's): the second time
         finds the record made."""
-        # the table's answer, unless the node is a custom autograd.Function
-        node = nf.node
-        entry = traits.entry
-        if node.op == "call_function" and self._custom_function(node.target) is not None:
-            entry = self._saved_entry(nf, nf.view.name, False)
+        entry = self._saved_entry(nf, nf.view.name, False, traits)
         if entry is None:
             self._record_saved(nf)  # unknown op: noted at once, cheaply
             return
@@ -1141,10 +1136,8 @@ class _Pass:
     def _record_result(self, nf: NodeFacts, traits: _OpTraits) -> None:
         """After an in-place op wrote: whether it saved its result (``relu_`` does). Of the results only output 0
         is tracked, so no other name matters here."""
-        view, node = nf.view, nf.node
-        entry = traits.inplace_entry
-        if node.op == "call_function" and self._custom_function(node.target) is not None:
-            entry = self._saved_entry(nf, view.name, True)
+        view = nf.view
+        entry = self._saved_entry(nf, view.name, True, traits)
         if entry is None:
             self._note_unknown_saver(nf)
             return
@@ -1159,7 +1152,7 @@ class _Pass:
             if saved and (inp in params or self._requires(args.get(inp), nf)):
                 saves_result = saves_result or "result" in saved
         if saves_result and kept:
-            self._save(SavedUse(node, node, "result", nf.croot, nf.sroot, view.name in BACKEND_DEPENDENT))
+            self._save(SavedUse(nf.node, nf.node, "result", nf.croot, nf.sroot, view.name in BACKEND_DEPENDENT))
 
     def _reads_alias_of_target(self, nf: NodeFacts) -> bool:
         """Does the in-place op read, besides its target, a tensor that shares the target's storage? Only such a
