@@ -355,10 +355,8 @@ class _Pass:
         #: walk)
         self.module_param_cache: dict[str, list[tuple[str, list[torch.fx.Node]]]] = {}
         self.viewer = ops.OpViewer(self.modules, self.model)
-        #: canonical parameter name -> the nodes that use it, in graph order (module calls, ``get_attr`` s). The
-        #: walk makes the list of each trainable parameter and hands it to the modules that own it, so noting a use
-        #: is an append, with no lookup.
-        self.uses: dict[str, list[torch.fx.Node]] = {}
+        #: canonical parameter name -> the nodes that use it, in graph order (see :attr:`uses`)
+        self._uses: dict[str, list[torch.fx.Node]] | None = None
         self._walk_modules()
         self._buffer_ids: set[int] | None = None
         self.inputs_require_grad = inputs_require_grad
@@ -390,13 +388,18 @@ class _Pass:
         """One depth-first walk over the module tree, children in order: the modules, and the order and names
         ``named_parameters()`` gives (which, like its friends, would walk the tree again). A GraphModule traced
         from the model shares its submodules, so a qualified name means the same parameter in both. Leaf modules
-        get the trainable parameters a call of them uses on the way."""
+        get the trainable parameters a call of them uses on the way, and what their calls are (see
+        :meth:`ops.OpViewer.module_kind`): the walk is the one time each module is at hand, so it does the
+        per-module work inline (at 10,000 nodes it is a fifth of the whole analysis)."""
         stack: list[tuple[str, nn.Module]] = [("", self.model)]
         pop, push = stack.pop, stack.append
         visited: set[int] = set()
         modules, module_params = self.modules, self.module_param_cache
-        param_names, all_trainable, uses = self.param_names, self.trainable, self.uses
-        module_kind = self.viewer.module_kind  # decided while the module is at hand (see OpViewer.module_kind)
+        param_names, all_trainable = self.param_names, self.trainable
+        viewer = self.viewer
+        module_kind, by_class, decided = viewer.module_kind, viewer.by_class, viewer.decided
+        #: name -> uses list, made only when a tied parameter comes up again (see :attr:`uses`)
+        by_name: dict[str, list[torch.fx.Node]] | None = None
         while stack:
             path, mod = pop()
             own, children = mod._parameters, mod._modules
@@ -415,23 +418,41 @@ class _Pass:
                     name = param_names.get(key)
                     if name is None:  # first sight: the name named_parameters() gives it
                         name = param_names[key] = f"{path}.{pname}" if path else pname
-                        if trains:
-                            entry = (name, uses.setdefault(name, []))
-                            all_trainable.append(entry)
+                        if not trains:
+                            continue
+                        entry: tuple[str, list[torch.fx.Node]] = (name, [])
+                        all_trainable.append(entry)
+                        if by_name is not None:
+                            by_name[name] = entry[1]
                     elif trains:  # a tied parameter, seen again under another module
-                        entry = (name, uses.setdefault(name, []))
-                    if trains:
-                        if not trainable:
-                            trainable = []
-                        trainable.append(entry)
+                        if by_name is None:
+                            by_name = dict(all_trainable)
+                        entry = (name, by_name[name])
+                    else:
+                        continue
+                    if not trainable:
+                        trainable = []
+                    trainable.append(entry)
             if children:
                 for name, child in reversed(children.items()):
                     if child is not None:
                         push((f"{path}.{name}" if path else name, child))
             else:
                 module_params[path] = trainable
-                if module_kind(path, mod) is None:  # (a known leaf's calls never ask for it by name)
+                kind = by_class.get(type(mod))
+                if kind is not None:  # (most leaves: a class whose calls never depend on the instance)
+                    decided[path] = kind
+                elif module_kind(path, mod) is None:  # (a known leaf's calls never ask for it by name)
                     modules[path] = mod
+
+    @property
+    def uses(self) -> dict[str, list[torch.fx.Node]]:
+        """Canonical parameter name -> the nodes that use it, in graph order (module calls, ``get_attr`` s). The
+        walk makes the list of each trainable parameter and hands it to the modules that own it, so noting a use
+        is an append; this index by name is made only for the rare uses found by name."""
+        if self._uses is None:
+            self._uses = dict(self.trainable)
+        return self._uses
 
     def _add_param_leaves(self) -> None:
         """The trainable parameters are leaves that require grad (asked for the first time a write reaches one)."""
@@ -658,7 +679,7 @@ class _Pass:
         node, view = nf.node, nf.view
         name = view.name
         traits = _TRAITS.get(name) or _traits(name)
-        args = node.all_input_nodes
+        args = [*node._input_nodes]  # = node.all_input_nodes, without the property's call (see tests/test_capture.py)
         nodes = self.nodes
         states = args
         if self.last_mut:  # some write ran: an input made before the latest one may read as a later state
@@ -774,8 +795,13 @@ class _Pass:
                 live_in = s
                 break
         nf.deps = ((states[0], True, False),) if len(states) == 1 else [(s, True, False) for s in states]
-        if node.op == "call_module":
-            module_params = self._module_call(nf, node)  # (noted as uses whether or not an input is live)
+        if node.op == "call_module":  # its parameters' uses are noted whether or not an input is live
+            module_params = self.module_param_cache.get(node.target)  # type: ignore[arg-type]
+            if module_params is None or self.frozen:
+                module_params = self._module_call(nf, node)
+            else:  # (most calls: :meth:`_module_call`, inline)
+                for _, used in module_params:
+                    used.append(node)
             nf.live = live_in is not None or bool(module_params)
         elif args and _all_values(states, nodes):
             nf.role = "value"
@@ -1048,6 +1074,15 @@ class _Pass:
         worked out if one of those storages is written later (most never are), and not at all if no later write can
         reach a tensor it may save. A storage may be listed twice (a view shares its input's): the second time
         finds the record made."""
+        after = nf.index + 1
+        sroot, nodes, last = nf.sroot, self.nodes, self.last_write
+        if not self.params_writable and last.get(sroot, -1) < after:
+            for a in args:
+                af = nodes.get(a)
+                if af is not None and last.get(af.sroot, -1) >= after:
+                    break
+            else:  # no later write lands in its result or an input (most ops): whatever it saved stays intact
+                return
         entry = self._saved_entry(nf, nf.view.name, False, traits)
         if entry is None:
             self._record_saved(nf)  # unknown op: noted at once, cheaply
@@ -1059,8 +1094,6 @@ class _Pass:
             return  # saves nothing (``add``): nobody would ask
         # Could a later write land in a tensor it may have saved: its result, a parameter, an input? If not,
         # nobody would ask either.
-        after = nf.index + 1
-        sroot, nodes, last = nf.sroot, self.nodes, self.last_write
         if not (("result" in may_save and last.get(sroot, -1) >= after)
                 or (self.params_writable and nf.view.params_of(nf.node))):
             for a in args:

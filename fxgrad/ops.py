@@ -486,10 +486,11 @@ class OpViewer:
         self._templates: dict[Any, tuple[_Template, OpView]] = {}
         #: (module class, a batch norm in eval mode) -> the view its calls share when they write nothing
         self._module_views: dict[tuple[type, bool], OpView] = {}
-        #: module target -> what its calls are (see :meth:`module_kind`)
-        self._decided: dict[str, tuple[OpView, str | None]] = {}
-        #: module class -> what its calls are, for classes where the instance does not matter
-        self._by_class: dict[type, tuple[OpView, str | None]] = {}
+        #: module target -> what its calls are (see :meth:`module_kind`; the facts' module walk fills it)
+        self.decided: dict[str, tuple[OpView, str | None]] = {}
+        #: module class -> what its calls are, for classes where the instance does not matter (the walk reads it
+        #: before it asks :meth:`module_kind`)
+        self.by_class: dict[type, tuple[OpView, str | None]] = {}
 
     def params(self, node: torch.fx.Node) -> dict[str, str]:
         """The parameters a call of a known module brings (asked by :meth:`OpView.params_of`)."""
@@ -522,9 +523,9 @@ class OpViewer:
         writes a parameter (their views depend on the call). The facts' module walk asks this of each leaf module
         while it holds it (see :meth:`_module`), and the answer is kept."""
         cls = type(mod)
-        decided = self._by_class.get(cls)
+        decided = self.by_class.get(cls)
         if decided is not None:  # a class whose calls never depend on the instance (``nn.Linear``, ``nn.Conv2d``)
-            self._decided[target] = decided
+            self.decided[target] = decided
             return decided
         kind = _MODULE_KINDS.get(cls) or _module_kind(cls)
         if kind.entry is None or (kind.embedding and mod.__dict__.get("max_norm") is not None):
@@ -535,14 +536,14 @@ class OpViewer:
             name = "batch_norm_eval" if eval_norm else kind.entry[0]
             shared = self._module_views[(cls, eval_norm)] = OpView(name, None, None, kind.spelling, None, True, (),
                                                                    self)
-        decided = self._decided[target] = (shared, kind.spelling_inplace if inplace else None)
+        decided = self.decided[target] = (shared, kind.spelling_inplace if inplace else None)
         if not (kind.inplace_capable or kind.batch_norm or kind.embedding or kind.dropout):
-            self._by_class[cls] = decided
+            self.by_class[cls] = decided
         return decided
 
     def _module(self, node: torch.fx.Node) -> OpView:
         target = str(node.target)
-        decided = self._decided.get(target)
+        decided = self.decided.get(target)
         if decided is None:
             mod = self.modules.get(target)
             if mod is None:
@@ -576,7 +577,7 @@ class OpViewer:
     def __call__(self, node: torch.fx.Node) -> OpView:
         op = node.op
         if op == "call_module":
-            decided = self._decided.get(node.target)  # type: ignore[arg-type]
+            decided = self.decided.get(node.target)  # type: ignore[arg-type]
             if decided is not None and decided[1] is None:  # (most calls: a known module that writes nothing)
                 return decided[0]
             return self._module(node)

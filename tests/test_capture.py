@@ -705,3 +705,17 @@ def test_hf_tracer_on_tiny_bert(cls_name: str) -> None:
     out_t = out if isinstance(out, torch.Tensor) else out["last_hidden_state"]
     ref_t = ref if isinstance(ref, torch.Tensor) else ref.last_hidden_state
     assert torch.allclose(out_t, ref_t, atol=1e-5)
+
+
+def test_input_nodes_index_is_all_input_nodes() -> None:
+    """The analysis reads ``node._input_nodes`` (an insertion-ordered dict) where ``node.all_input_nodes`` would
+    build the same list through a property: a torch that changed that private field would fail here first."""
+    class M(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            h = torch.cat([x, y, x], dim=0)
+            return torch.where(h > 0, h, y.sum()) + x
+
+    gm = fxgrad.trace(M())
+    assert any(len(n.all_input_nodes) > 1 for n in gm.graph.nodes)
+    for n in gm.graph.nodes:
+        assert [*n._input_nodes] == n.all_input_nodes
