@@ -101,10 +101,10 @@ PLANS: dict[str, Plan] = {
         sizes=(
             SizePlan(10, _ALL, reps=5, dryrun_reps=5, alternative_reps=3, anomaly_reps=5),
             SizePlan(100, _ALL, reps=5, dryrun_reps=3, alternative_reps=2, anomaly_reps=3, warmup=False),
-            SizePlan(1_000, _ALL, reps=7, dryrun_reps=3, alternative_reps=1, anomaly_reps=3, warmup=False,
+            SizePlan(1_000, _ALL, reps=15, dryrun_reps=3, alternative_reps=1, anomaly_reps=3, warmup=False,
                      alternative_families=("resnet",)),
-            SizePlan(10_000, _ALL, reps=5, dryrun_reps=3, alternative_reps=0, anomaly_reps=1, warmup=False),
-            SizePlan(100_000, ("resnet",), reps=3, dryrun_reps=1, alternative_reps=0, anomaly_reps=0, fix=False,
+            SizePlan(10_000, _ALL, reps=9, dryrun_reps=3, alternative_reps=0, anomaly_reps=1, warmup=False),
+            SizePlan(100_000, ("resnet",), reps=5, dryrun_reps=1, alternative_reps=0, anomaly_reps=0, fix=False,
                      warmup=False),
         ),
         verify_target=1_000, verify_reps=3,
