@@ -325,7 +325,7 @@ def _traits(name: str) -> _OpTraits:
     return traits
 
 
-def _all_values(states: list[torch.fx.Node], nodes: dict[torch.fx.Node, NodeFacts]) -> bool:
+def _all_values(states: Sequence[torch.fx.Node], nodes: dict[torch.fx.Node, NodeFacts]) -> bool:
     """Every input is a plain Python value (``x.size(0) * 2``): so is the result."""
     for s in states:
         sf = nodes.get(s)
@@ -679,9 +679,11 @@ class _Pass:
         node, view = nf.node, nf.view
         name = view.name
         traits = _TRAITS.get(name) or _traits(name)
-        args = [*node._input_nodes]  # = node.all_input_nodes, without the property's call (see tests/test_capture.py)
+        # node.all_input_nodes as a tuple: one allocation, none for no input, without the property's call (see
+        # tests/test_capture.py)
+        args = (*node._input_nodes,)
         nodes = self.nodes
-        states = args
+        states: Sequence[torch.fx.Node] = args
         if self.last_mut:  # some write ran: an input made before the latest one may read as a later state
             latest = self.latest_write
             for a in args:
@@ -708,7 +710,7 @@ class _Pass:
             self._defer(nf, args, traits)
 
     def _general(self, nf: NodeFacts, node: torch.fx.Node, view: OpView, traits: _OpTraits,
-                 args: list[torch.fx.Node], states: list[torch.fx.Node]) -> None:
+                 args: Sequence[torch.fx.Node], states: Sequence[torch.fx.Node]) -> None:
         """:meth:`_op` for the other ops: cuts, views, writes of autograd state, ops under no_grad."""
         name = view.name
         nodes = self.nodes
@@ -783,8 +785,8 @@ class _Pass:
             if records and traits.saves_after_write:
                 self._record_result(nf, traits)
 
-    def _differentiable(self, nf: NodeFacts, node: torch.fx.Node, args: list[torch.fx.Node],
-                        states: list[torch.fx.Node]) -> tuple[torch.fx.Node | None, bool]:
+    def _differentiable(self, nf: NodeFacts, node: torch.fx.Node, args: Sequence[torch.fx.Node],
+                        states: Sequence[torch.fx.Node]) -> tuple[torch.fx.Node | None, bool]:
         """Edges, role and ``live`` of an op whose every input edge is differentiable, run with grad enabled (the
         plain ops and :meth:`_inplace`). Returns the first live input and whether the result is a plain value."""
         nodes = self.nodes
@@ -810,8 +812,8 @@ class _Pass:
             nf.live = True
         return live_in, False
 
-    def _inplace(self, nf: NodeFacts, node: torch.fx.Node, traits: _OpTraits, args: list[torch.fx.Node],
-                 states: list[torch.fx.Node], target: torch.fx.Node) -> None:
+    def _inplace(self, nf: NodeFacts, node: torch.fx.Node, traits: _OpTraits, args: Sequence[torch.fx.Node],
+                 states: Sequence[torch.fx.Node], target: torch.fx.Node) -> None:
         """:meth:`_op` for most writes: a differentiable in-place op with grad enabled that does not overwrite its
         target completely (``relu_``, ``+=``, ``x[i] = v``)."""
         nodes = self.nodes
@@ -847,7 +849,7 @@ class _Pass:
                 used.append(node)
         return module_params
 
-    def _write_deps(self, nf: NodeFacts, args: list[torch.fx.Node], states: list[torch.fx.Node],
+    def _write_deps(self, nf: NodeFacts, args: Sequence[torch.fx.Node], states: Sequence[torch.fx.Node],
                     write_target: torch.fx.Node | None, diff: bool, zero: bool
                     ) -> tuple[list[tuple[torch.fx.Node, bool, bool]], torch.fx.Node | None, torch.fx.Node | None]:
         """Input edges of an in-place op or an op under no_grad: the written input's edge depends on the write.
@@ -1069,7 +1071,7 @@ class _Pass:
         function = functions[target] = getattr(target, "__fxgrad_function__", None)
         return function
 
-    def _defer(self, nf: NodeFacts, args: list[torch.fx.Node], traits: _OpTraits) -> None:
+    def _defer(self, nf: NodeFacts, args: Sequence[torch.fx.Node], traits: _OpTraits) -> None:
         """Note that ``nf`` may have saved tensors, under the storages it touches; what exactly it saved is only
         worked out if one of those storages is written later (most never are), and not at all if no later write can
         reach a tensor it may save. A storage may be listed twice (a view shares its input's): the second time
