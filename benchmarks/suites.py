@@ -15,8 +15,10 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import multiprocessing
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
@@ -183,6 +185,58 @@ def _alternatives(model: nn.Module, x: torch.Tensor, split: list[float]) -> dict
     return {"make_fx(functionalize)": functionalized, "torch.export+run_decompositions": exported}
 
 
+def capture_group(family: str, target: int, *, reps: int, warmup: bool, fix: bool) -> tuple[int, dict[str, Timing]]:
+    """``symbolic_trace``, ``fxgrad.trace``, the static analysis and ``fix`` of one model, interleaved. Returns the
+    model's size in nodes of plain ``symbolic_trace`` (the unit of every per-1,000-nodes figure) and the timings.
+    Without ``warmup`` the code is warmed on a 100-node model of the same family (one run of each candidate)."""
+    fixing = importlib.import_module("fxgrad.fixing") if fix else None
+    if not warmup:
+        small, _ = build(family, 100)
+        for fn in _capture_candidates(small, fixing, []).values():
+            fn()
+    model, _ = build(family, target)
+    counts: list[int] = []
+    timings = interleaved(_capture_candidates(model, fixing, counts), reps=reps, warmup=warmup)
+    return counts[-1], timings
+
+
+def _capture_candidates(model: nn.Module, fixing: ModuleType | None, counts: list[int]
+                        ) -> dict[str, Callable[[], Any]]:
+    gm = fxgrad.trace(model)
+
+    def symbolic() -> None:
+        counts.append(len(torch.fx.symbolic_trace(model).graph.nodes))
+
+    def static() -> Any:
+        with gc_paused():  # as fxgrad.analyze runs it: one pause, facts freed before it ends
+            return run_rules(compute_facts(gm, model=model))
+
+    group: dict[str, Callable[[], Any]] = {
+        "torch.fx.symbolic_trace": symbolic,
+        "fxgrad.trace": partial(fxgrad.trace, model),
+        "static analysis": static,
+    }
+    if fixing is not None:
+        group["fix (no verification)"] = partial(fixing.fix, model, only="all", verify=False)
+    return group
+
+
+def isolated_capture_group(family: str, target: int, *, reps: int, warmup: bool, fix: bool
+                           ) -> tuple[int, dict[str, Timing]]:
+    """:func:`capture_group` in a fresh interpreter (spawned, as pyperf runs each benchmark in fresh worker
+    processes), with this process's torch thread count.
+
+    Why: the sections run many tools in one process, and a process where ``make_fx`` or ``torch.export`` has
+    run has a fragmented heap. Measured here, the static pass (about a kilobyte of small objects per node) then
+    ran 30-40 % slower (12 -> 16-17 us per node on the 10,000-node MLP) while ``symbolic_trace`` did not slow
+    down, so every ratio depended on which tools had run before it. A fresh process gives every model the same
+    start, the one ``fxgrad check`` has."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(torch.get_num_threads(),)) as pool:
+        return pool.submit(capture_group, family, target, reps=reps, warmup=warmup, fix=fix).result()
+
+
 def analysis_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
     """Section 1. Rows: one per (family, size, tool) with ms, ms per 1,000 nodes and ratios to the baselines."""
     dryrun, dryrun_note = optional("fxgrad.dryrun")
@@ -197,25 +251,9 @@ def analysis_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any
             model, blocks = build(family, sp.target)
             x = FAMILIES[family].example(2)
             progress(f"analysis: {family}, {blocks} blocks (~{sp.target:,} nodes)")
+            nodes, timings = isolated_capture_group(family, sp.target, reps=sp.reps, warmup=sp.warmup,
+                                                    fix=fixing is not None and sp.fix)
             gm = fxgrad.trace(model)
-            counts: list[int] = []
-
-            def symbolic(model: nn.Module = model, counts: list[int] = counts) -> None:
-                counts.append(len(torch.fx.symbolic_trace(model).graph.nodes))
-
-            def static(gm: torch.fx.GraphModule = gm, model: nn.Module = model) -> Any:
-                with gc_paused():  # as fxgrad.analyze runs it: one pause, facts freed before it ends
-                    return run_rules(compute_facts(gm, model=model))
-
-            group: dict[str, Callable[[], Any]] = {
-                "torch.fx.symbolic_trace": symbolic,
-                "fxgrad.trace": partial(fxgrad.trace, model),
-                "static analysis": static,
-            }
-            if fixing is not None and sp.fix:
-                group["fix (no verification)"] = partial(fixing.fix, model, only="all", verify=False)
-            timings = interleaved(group, reps=sp.reps, warmup=sp.warmup)
-            nodes = counts[-1]  # the size unit: nodes of plain symbolic_trace (models.node_count)
             base = timings["torch.fx.symbolic_trace"]
             for tool, t in timings.items():
                 rows.append({"family": family, "blocks": blocks, "nodes": nodes, "tool": tool, **t.to_dict(),
@@ -274,7 +312,9 @@ def analysis_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any
 
     return {
         "method": "median wall time over interleaved rounds (see runs); batch 2; ratio = median / median of the "
-                  "baseline measured in the same interleaved call. 'static analysis' is compute_facts + "
+                  "baseline measured in the same interleaved call. symbolic_trace, fxgrad.trace, 'static "
+                  "analysis' and 'fix (no verification)' of each model run in a fresh worker process (see "
+                  "isolated_capture_group). 'static analysis' is compute_facts + "
                   "run_rules on an already traced graph, in one pause of cyclic GC as fxgrad.analyze runs them; "
                   "'dry-run' is fxgrad.dryrun.run_dryrun (meta tensors) on "
                   "an already traced and analysed graph; 'fix (no verification)' is fxgrad.fix(model, "
