@@ -27,7 +27,7 @@ from torch import nn
 
 from fxgrad.examples import BasicBlock  # torchvision's block: ReLU(inplace=True), out += identity
 
-__all__ = ["FAMILIES", "Family", "build", "node_count"]
+__all__ = ["FAMILIES", "Family", "build", "node_count", "nodes_of"]
 
 
 class MLPBlock(nn.Module):
@@ -158,6 +158,12 @@ def _shape(family: str) -> tuple[int, int]:
         one, two = node_count(make(1)), node_count(make(2))
         _PER_BLOCK[family] = (one - (two - one), two - one)
     return _PER_BLOCK[family]
+
+
+def nodes_of(family: str, blocks: int) -> int:
+    """:func:`node_count` of a member with ``blocks`` blocks, without tracing it (the families grow by whole blocks)."""
+    fixed, per_block = _shape(family)
+    return fixed + per_block * blocks
 
 
 def build(family: str, target_nodes: int, *, seed: int = 0) -> tuple[nn.Module, int]:

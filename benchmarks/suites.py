@@ -34,7 +34,7 @@ from fxgrad.gcpause import gc_paused
 from fxgrad.rules import run_rules
 
 from .measure import Timing, interleaved, interleaved_peaks, peak_python_bytes, peak_tensor_bytes
-from .models import FAMILIES, build, node_count
+from .models import FAMILIES, build, node_count, nodes_of
 
 __all__ = ["PLANS", "Plan", "SizePlan", "analysis_speed", "dryrun_memory", "fix_runtime_cost", "optional"]
 
@@ -80,6 +80,8 @@ class Plan:
     scaling_blocks: tuple[int, ...] = ()
     scaling_batch: int = 64
     scaling_reps: int = 3
+    #: rounds of :func:`scaling_control` (one graph against many small ones)
+    scaling_control_reps: int = 3
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -96,7 +98,7 @@ PLANS: dict[str, Plan] = {
         verify_target=10, verify_reps=1,
         cost_blocks=2, cost_channels=8, cost_image=8, cost_batches=(4, 16), cost_reps=2, cost_memory_runs=1,
         memory_batches=(8, 64), memory_families=(("mlp", 100),),
-        scaling_blocks=(1, 2), scaling_batch=8, scaling_reps=1,
+        scaling_blocks=(1, 2), scaling_batch=8, scaling_reps=1, scaling_control_reps=1,
     ),
     "full": Plan(
         "full",
@@ -113,7 +115,7 @@ PLANS: dict[str, Plan] = {
         cost_blocks=8, cost_channels=16, cost_image=16, cost_batches=(8, 32, 128), cost_reps=21,
         cost_memory_runs=3,
         memory_batches=(8, 64, 512, 4096), memory_families=(("mlp", 100), ("transformer", 150)),
-        scaling_blocks=(1, 4, 16, 64), scaling_batch=64, scaling_reps=5,
+        scaling_blocks=(1, 4, 16, 64), scaling_batch=64, scaling_reps=5, scaling_control_reps=5,
         skipped={
             "make_fx(functionalize) and torch.export above 1,000 nodes": (
                 "one run takes 10-35 s per model at 1,000 nodes (50-100 s at 3,000) on this machine; at 1,000 "
@@ -231,10 +233,47 @@ def isolated_capture_group(family: str, target: int, *, reps: int, warmup: bool,
     ran 30-40 % slower (12 -> 16-17 us per node on the 10,000-node MLP) while ``symbolic_trace`` did not slow
     down, so every ratio depended on which tools had run before it. A fresh process gives every model the same
     start, the one ``fxgrad check`` has."""
+    return _isolated(capture_group, family, target, reps=reps, warmup=warmup, fix=fix)  # type: ignore[no-any-return]
+
+
+def scaling_control(family: str, small: int, big: int, *, reps: int) -> dict[str, Any]:
+    """The static analysis of one graph of ``big`` nodes against that of ``big / small`` graphs of ``small`` nodes,
+    one after the other: the same number of nodes, and the same cold caches (each small graph is evicted by the
+    others before its turn comes again). A pass whose cost grew faster than the graph would cost more per node
+    on the big graph. Timed alone, a small graph is cheaper per node for another reason: right after the
+    collection that precedes every run, all of it still sits in the CPU caches, which a big graph never fits."""
+    big_model, big_blocks = build(family, big)
+    _, small_blocks = build(family, small)
+    copies = max(2, round(nodes_of(family, big_blocks) / nodes_of(family, small_blocks)))
+    smalls = [(fxgrad.trace(m), m) for m in (build(family, small, seed=i)[0] for i in range(copies))]
+    big_gm = fxgrad.trace(big_model)
+
+    def static(gm: torch.fx.GraphModule, model: nn.Module) -> Any:
+        with gc_paused():  # (as fxgrad.analyze runs it, once per graph)
+            return run_rules(compute_facts(gm, model=model))
+
+    def many() -> None:
+        for gm, model in smalls:
+            static(gm, model)
+
+    static(*smalls[0])  # warm the code paths
+    t = interleaved({"one graph": partial(static, big_gm, big_model), "small graphs": many}, reps=reps, warmup=False)
+    n_big, n_small = nodes_of(family, big_blocks), nodes_of(family, small_blocks)
+    per_node_big = t["one graph"].median_ms / n_big
+    per_node_small = t["small graphs"].median_ms / (copies * n_small)
+    return {"family": family, "nodes": n_big, "small_nodes": n_small, "copies": copies, "runs": t["one graph"].runs,
+            "one_graph_ms": round(t["one graph"].median_ms, 3),
+            "small_graphs_ms": round(t["small graphs"].median_ms, 3),
+            "ms_per_1k_nodes_one_graph": round(per_node_big * 1e3, 3),
+            "ms_per_1k_nodes_small_graphs": round(per_node_small * 1e3, 3),
+            "per_node_ratio": round(per_node_big / per_node_small, 4)}
+
+
+def _isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=torch.set_num_threads,
                              initargs=(torch.get_num_threads(),)) as pool:
-        return pool.submit(capture_group, family, target, reps=reps, warmup=warmup, fix=fix).result()
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def analysis_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -310,6 +349,16 @@ def analysis_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any
                                          "ratio": _ratio(t, an["forward+backward"])})
             del model, gm
 
+    # linearity, with the caches held equal (see scaling_control): per family, its largest size against graphs of
+    # the smallest size of 1,000 nodes or more (of the smallest size, in a plan without one)
+    scaling: list[dict[str, Any]] = []
+    for family in FAMILIES:
+        sizes = sorted(sp.target for sp in plan.sizes if family in sp.families)
+        small = next((n for n in sizes if n >= 1000), sizes[0] if sizes else 0)
+        if sizes and sizes[-1] > small:
+            progress(f"analysis scaling: {family}, one graph of ~{sizes[-1]:,} nodes vs graphs of ~{small:,}")
+            scaling.append(_isolated(scaling_control, family, small, sizes[-1], reps=plan.scaling_control_reps))
+
     return {
         "method": "median wall time over interleaved rounds (see runs); batch 2; ratio = median / median of the "
                   "baseline measured in the same interleaved call. symbolic_trace, fxgrad.trace, 'static "
@@ -326,6 +375,7 @@ def analysis_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any
         "rows": rows,
         "alternatives": alternative_rows,
         "anomaly": anomaly_rows,
+        "scaling_control": scaling,
         "verification": _verification_cost(plan, fixing, progress) if fixing is not None else [],
     }
 

@@ -28,6 +28,8 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert {r["family"] for r in speed["rows"]} == {"mlp", "resnet", "transformer"}
     assert {r["tool"] for r in speed["alternatives"]} >= {"make_fx(functionalize)", "torch.export+run_decompositions"}
     assert {r["tool"] for r in speed["anomaly"]} == {"forward+backward", "detect_anomaly forward+backward"}
+    assert {r["family"] for r in speed["scaling_control"]} == {"mlp", "resnet", "transformer"}
+    assert all(r["copies"] >= 2 and r["per_node_ratio"] > 0 for r in speed["scaling_control"])
     assert {r["family"] for r in speed["verification"]} >= {"resnet", "resnet-broken"}
     for r in speed["rows"]:
         assert r["median_ms"] > 0 and r["ms_per_1k_nodes"] > 0 and r["runs"] >= 1
