@@ -39,6 +39,16 @@ def _analysis(section: dict[str, Any], fmt: str) -> list[str]:
     out.append("Analysis time, median ms (ms per 1,000 nodes), batch 2")
     out.append(tabulate(table, headers=["family", "nodes", *_TOOLS, "static / symbolic_trace", "runs"],
                         tablefmt=fmt, disable_numparse=True))
+    if section.get("scaling_control"):
+        out.append("")
+        out.append("Static analysis: one graph against the same number of nodes in small graphs, analysed one after "
+                   "the other (caches held equal)")
+        out.append(tabulate(
+            [[r["family"], f"{r['nodes']:,}", _ms(r["ms_per_1k_nodes_one_graph"]),
+              f"{r['copies']} × {r['small_nodes']:,}", _ms(r["ms_per_1k_nodes_small_graphs"]),
+              f"{r['per_node_ratio']:.2f}×", r["runs"]] for r in section["scaling_control"]],
+            headers=["family", "one graph, nodes", "ms per 1k nodes", "small graphs", "ms per 1k nodes",
+                     "one graph / small graphs", "runs"], tablefmt=fmt, disable_numparse=True))
     dry = [r for r in section["rows"] if r["tool"] == "dry-run"]
     if dry:
         out.append("")
