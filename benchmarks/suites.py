@@ -202,38 +202,26 @@ def capture_group(family: str, target: int, *, reps: int, warmup: bool, fix: boo
     return counts[-1], timings
 
 
+def _static(gm: torch.fx.GraphModule, model: nn.Module) -> Any:
+    """The static analysis as :func:`fxgrad.analyze` runs it: one pause of cyclic GC, the facts freed before it
+    ends."""
+    with gc_paused():
+        return run_rules(compute_facts(gm, model=model))
+
+
 def _capture_candidates(model: nn.Module, fixing: ModuleType | None, counts: list[int]
                         ) -> dict[str, Callable[[], Any]]:
-    gm = fxgrad.trace(model)
-
     def symbolic() -> None:
         counts.append(len(torch.fx.symbolic_trace(model).graph.nodes))
-
-    def static() -> Any:
-        with gc_paused():  # as fxgrad.analyze runs it: one pause, facts freed before it ends
-            return run_rules(compute_facts(gm, model=model))
 
     group: dict[str, Callable[[], Any]] = {
         "torch.fx.symbolic_trace": symbolic,
         "fxgrad.trace": partial(fxgrad.trace, model),
-        "static analysis": static,
+        "static analysis": partial(_static, fxgrad.trace(model), model),
     }
     if fixing is not None:
         group["fix (no verification)"] = partial(fixing.fix, model, only="all", verify=False)
     return group
-
-
-def isolated_capture_group(family: str, target: int, *, reps: int, warmup: bool, fix: bool
-                           ) -> tuple[int, dict[str, Timing]]:
-    """:func:`capture_group` in a fresh interpreter (spawned, as pyperf runs each benchmark in fresh worker
-    processes), with this process's torch thread count.
-
-    Why: the sections run many tools in one process, and a process where ``make_fx`` or ``torch.export`` has
-    run has a fragmented heap. Measured here, the static pass (about a kilobyte of small objects per node) then
-    ran 30-40 % slower (12 -> 16-17 us per node on the 10,000-node MLP) while ``symbolic_trace`` did not slow
-    down, so every ratio depended on which tools had run before it. A fresh process gives every model the same
-    start, the one ``fxgrad check`` has."""
-    return _isolated(capture_group, family, target, reps=reps, warmup=warmup, fix=fix)  # type: ignore[no-any-return]
 
 
 def scaling_control(family: str, small: int, big: int, *, reps: int) -> dict[str, Any]:
@@ -243,22 +231,19 @@ def scaling_control(family: str, small: int, big: int, *, reps: int) -> dict[str
     on the big graph. Timed alone, a small graph is cheaper per node for another reason: right after the
     collection that precedes every run, all of it still sits in the CPU caches, which a big graph never fits."""
     big_model, big_blocks = build(family, big)
-    _, small_blocks = build(family, small)
-    copies = max(2, round(nodes_of(family, big_blocks) / nodes_of(family, small_blocks)))
-    smalls = [(fxgrad.trace(m), m) for m in (build(family, small, seed=i)[0] for i in range(copies))]
+    first, small_blocks = build(family, small)
+    n_big, n_small = nodes_of(family, big_blocks), nodes_of(family, small_blocks)
+    copies = max(2, round(n_big / n_small))
+    smalls = [(fxgrad.trace(m), m) for m in [first, *(build(family, small, seed=i)[0] for i in range(1, copies))]]
     big_gm = fxgrad.trace(big_model)
-
-    def static(gm: torch.fx.GraphModule, model: nn.Module) -> Any:
-        with gc_paused():  # (as fxgrad.analyze runs it, once per graph)
-            return run_rules(compute_facts(gm, model=model))
 
     def many() -> None:
         for gm, model in smalls:
-            static(gm, model)
+            _static(gm, model)
 
-    static(*smalls[0])  # warm the code paths
-    t = interleaved({"one graph": partial(static, big_gm, big_model), "small graphs": many}, reps=reps, warmup=False)
-    n_big, n_small = nodes_of(family, big_blocks), nodes_of(family, small_blocks)
+    _static(*smalls[0])  # warm the code paths
+    t = interleaved({"one graph": partial(_static, big_gm, big_model), "small graphs": many}, reps=reps,
+                    warmup=False)
     per_node_big = t["one graph"].median_ms / n_big
     per_node_small = t["small graphs"].median_ms / (copies * n_small)
     return {"family": family, "nodes": n_big, "small_nodes": n_small, "copies": copies, "runs": t["one graph"].runs,
@@ -270,6 +255,14 @@ def scaling_control(family: str, small: int, big: int, *, reps: int) -> dict[str
 
 
 def _isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a fresh interpreter (spawned, as pyperf runs each benchmark in fresh worker
+    processes), with this process's torch thread count.
+
+    Why: the sections run many tools in one process, and a process where ``make_fx`` or ``torch.export`` has
+    run has a fragmented heap. Measured here, the static pass (about a kilobyte of small objects per node) then
+    ran 30-40 % slower (12 -> 16-17 us per node on the 10,000-node MLP) while ``symbolic_trace`` did not slow
+    down, so every ratio depended on which tools had run before it. A fresh process gives every model the same
+    start, the one ``fxgrad check`` has."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=torch.set_num_threads,
                              initargs=(torch.get_num_threads(),)) as pool:
@@ -290,8 +283,8 @@ def analysis_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any
             model, blocks = build(family, sp.target)
             x = FAMILIES[family].example(2)
             progress(f"analysis: {family}, {blocks} blocks (~{sp.target:,} nodes)")
-            nodes, timings = isolated_capture_group(family, sp.target, reps=sp.reps, warmup=sp.warmup,
-                                                    fix=fixing is not None and sp.fix)
+            nodes, timings = _isolated(capture_group, family, sp.target, reps=sp.reps, warmup=sp.warmup,
+                                       fix=fixing is not None and sp.fix)
             gm = fxgrad.trace(model)
             base = timings["torch.fx.symbolic_trace"]
             for tool, t in timings.items():
@@ -363,7 +356,7 @@ def analysis_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any
         "method": "median wall time over interleaved rounds (see runs); batch 2; ratio = median / median of the "
                   "baseline measured in the same interleaved call. symbolic_trace, fxgrad.trace, 'static "
                   "analysis' and 'fix (no verification)' of each model run in a fresh worker process (see "
-                  "isolated_capture_group). 'static analysis' is compute_facts + "
+                  "_isolated). 'static analysis' is compute_facts + "
                   "run_rules on an already traced graph, in one pause of cyclic GC as fxgrad.analyze runs them; "
                   "'dry-run' is fxgrad.dryrun.run_dryrun (meta tensors) on "
                   "an already traced and analysed graph; 'fix (no verification)' is fxgrad.fix(model, "

@@ -1076,15 +1076,19 @@ class _Pass:
         worked out if one of those storages is written later (most never are), and not at all if no later write can
         reach a tensor it may save. A storage may be listed twice (a view shares its input's): the second time
         finds the record made."""
+        # Could a later write land in a tensor it may have saved: its result, a parameter, an input? If not,
+        # nobody would ask (most ops: whatever they saved stays intact).
         after = nf.index + 1
         sroot, nodes, last = nf.sroot, self.nodes, self.last_write
-        if not self.params_writable and last.get(sroot, -1) < after:
-            for a in args:
-                af = nodes.get(a)
-                if af is not None and last.get(af.sroot, -1) >= after:
-                    break
-            else:  # no later write lands in its result or an input (most ops): whatever it saved stays intact
-                return
+        result_written = last.get(sroot, -1) >= after
+        input_written = False
+        for a in args:
+            af = nodes.get(a)
+            if af is not None and last.get(af.sroot, -1) >= after:
+                input_written = True
+                break
+        if not (result_written or input_written or self.params_writable):
+            return
         entry = self._saved_entry(nf, nf.view.name, False, traits)
         if entry is None:
             self._record_saved(nf)  # unknown op: noted at once, cheaply
@@ -1094,16 +1098,9 @@ class _Pass:
         may_save = traits.may_save if entry is traits.entry else _possible_saves(nf.view.name, entry)
         if not may_save:
             return  # saves nothing (``add``): nobody would ask
-        # Could a later write land in a tensor it may have saved: its result, a parameter, an input? If not,
-        # nobody would ask either.
-        if not (("result" in may_save and last.get(sroot, -1) >= after)
+        if not (input_written or ("result" in may_save and result_written)
                 or (self.params_writable and nf.view.params_of(nf.node))):
-            for a in args:
-                af = nodes.get(a)
-                if af is not None and last.get(af.sroot, -1) >= after:
-                    break
-            else:
-                return
+            return
         keys = [sroot] if self._written_from(sroot, after) else []
         for a in args:
             af = nodes.get(a)

@@ -427,10 +427,11 @@ def _template(op: str, target: Any) -> _Template:
         python = getattr(target, "__code__", None) is not None and _signature_names(target) is not None
         spelling = f"torch.{fname}()" if writes else fname
         t = _Template(name, _schema_arg_names(name), writes, spelling, python)
-    t = replace(t, operator=target in _OPERATORS, function=getattr(target, "__fxgrad_function__", None),
-                inplace_arg=t.python and "inplace" in (_signature_names(target) or ()))
-    t = replace(t, plain=not (t.operator or t.function is not None or t.name == "einsum" or t.inplace_arg
-                              or t.writes_first))
+    is_operator = target in _OPERATORS
+    function = getattr(target, "__fxgrad_function__", None)
+    inplace_arg = t.python and "inplace" in (_signature_names(target) or ())
+    t = replace(t, operator=is_operator, function=function, inplace_arg=inplace_arg,
+                plain=not (is_operator or function is not None or t.name == "einsum" or inplace_arg or t.writes_first))
     _TEMPLATES[key] = t
     return t
 
