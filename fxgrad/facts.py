@@ -48,6 +48,7 @@ import functools
 import sys
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -79,6 +80,8 @@ class SavedUse:
 
 
 _NONE: tuple[()] = ()
+#: the edge of a differentiable op's inputs: differentiable, and not zero-gradient
+_PLAIN_EDGE = (True, False)
 
 
 @dataclass(slots=True)
@@ -92,9 +95,13 @@ class NodeFacts:
     role: str = "activation"  # param | buffer | input | constant | activation | value | control | output
     grad_on: bool = True
     live: bool = False
-    #: effective inputs: (producer, differentiable, zero-gradient); a tuple for a single input (one allocation
-    #: instead of a list's two)
-    deps: Sequence[tuple[torch.fx.Node, bool, bool]] = _NONE
+    #: effective inputs: the producer of each input's value (the input, or the latest write into it). Most ops
+    #: share the tuple or list of the states their inputs read: no allocation of their own.
+    deps: Sequence[torch.fx.Node] = _NONE
+    #: (differentiable, zero-gradient) of every input edge, unless ``edges`` gives one per input
+    edge: tuple[bool, bool] = _PLAIN_EDGE
+    #: the edges of an op whose inputs differ (an in-place op's target, an op under no_grad), one per input
+    edges: Sequence[tuple[bool, bool]] | None = None
     #: why this node stops gradients: detach | data | no_grad | leaves | requires_grad | integer | rebuild
     cut: str | None = None
     zero: bool = False
@@ -140,6 +147,16 @@ class NodeFacts:
     #: the first alias of the written tensor read after the write (what makes FXG104 true)
     alias_seen: torch.fx.Node | None = None
     unknown_savers: list[torch.fx.Node] = _NONE  # type: ignore[assignment]
+
+    @property
+    def zero_edge(self) -> bool:
+        """Some input edge has a zero gradient almost everywhere (``round``, ``sign`` ...)."""
+        return self.edge[1] if self.edges is None else any(z for _, z in self.edges)
+
+    def dep_edges(self) -> Iterator[tuple[torch.fx.Node, bool, bool]]:
+        """Each input edge: (producer, differentiable, zero-gradient)."""
+        edges = self.edges if self.edges is not None else repeat(self.edge)
+        return ((dep, diff, zero) for dep, (diff, zero) in zip(self.deps, edges, strict=False))
 
 
 @dataclass(slots=True)
@@ -563,7 +580,7 @@ class _Pass:
                 self._get_attr(nf)
             elif op == "output":
                 nf.role = "output"
-                nf.deps = [(s, True, False) for s in self.states(_flat_nodes(node.args), nf)]
+                nf.deps = self.states(_flat_nodes(node.args), nf)
             else:
                 self._op(nf)
 
@@ -727,7 +744,7 @@ class _Pass:
         live_in: torch.fx.Node | None = None  # a live input whose gradient would flow through this node
         any_live: torch.fx.Node | None = None
         if grad_on and (write_target is None or name not in ops.OVERWRITES):  # every edge alike
-            deps = ((states[0], diff, zero),) if len(states) == 1 else [(s, diff, zero) for s in states]
+            nf.deps, nf.edge = states, _PLAIN_EDGE if diff and not zero else (diff, zero)
             for s in states:
                 sf = nodes.get(s)
                 if sf is not None and sf.live:
@@ -736,8 +753,8 @@ class _Pass:
                         live_in = s
                         break
         else:
-            deps, live_in, any_live = self._write_deps(nf, args, states, write_target, diff, zero)
-        nf.deps = deps
+            nf.deps, (nf.edges, live_in, any_live) = states, self._write_deps(nf, args, states, write_target, diff,
+                                                                                  zero)
         nf.zero = zero
 
         if not grad_on and cut is None and any_live is not None:
@@ -796,7 +813,7 @@ class _Pass:
             if sf is not None and sf.live:
                 live_in = s
                 break
-        nf.deps = ((states[0], True, False),) if len(states) == 1 else [(s, True, False) for s in states]
+        nf.deps = states
         if node.op == "call_module":  # its parameters' uses are noted whether or not an input is live
             module_params = self.module_param_cache.get(node.target)  # type: ignore[arg-type]
             if module_params is None or self.frozen:
@@ -851,12 +868,13 @@ class _Pass:
 
     def _write_deps(self, nf: NodeFacts, args: Sequence[torch.fx.Node], states: Sequence[torch.fx.Node],
                     write_target: torch.fx.Node | None, diff: bool, zero: bool
-                    ) -> tuple[list[tuple[torch.fx.Node, bool, bool]], torch.fx.Node | None, torch.fx.Node | None]:
+                    ) -> tuple[list[tuple[bool, bool]], torch.fx.Node | None, torch.fx.Node | None]:
         """Input edges of an in-place op or an op under no_grad: the written input's edge depends on the write.
-        Returns the edges, the first live input a gradient flows to, and the first live input."""
+        Returns the edges (differentiable, zero-gradient) in input order, the first live input a gradient flows to,
+        and the first live input."""
         name, grad_on = nf.view.name, nf.grad_on
         overwrites = write_target is not None and name in ops.OVERWRITES
-        deps: list[tuple[torch.fx.Node, bool, bool]] = []
+        edges: list[tuple[bool, bool]] = []
         live_in: torch.fx.Node | None = None
         any_live: torch.fx.Node | None = None
         for i, a in enumerate(args):
@@ -869,13 +887,13 @@ class _Pass:
                 d, z = True, True  # zero_/fill_/copy_: the old value gets a zero gradient
             else:
                 d, z = diff, zero
-            deps.append((s, d, z))
+            edges.append((d, z))
             sf = self.nodes.get(s)
             if sf is not None and sf.live:
                 any_live = any_live or s
                 if d and live_in is None:
                     live_in = s
-        return deps, live_in, any_live
+        return edges, live_in, any_live
 
     def _aliases(self, nf: NodeFacts, kind: str, first: torch.fx.Node, first_f: NodeFacts) -> None:
         """Alias roots of the result (see :func:`_alias_kind` for ``kind``)."""
@@ -985,8 +1003,7 @@ class _Pass:
                 if saver.node not in self.materialized:
                     self.materialized.add(saver.node)
                     # the state each input had when the saver ran is the producer of its edge
-                    deps = saver.deps
-                    at = {a: deps[i][0] for i, a in enumerate(saver.node.all_input_nodes)}
+                    at = dict(zip(saver.node.all_input_nodes, saver.deps, strict=True))
                     self._record_saved(saver, "all", at, nf.index)
         uses = self.pending.pop(sroot, None)
         if uses is None:
@@ -1224,30 +1241,62 @@ class _Pass:
     # -- step 2 -------------------------------------------------------------------------------------------------
 
     def backward(self) -> None:
+        """Reachability from the output, one node at a time in reverse: every user of a node came later in the
+        graph, so when its turn comes its facts are final, and what they give its inputs is settled per edge by
+        (differentiable, zero-gradient) alone."""
         nodes = self.nodes
         for nf in reversed(nodes.values()):
             if nf.role == "output":
                 nf.reach = nf.reach_nz = nf.data_reach = True
-            if not nf.deps:
+            deps = nf.deps
+            if not deps:
                 continue
-            # Every user of this node came later in the graph, so was seen already: its facts are final.
-            data_reach, reach, reach_nz = nf.data_reach, nf.reach, nf.reach_nz
-            for dep, diff, zero in nf.deps:
-                df = nodes.get(dep)
-                if df is None:
-                    continue
-                if data_reach:
-                    df.data_reach = True
-                if reach and diff:
-                    df.reach = True
-                    if reach_nz and not zero:
-                        df.reach_nz = True
-                # its cause is settled once every user was seen: propagate it to inputs that stay unreached.
-                if data_reach and df.cause is None:
-                    if not diff:
-                        df.cause = nf.node
-                    elif not reach:
-                        df.cause = nf.cause if nf.cause is not None else (nf.node if nf.cut else None)
+            edges = nf.edges
+            if edges is None:  # (most nodes: one edge for every input, and the plain one)
+                if nf.edge is _PLAIN_EDGE:  # (:meth:`_edge_effect`, inline)
+                    reach = nf.reach
+                    nz = reach and nf.reach_nz
+                    cause = None if reach else nf.cause if nf.cause is not None else nf.node if nf.cut else None
+                else:
+                    reach, nz, cause = self._edge_effect(nf, *nf.edge)
+                for dep in deps:
+                    df = nodes.get(dep)
+                    if df is not None:
+                        if reach:
+                            df.reach = True
+                            if nz:
+                                df.reach_nz = True
+                        if nf.data_reach:
+                            df.data_reach = True
+                            if df.cause is None:
+                                df.cause = cause
+            else:
+                for dep, (diff, zero) in zip(deps, edges, strict=True):
+                    df = nodes.get(dep)
+                    if df is not None:
+                        reach, nz, cause = self._edge_effect(nf, diff, zero)
+                        if reach:
+                            df.reach = True
+                            if nz:
+                                df.reach_nz = True
+                        if nf.data_reach:
+                            df.data_reach = True
+                            if df.cause is None:
+                                df.cause = cause
+
+    @staticmethod
+    def _edge_effect(nf: NodeFacts, diff: bool, zero: bool) -> tuple[bool, bool, torch.fx.Node | None]:
+        """What an edge from ``nf`` gives its input: a gradient (``nf`` is reached and the edge differentiable),
+        a nonzero one, and the cause to blame if the input ends up unreached (``nf`` itself when the edge cuts,
+        else the cause ``nf`` already has)."""
+        reach = nf.reach and diff
+        if not diff:
+            cause: torch.fx.Node | None = nf.node
+        elif reach:
+            cause = None
+        else:
+            cause = nf.cause if nf.cause is not None else (nf.node if nf.cut else None)
+        return reach, reach and nf.reach_nz and not zero, cause
 
     # -- step 3 -------------------------------------------------------------------------------------------------
 
@@ -1309,7 +1358,7 @@ class _Pass:
                     continue
                 seen.add(u)
                 uf = self.nodes[u]
-                if any(z for d, _, z in uf.deps if d is n) and uf.reach:
+                if uf.reach and any(z for d, _, z in uf.dep_edges() if d is n):
                     return u
                 if uf.reach:
                     frontier.append(u)

@@ -92,9 +92,9 @@ def _cut_rule(kind: str, code: str, text: Callable[[NodeFacts, GraphFacts], str]
 
 
 def _check_zero(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
-    if not nf.reach or not any(z for _, _, z in nf.deps) or nf.target is not None:
+    if not nf.reach or nf.target is not None or not nf.zero_edge:
         return None
-    dep = next((d for d, _, z in nf.deps if z and d in facts.nodes and facts[d].live), None)
+    dep = next((d for d, _, z in nf.dep_edges() if z and d in facts.nodes and facts[d].live), None)
     if dep is None or facts[dep].reach_nz:
         return None
     lost = [p for p in facts.lost.get(nf.node, []) if facts.params[p].status == "zero-grad"]
