@@ -1281,37 +1281,33 @@ class _Pass:
             if not deps:
                 continue
             edges = nf.edges
-            if edges is None:  # (most nodes: one edge for every input, and the plain one)
-                if nf.edge is _PLAIN_EDGE:  # (:meth:`_edge_effect`, inline)
-                    reach = nf.reach
-                    nz = reach and nf.reach_nz
-                    cause = None if reach else nf.cause if nf.cause is not None else nf.node if nf.cut else None
-                else:
-                    reach, nz, cause = self._edge_effect(nf, *nf.edge)
-                for dep in deps:
-                    df = nodes.get(dep)
-                    if df is not None:
-                        if reach:
-                            df.reach = True
-                            if nz:
-                                df.reach_nz = True
-                        if nf.data_reach:
-                            df.data_reach = True
-                            if df.cause is None:
-                                df.cause = cause
+            if edges is None:  # (most nodes: one edge for all their inputs)
+                self._reach_inputs(nf, deps, nf.edge)
             else:
-                for dep, (diff, zero) in zip(deps, edges, strict=True):
-                    df = nodes.get(dep)
-                    if df is not None:
-                        reach, nz, cause = self._edge_effect(nf, diff, zero)
-                        if reach:
-                            df.reach = True
-                            if nz:
-                                df.reach_nz = True
-                        if nf.data_reach:
-                            df.data_reach = True
-                            if df.cause is None:
-                                df.cause = cause
+                for dep, edge in zip(deps, edges, strict=True):
+                    self._reach_inputs(nf, (dep,), edge)
+
+    def _reach_inputs(self, nf: NodeFacts, deps: Sequence[torch.fx.Node], edge: tuple[bool, bool]) -> None:
+        """Give ``deps``, inputs of ``nf`` over edges ``edge`` = (differentiable, zero-gradient), what the edge
+        carries: a gradient, a nonzero one, and the cause to blame if the input ends up unreached."""
+        if edge is _PLAIN_EDGE:  # (:meth:`_edge_effect` for it, inline)
+            reach = nf.reach
+            nz = reach and nf.reach_nz
+            cause = None if reach else nf.cause if nf.cause is not None else nf.node if nf.cut else None
+        else:
+            reach, nz, cause = self._edge_effect(nf, *edge)
+        data_reach, nodes = nf.data_reach, self.nodes
+        for dep in deps:
+            df = nodes.get(dep)
+            if df is not None:
+                if reach:
+                    df.reach = True
+                    if nz:
+                        df.reach_nz = True
+                if data_reach:
+                    df.data_reach = True
+                    if df.cause is None:
+                        df.cause = cause
 
     @staticmethod
     def _edge_effect(nf: NodeFacts, diff: bool, zero: bool) -> tuple[bool, bool, torch.fx.Node | None]:
