@@ -195,6 +195,9 @@ class GraphFacts:
     params: dict[str, ParamFacts]
     #: parameter object id -> the name ``named_parameters()`` gives (tied weights share one name)
     param_names: dict[int, str]
+    #: the nodes a rule may have something to say about, in graph order (a superset: the forward pass lists every
+    #: op it did not find plain); ``None``: all of them
+    flagged: list[NodeFacts] | None = None
 
     def __post_init__(self) -> None:
         self.lost: dict[torch.fx.Node, list[str]] = {}
@@ -421,6 +424,9 @@ class _Pass:
         self.pending_unknown: dict[Root, list[torch.fx.Node]] = {}
         #: call target -> the custom ``autograd.Function`` behind it, if any
         self.functions: dict[Any, type | None] = {}
+        #: the ops that are not plain (see :meth:`_op`), in graph order: the only nodes that can cut, zero, raise or
+        #: write, so the only ones the rules need to see (:attr:`GraphFacts.flagged`)
+        self.flagged: list[NodeFacts] = []
 
     def _walk_modules(self) -> None:
         """One depth-first walk over the module tree, children in order: the modules, and the order and names
@@ -523,8 +529,8 @@ class _Pass:
         latest = self.latest_write
         out: list[torch.fx.Node] = []
         for a in args:
-            fa = nodes.get(a)
-            if fa is None or fa.index >= latest:  # nothing was written since ``a`` was made
+            fa = nodes[a]  # (an input is always an earlier node of the graph: it has its facts)
+            if fa.index >= latest:  # nothing was written since ``a`` was made
                 out.append(a)
                 continue
             if last_data_write:
@@ -579,6 +585,9 @@ class _Pass:
     def forward(self) -> None:
         nodes = list(self.gm.graph.nodes)
         viewer = self.viewer
+        # Made in graph order, in a walk of their own: made inside :meth:`_plan`'s walk from the end, the pass was
+        # 10 % slower on a 100,000-node graph (the views made per call, and what they read, then lie in memory
+        # in the reverse of the order every later step reads them).
         views = [viewer(node) for node in nodes]
         self._plan(nodes, views)
         facts = self.nodes
@@ -721,8 +730,7 @@ class _Pass:
         if self.last_mut:  # some write ran: an input made before the latest one may read as a later state
             latest = self.latest_write
             for a in args:
-                fa = nodes.get(a)
-                if fa is not None and fa.index < latest:
+                if nodes[a].index < latest:  # (an input is an earlier node: it has its facts)
                     states = self.states(args, nf)
                     break
         writes = view.writes
@@ -740,12 +748,14 @@ class _Pass:
         live_in, _ = self._differentiable(nf, node, args, states)
         if live_in is not None and traits.no_derivative:
             nf.no_derivative = True
+            self.flagged.append(nf)
         if nf.live and self.any_writes and not traits.meta_write:
             self._defer(nf, args, traits)
 
     def _general(self, nf: NodeFacts, node: torch.fx.Node, view: OpView, traits: _OpTraits,
                  args: Sequence[torch.fx.Node], states: Sequence[torch.fx.Node]) -> None:
         """:meth:`_op` for the other ops: cuts, views, writes of autograd state, ops under no_grad."""
+        self.flagged.append(nf)
         name = view.name
         nodes = self.nodes
         diff, cut, value_result, zero = traits.edge or self._edge(nf)
@@ -763,8 +773,7 @@ class _Pass:
         if grad_on and (write_target is None or name not in ops.OVERWRITES):  # every edge alike
             nf.deps, nf.edge = states, _PLAIN_EDGE if diff and not zero else (diff, zero)
             for s in states:
-                sf = nodes.get(s)
-                if sf is not None and sf.live:
+                if nodes[s].live:
                     any_live = any_live or s
                     if diff:
                         live_in = s
@@ -827,8 +836,7 @@ class _Pass:
         nodes = self.nodes
         live_in: torch.fx.Node | None = None
         for s in states:
-            sf = nodes.get(s)
-            if sf is not None and sf.live:
+            if nodes[s].live:  # (a state is an earlier node: it has its facts)
                 live_in = s
                 break
         nf.deps = states
@@ -851,6 +859,7 @@ class _Pass:
                  states: Sequence[torch.fx.Node], target: torch.fx.Node) -> None:
         """:meth:`_op` for most writes: a differentiable in-place op with grad enabled that does not overwrite its
         target completely (``relu_``, ``+=``, ``x[i] = v``)."""
+        self.flagged.append(nf)
         nodes = self.nodes
         live_in, value_result = self._differentiable(nf, node, args, states)
         if live_in is not None:
@@ -1006,7 +1015,7 @@ class _Pass:
             nf.overlap_write = True
         elif nf.view.name in ops.RESIZES and nf.target_live:
             nf.forward_error = "cannot resize variables that require grad"
-        elif nf.grad_on and self._is_leaf(vroot) and nf.target_live:
+        elif nf.grad_on and nf.target_live and self._is_leaf(vroot):
             nf.leaf_write = True
         elif nf.grad_on and tf.multi_view and nf.target_live:
             nf.forward_error = ("Output 0 of SplitBackward0 is a view and is being modified inplace. This view is the "
@@ -1129,8 +1138,7 @@ class _Pass:
         result_written = last.get(sroot, -1) >= after
         input_written = False
         for a in args:
-            af = nodes.get(a)
-            if af is not None and last.get(af.sroot, -1) >= after:
+            if last.get(nodes[a].sroot, -1) >= after:
                 input_written = True
                 break
         if not (result_written or input_written or self.params_writable):
@@ -1298,16 +1306,15 @@ class _Pass:
             reach, nz, cause = self._edge_effect(nf, *edge)
         data_reach, nodes = nf.data_reach, self.nodes
         for dep in deps:
-            df = nodes.get(dep)
-            if df is not None:
-                if reach:
-                    df.reach = True
-                    if nz:
-                        df.reach_nz = True
-                if data_reach:
-                    df.data_reach = True
-                    if df.cause is None:
-                        df.cause = cause
+            df = nodes[dep]  # (an input is an earlier node: it has its facts)
+            if reach:
+                df.reach = True
+                if nz:
+                    df.reach_nz = True
+            if data_reach:
+                df.data_reach = True
+                if df.cause is None:
+                    df.cause = cause
 
     @staticmethod
     def _edge_effect(nf: NodeFacts, diff: bool, zero: bool) -> tuple[bool, bool, torch.fx.Node | None]:
@@ -1397,5 +1404,5 @@ def compute_facts(gm: torch.fx.GraphModule, *, inputs_require_grad: frozenset[st
         p = _Pass(gm, inputs_require_grad, model)
         p.forward()
         p.backward()
-        return GraphFacts(gm, p.nodes, p.parameters(), p.param_names)
+        return GraphFacts(gm, p.nodes, p.parameters(), p.param_names, p.flagged)
 

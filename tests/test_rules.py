@@ -366,3 +366,18 @@ def test_findings_are_immutable_records() -> None:
     assert proved.verdict == "dry-run" and a.verdict == "static"
     with pytest.raises(AttributeError):
         a.code = "FXG101"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("c", list(CASES.values()), ids=list(CASES))
+def test_rules_see_every_node_they_could_flag(c: Case) -> None:
+    """The rules look only at the nodes the forward pass flagged (:attr:`GraphFacts.flagged`); shown every node,
+    they must find exactly the same. (The corpus cases' findings are checked against eager above.)"""
+    import dataclasses
+
+    from fxgrad.facts import compute_facts
+    from fxgrad.rules import run_rules
+
+    model = build(c)
+    facts = compute_facts(fxgrad.trace(model), model=model)
+    assert facts.flagged is not None
+    assert run_rules(facts) == run_rules(dataclasses.replace(facts, flagged=None))
