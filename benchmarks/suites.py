@@ -33,7 +33,7 @@ from fxgrad.facts import compute_facts
 from fxgrad.gcpause import gc_paused
 from fxgrad.rules import run_rules
 
-from .measure import Timing, interleaved, interleaved_peaks, peak_python_bytes, peak_tensor_bytes
+from .measure import Timing, bytecodes_executed, interleaved, interleaved_peaks, peak_python_bytes, peak_tensor_bytes
 from .models import FAMILIES, build, node_count, nodes_of
 
 __all__ = ["PLANS", "Plan", "SizePlan", "analysis_speed", "dryrun_memory", "fix_runtime_cost", "optional"]
@@ -226,10 +226,16 @@ def _capture_candidates(model: nn.Module, fixing: ModuleType | None, counts: lis
 
 def scaling_control(family: str, small: int, big: int, *, reps: int) -> dict[str, Any]:
     """The static analysis of one graph of ``big`` nodes against that of ``big / small`` graphs of ``small`` nodes,
-    one after the other: the same number of nodes, and the same cold caches (each small graph is evicted by the
-    others before its turn comes again). A pass whose cost grew faster than the graph would cost more per node
-    on the big graph. Timed alone, a small graph is cheaper per node for another reason: right after the
-    collection that precedes every run, all of it still sits in the CPU caches, which a big graph never fits."""
+    one after the other: the same number of nodes, each graph starting cold (each small graph is evicted by the
+    others before its turn comes again). Timed alone, a small graph is cheaper per node for another reason: right
+    after the collection that precedes every run, all of it still sits in the CPU caches, which a big graph never
+    fits.
+
+    The times still differ in one way the setup cannot hold equal: the pass walks a graph's facts several times
+    (forward, backward, verdicts, rules, freeing), and between those walks a small graph's facts stay in the CPU
+    caches while a big graph's do not. So the work is counted too (:func:`bytecodes_executed`, once per side):
+    a pass whose work grew faster than its graph would execute more instructions per node on the big graph,
+    whatever the caches do."""
     big_model, big_blocks = build(family, big)
     first, small_blocks = build(family, small)
     n_big, n_small = nodes_of(family, big_blocks), nodes_of(family, small_blocks)
@@ -246,12 +252,16 @@ def scaling_control(family: str, small: int, big: int, *, reps: int) -> dict[str
                     warmup=False)
     per_node_big = t["one graph"].median_ms / n_big
     per_node_small = t["small graphs"].median_ms / (copies * n_small)
+    work_big = bytecodes_executed(partial(_static, big_gm, big_model)) / n_big
+    work_small = bytecodes_executed(many) / (copies * n_small)
     return {"family": family, "nodes": n_big, "small_nodes": n_small, "copies": copies, "runs": t["one graph"].runs,
             "one_graph_ms": round(t["one graph"].median_ms, 3),
             "small_graphs_ms": round(t["small graphs"].median_ms, 3),
             "ms_per_1k_nodes_one_graph": round(per_node_big * 1e3, 3),
             "ms_per_1k_nodes_small_graphs": round(per_node_small * 1e3, 3),
-            "per_node_ratio": round(per_node_big / per_node_small, 4)}
+            "per_node_ratio": round(per_node_big / per_node_small, 4),
+            "bytecodes_per_node_one_graph": round(work_big, 2), "bytecodes_per_node_small_graphs": round(work_small, 2),
+            "bytecode_ratio": round(work_big / work_small, 4)}
 
 
 def _isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

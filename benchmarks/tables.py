@@ -16,6 +16,12 @@ def _ms(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
 
 
+def _work(row: dict[str, Any], side: str) -> str:
+    """Bytecodes per node of one side of the scaling control (results files before it was counted lack it)."""
+    value = row.get(f"bytecodes_per_node_{side}")
+    return f"{value:,.1f}" if value is not None else "-"
+
+
 def _mib(b: float) -> str:
     return f"{b / 2**20:.2f}"
 
@@ -42,13 +48,16 @@ def _analysis(section: dict[str, Any], fmt: str) -> list[str]:
     if section.get("scaling_control"):
         out.append("")
         out.append("Static analysis: one graph against the same number of nodes in small graphs, analysed one after "
-                   "the other (caches held equal)")
+                   "the other: time, and work (Python bytecodes executed per node)")
         out.append(tabulate(
             [[r["family"], f"{r['nodes']:,}", _ms(r["ms_per_1k_nodes_one_graph"]),
               f"{r['copies']} × {r['small_nodes']:,}", _ms(r["ms_per_1k_nodes_small_graphs"]),
-              f"{r['per_node_ratio']:.2f}×", r["runs"]] for r in section["scaling_control"]],
+              f"{r['per_node_ratio']:.2f}×", _work(r, "one_graph"), _work(r, "small_graphs"),
+              f"{r['bytecode_ratio']:.3f}×" if "bytecode_ratio" in r else "-", r["runs"]]
+             for r in section["scaling_control"]],
             headers=["family", "one graph, nodes", "ms per 1k nodes", "small graphs", "ms per 1k nodes",
-                     "one graph / small graphs", "runs"], tablefmt=fmt, disable_numparse=True))
+                     "time: one / small", "bytecodes per node, one graph", "… small graphs", "work: one / small",
+                     "runs"], tablefmt=fmt, disable_numparse=True))
     dry = [r for r in section["rows"] if r["tool"] == "dry-run"]
     if dry:
         out.append("")

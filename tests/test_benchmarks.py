@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.measure import bytecodes_executed
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,7 +31,9 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert {r["tool"] for r in speed["alternatives"]} >= {"make_fx(functionalize)", "torch.export+run_decompositions"}
     assert {r["tool"] for r in speed["anomaly"]} == {"forward+backward", "detect_anomaly forward+backward"}
     assert {r["family"] for r in speed["scaling_control"]} == {"mlp", "resnet", "transformer"}
-    assert all(r["copies"] >= 2 and r["per_node_ratio"] > 0 for r in speed["scaling_control"])
+    assert all(r["copies"] >= 2 and r["per_node_ratio"] > 0 and r["bytecodes_per_node_one_graph"] > 0
+               and r["bytecodes_per_node_small_graphs"] > 0 and r["bytecode_ratio"] > 0
+               for r in speed["scaling_control"])
     assert {r["family"] for r in speed["verification"]} >= {"resnet", "resnet-broken"}
     for r in speed["rows"]:
         assert r["median_ms"] > 0 and r["ms_per_1k_nodes"] > 0 and r["runs"] >= 1
@@ -45,3 +49,19 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert {t["target"] for t in results["targets"]} >= {"static analysis vs symbolic_trace", "dry-run speed",
                                                          "verification cost"}
     assert "Targets" in proc.stdout
+
+
+def test_bytecodes_executed_counts_work_not_time() -> None:
+    """The linearity target's measure: a loop of 3n steps executes exactly 3/2 the extra instructions of one of 2n
+    over n (the count is deterministic), and the caller's trace function is back afterwards."""
+    def loop(n: int) -> int:
+        total = 0
+        for i in range(n):
+            total += i
+        return total
+
+    counts = [bytecodes_executed(lambda n=n: loop(n)) for n in (100, 200, 300, 300)]  # type: ignore[misc]
+    assert counts[1] - counts[0] == counts[2] - counts[1] > 0 and counts[2] == counts[3]
+    before = sys.gettrace()
+    bytecodes_executed(lambda: loop(5))
+    assert sys.gettrace() is before
