@@ -371,13 +371,17 @@ def test_findings_are_immutable_records() -> None:
 @pytest.mark.parametrize("c", list(CASES.values()), ids=list(CASES))
 def test_rules_see_every_node_they_could_flag(c: Case) -> None:
     """The rules look only at the nodes the forward pass flagged (:attr:`GraphFacts.flagged`); shown every node,
-    they must find exactly the same. (The corpus cases' findings are checked against eager above.)"""
+    they must find exactly the same. (The corpus cases' findings are checked against eager above.) The rules build
+    findings without ``Finding.__new__``: each must still have every field."""
     import dataclasses
 
     from fxgrad.facts import compute_facts
+    from fxgrad.report import Finding
     from fxgrad.rules import run_rules
 
     model = build(c)
     facts = compute_facts(fxgrad.trace(model), model=model)
     assert facts.flagged is not None
-    assert run_rules(facts) == run_rules(dataclasses.replace(facts, flagged=None))
+    findings = run_rules(facts)
+    assert findings == run_rules(dataclasses.replace(facts, flagged=None))
+    assert all(len(f) == len(Finding._fields) and f.verdict == "static" for f in findings)
