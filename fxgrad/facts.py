@@ -366,6 +366,17 @@ def _traits(name: str) -> _OpTraits:
     return traits
 
 
+def _same_tensor(nf: NodeFacts, base: NodeFacts) -> None:
+    """``nf``'s result is ``base``'s tensor itself (an in-place op returns its target): the same roots, identity and
+    view flags."""
+    nf.vroot, nf.croot, nf.sroot = base.vroot, base.croot, base.sroot
+    nf.is_view, nf.ident = base.is_view, base.ident
+    if base.multi_view:  # (rare facts are set only when true: see :class:`NodeFacts`)
+        nf.multi_view = True
+    if base.expanded:
+        nf.expanded = True
+
+
 def _all_values(states: Sequence[torch.fx.Node], nodes: dict[torch.fx.Node, NodeFacts]) -> bool:
     """Every input is a plain Python value (``x.size(0) * 2``): so is the result."""
     for s in states:
@@ -870,14 +881,7 @@ class _Pass:
             if traits.no_derivative:
                 nf.no_derivative = True
         if args and not value_result:  # an in-place op returns its target: the same tensor
-            base = nodes.get(target) or nodes.get(args[0])
-            if base is not None:
-                nf.vroot, nf.croot, nf.sroot = base.vroot, base.croot, base.sroot
-                nf.is_view, nf.ident = base.is_view, base.ident
-                if base.multi_view:  # (rare facts are set only when true: see :class:`NodeFacts`)
-                    nf.multi_view = True
-                if base.expanded:
-                    nf.expanded = True
+            _same_tensor(nf, nodes[target])  # (the target is an input: it has its facts)
         if traits.saves_before_write:
             self._record_saved(nf, "inputs", since=nf.index)
         self._write(nf, target, states[args.index(target)])  # the target is an input
@@ -918,8 +922,7 @@ class _Pass:
             else:
                 d, z = diff, zero
             edges.append((d, z))
-            sf = self.nodes.get(s)
-            if sf is not None and sf.live:
+            if self.nodes[s].live:  # (a state is an earlier node: it has its facts)
                 any_live = any_live or s
                 if d and live_in is None:
                     live_in = s
@@ -935,12 +938,7 @@ class _Pass:
                 nf.sroot = base.sroot  # same storage, own version counter, no history
                 nf.alias_of = base.ident
                 return
-            nf.vroot, nf.croot, nf.sroot = base.vroot, base.croot, base.sroot
-            nf.is_view, nf.ident = base.is_view, base.ident  # the same tensor
-            if base.multi_view:  # (rare facts are set only when true: see :class:`NodeFacts`)
-                nf.multi_view = True
-            if base.expanded:
-                nf.expanded = True
+            _same_tensor(nf, base)
         elif kind == "detach":
             nf.croot, nf.sroot = first_f.croot, first_f.sroot  # shares the version counter
             nf.alias_of = first_f.ident
