@@ -4,7 +4,7 @@ Algorithm:
 
 1. Check the arguments and take a snapshot of everything of the user's model that analysis must not change
    (parameters, buffers, ``.grad``, ``requires_grad``, ``training``, ``inplace`` flags, grad mode).
-2. Capture the model with the faithful tracer (:mod:`fxgrad.capture`).
+2. Capture the model (:mod:`fxgrad.capturing`): the faithful tracer, or a recording of a run on the inputs.
 3. Compute the static facts (:mod:`fxgrad.facts`) and run the rules (:mod:`fxgrad.rules`).
 4. With example inputs, prove the verdicts with the dry-run (:mod:`fxgrad.dryrun`), which replaces the static
    in-place and parameter verdicts.
@@ -23,10 +23,13 @@ import torch
 import torch.fx
 from torch import nn
 
-from .capture import node_origin, trace
+from . import capturing
+from .capture import node_origin
+from .checkpointing import apply_checkpointing
 from .errors import AnalysisError, FxgradError, InputError
 from .facts import GraphFacts, compute_facts
 from .gcpause import gc_paused
+from .record import RECORDED_KEY
 from .report import Finding, ParamStatus, Report
 from .rules import RULES_BY_CODE, run_rules, select_codes
 from .suppress import is_suppressed
@@ -91,6 +94,7 @@ def analyze(
     select: Iterable[str] = (),
     ignore: Iterable[str] = (),
     dryrun: str | bool = "auto",
+    capture: str = "auto",
 ) -> Report:
     """Find, before training, why parameters would get no gradient and which in-place ops break ``backward()``.
 
@@ -98,7 +102,12 @@ def analyze(
     tensors, or :func:`fxgrad.spec` shapes) fxgrad runs the graph once on meta tensors and replaces the static
     verdicts with proved ones (``dryrun="real"`` runs it on the real inputs instead, ``dryrun=False`` skips it).
     ``ignore``/``select`` take codes or prefixes (``"FXG1"``). The model is never changed.
+
+    ``capture`` chooses how the model becomes a graph: ``"trace"`` (symbolic, every branch, no inputs needed),
+    ``"run"`` (by running it on the example inputs: any Python control flow, the branches these inputs take), or
+    ``"auto"``: trace, and run when tracing fails and inputs are given. The report says which one ran.
     """
+    model = capturing.unwrap(model)
     if not isinstance(model, nn.Module):
         raise InputError(f"fxgrad.analyze needs an nn.Module, got {type(model).__name__}. "
                          "Hint: pass the model instance, e.g. analyze(MyNet(), ...).")
@@ -109,11 +118,16 @@ def analyze(
                          "prefixes like FXG1 select a family.")
     name = type(model).__name__
     with preserved(model):
-        gm = trace(model, concrete_args, tracer=tracer, leaf_modules=leaf_modules)
+        captured = capturing.capture(model, example_inputs, capture, concrete_args=concrete_args, tracer=tracer,
+                                     leaf_modules=leaf_modules)
         # One pause of cyclic GC from the facts to the report, and the facts dropped before it ends: the collector
         # never walks the per-node records (see fxgrad.gcpause).
         with gc_paused():
-            report = _analyse(gm, model, name, example_inputs, dryrun)
+            report = _analyse(captured.gm, model, name, example_inputs, dryrun)
+        report.capture = captured.how
+        if captured.note:
+            report.notes.insert(0, captured.note)
+        report.notes += captured.gm.meta.get(RECORDED_KEY, {}).get("notes", [])
     return _filter(report, enabled)
 
 
@@ -132,6 +146,7 @@ def _analyse(gm: torch.fx.GraphModule, model: nn.Module, name: str, example_inpu
         from .dryrun import prove  # the dry-run pulls in torch's dispatch machinery; only load it when asked for
 
         prove(report, gm, facts, example_inputs, mode="real" if dryrun == "real" else "meta")
+    apply_checkpointing(report, gm)
     return report
 
 

@@ -46,8 +46,10 @@ from torch.autograd import grad_mode
 from .errors import InputError, TraceError
 
 __all__ = [
+    "CHECKPOINT_KEY",
     "FaithfulTracer",
     "NodeOrigin",
+    "Segment",
     "SourceLocation",
     "faithful_tracer_class",
     "node_origin",
@@ -77,6 +79,18 @@ def _display_path(path: str) -> str:
         return path
     rel = os.path.relpath(path)
     return path if rel.startswith(".." + os.sep + "..") else rel
+
+
+@dataclass(frozen=True)
+class Segment:
+    """An activation-checkpoint segment a node was recorded in (``node.meta[CHECKPOINT_KEY]``): backward
+    recomputes it instead of reading what its ops saved in forward."""
+
+    number: int
+    reentrant: bool
+
+
+CHECKPOINT_KEY = "fxgrad_checkpoint"
 
 
 @dataclass(frozen=True)
@@ -396,23 +410,28 @@ def _state_iterator(orig: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def function_apply_target(cls: Any) -> Callable[..., Any]:
+    """The call target that stands for ``cls.apply`` in a graph: one per ``autograd.Function`` class."""
+    target = _APPLIES.get(cls)
+    if target is None:
+        def target(*a: Any, **k: Any) -> Any:
+            return cls.apply(*a, **k)
+
+        target.__name__ = target.__qualname__ = f"{cls.__name__}.apply"
+        target.__module__ = getattr(cls, "__module__", "") or ""
+        target.__fxgrad_function__ = cls  # type: ignore[attr-defined]
+        _APPLIES[cls] = target
+    return target
+
+
 def _function_apply(orig: Any) -> Any:
     """``MyFunction.apply(x)`` as one opaque node: tracing into ``forward`` would lose the custom backward."""
 
     def apply(cls: Any, *args: Any, **kwargs: Any) -> Any:
         proxy = _find_proxy(args, kwargs)
         if proxy is None or _is_quiet():
-            return orig.__func__(cls, *args, **kwargs)
-        target = _APPLIES.get(cls)
-        if target is None:
-            def target(*a: Any, **k: Any) -> Any:
-                return cls.apply(*a, **k)
-
-            target.__name__ = target.__qualname__ = f"{cls.__name__}.apply"
-            target.__module__ = getattr(cls, "__module__", "") or ""
-            target.__fxgrad_function__ = cls  # type: ignore[attr-defined]
-            _APPLIES[cls] = target
-        return proxy.tracer.create_proxy("call_function", target, args, kwargs)
+            return orig.__get__(None, cls)(*args, **kwargs)
+        return proxy.tracer.create_proxy("call_function", function_apply_target(cls), args, kwargs)
 
     return classmethod(apply)
 
@@ -545,6 +564,30 @@ def node_origin(node: torch.fx.Node) -> NodeOrigin:
     return NodeOrigin(module, location)
 
 
+def _module_state(model: torch.nn.Module) -> list[tuple[torch.nn.Module, dict[str, Any], list[dict[str, Any]]]]:
+    """Each module's attributes and its parameter, buffer and submodule tables, as they are now."""
+    return [(m, dict(vars(m)), [dict(m._parameters), dict(m._buffers), dict(m._modules)]) for m in model.modules()]
+
+
+def _restore_module_state(saved: list[tuple[torch.nn.Module, dict[str, Any], list[dict[str, Any]]]], *,
+                          keep_new: bool = False) -> None:
+    """Put every attribute back; ``keep_new`` leaves the ones tracing added (fx's tensor constants) for now."""
+    for m, attrs, tables in saved:
+        now: tuple[dict[str, Any], ...] = (vars(m), m._parameters, m._buffers, m._modules)
+        for table, before in zip(now, (attrs, *tables), strict=True):
+            if _same_items(table, before):
+                continue
+            added = {k: v for k, v in table.items() if k not in before} if keep_new else {}
+            table.clear()
+            table.update(before)
+            table.update(added)
+
+
+def _same_items(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """By identity: ``==`` on tensors compares elements, and on a Proxy it would record a node."""
+    return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
+
+
 _HINT = (
     "Hint: pass concrete_args for arguments that decide control flow, or keep the offending submodule opaque "
     "with leaf_modules=[...]."
@@ -603,24 +646,27 @@ def trace(
 
         tracer_obj.is_leaf_module = is_leaf  # type: ignore[method-assign,assignment]
 
-    modes = {name: m.training for name, m in model.named_modules()} if isinstance(model, torch.nn.Module) else {}
+    # Tracing runs forward on the user's module: `self.step = self.step + 1` would leave a Proxy in it, and fx
+    # registers tensor constants on the root. The attributes the model had are put back before the GraphModule
+    # copies what its graph reads; the ones tracing added are removed once it has.
+    saved = _module_state(model) if isinstance(model, torch.nn.Module) else []
     try:
-        graph = tracer_obj.trace(model, concrete_args)
-    except Exception as e:
-        extra = getattr(type(tracer_obj), "_fxgrad_extra_files", ())
-        where = _user_traceback_location(e.__traceback__, extra)
-        name = type(model).__name__ if isinstance(model, torch.nn.Module) else getattr(model, "__name__", "function")
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        at = f" at {where}: `{where.code}`" if where else ""
-        raise TraceError(f"fxgrad could not trace {name}{at} ({type(e).__name__}: {reason}). {_hint_for(e)}") from e
+        try:
+            graph = tracer_obj.trace(model, concrete_args)
+        except Exception as e:
+            extra = getattr(type(tracer_obj), "_fxgrad_extra_files", ())
+            where = _user_traceback_location(e.__traceback__, extra)
+            name = type(model).__name__ if isinstance(model, torch.nn.Module) else getattr(model, "__name__",
+                                                                                          "function")
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            at = f" at {where}: `{where.code}`" if where else ""
+            raise TraceError(f"fxgrad could not trace {name}{at} ({type(e).__name__}: {reason}). "
+                             f"{_hint_for(e)}") from e
+        _restore_module_state(saved, keep_new=True)
+        root = tracer_obj.root if isinstance(model, torch.nn.Module) else torch.nn.Module()
+        class_name = type(model).__name__ if isinstance(model, torch.nn.Module) else getattr(model, "__name__", "fn")
+        gm = torch.fx.GraphModule(root, graph, class_name)
     finally:
-        if isinstance(model, torch.nn.Module):
-            for mod_name, m in model.named_modules():
-                if mod_name in modes:
-                    m.training = modes[mod_name]
-
-    root = tracer_obj.root if isinstance(model, torch.nn.Module) else torch.nn.Module()
-    class_name = type(model).__name__ if isinstance(model, torch.nn.Module) else getattr(model, "__name__", "fn")
-    gm = torch.fx.GraphModule(root, graph, class_name)
+        _restore_module_state(saved)
     log.debug("traced %s: %d nodes", class_name, len(graph.nodes))
     return gm

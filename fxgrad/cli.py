@@ -31,7 +31,7 @@ from tabulate import tabulate
 from . import __version__
 from .analysis import analyze
 from .capture import SourceLocation
-from .config import FAIL_ON, Config, find_config, load_config
+from .config import CAPTURES, FAIL_ON, Config, find_config, load_config
 from .errors import FxgradError, InputError
 from .report import Finding, Report
 from .rules import RULES_BY_CODE
@@ -77,6 +77,10 @@ def _add_model_args(p: argparse.ArgumentParser, *, static: bool = True) -> None:
     p.add_argument("--inputs", dest="inputs_factory", metavar="FILE.py:FUNC",
                    help="a function returning the example inputs (a tuple of positional arguments, or the one "
                         "argument), for models that take integers, dicts or several tensors")
+    p.add_argument("--capture", choices=CAPTURES, default=None,
+                   help="how the model becomes a graph: trace (symbolic, every branch, no inputs needed), run (by "
+                        "running it on the example inputs: any Python control flow, the branches these inputs "
+                        "take), auto (default: trace, and run when tracing fails)")
     if static:
         p.add_argument("--static", action="store_true",
                        help="skip the dry-run on the example inputs: static verdicts from fxgrad's op tables only")
@@ -237,9 +241,9 @@ def _exit_status(report: Report, fail_on: str) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    if args.isolated:
+    if getattr(args, "isolated", False):
         return Config()
-    path = args.config if args.config is not None else find_config()
+    path = getattr(args, "config", None) or find_config()
     if path is None:
         return Config()
     if not path.is_file():
@@ -265,7 +269,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise InputError(f"--root {args.root} is not a directory. Hint: give the repository's checkout directory.")
 
     model, inputs = _load(args)
-    report = _analyze(model, inputs, static=args.static, select=select, ignore=ignore)
+    report = _analyze(model, inputs, static=args.static, select=select, ignore=ignore,
+                      capture=args.capture or cfg.capture or "auto")
 
     recorded = None
     if args.baseline is not None:
@@ -395,7 +400,8 @@ def _gm_source(gm: Any, args: argparse.Namespace) -> str:
 def _cmd_fix(args: argparse.Namespace) -> int:
     fix = _fixer()
     model, inputs = _load(args)
-    gm = fix(model, inputs, only=args.only, unsafe=args.unsafe)
+    gm = fix(model, inputs, only=args.only, unsafe=args.unsafe,
+             capture=args.capture or _config(args).capture or "auto")
     record = gm.meta["fxgrad"]
     print(_render_fix(record))
     if args.out is not None:

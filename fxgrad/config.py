@@ -8,6 +8,7 @@ over it, flag by flag::
     select = ["FXG0", "FXG1", "FXG2"]   # codes or prefixes; default: every code
     ignore = ["FXG101"]                 # codes or prefixes silenced everywhere
     fail-on = "warning"                 # error (default) | warning | never
+    capture = "auto"                    # auto (default) | trace | run
 
 Unknown keys and wrongly typed values are errors: a misspelt setting must not be silently ignored.
 """
@@ -30,10 +31,12 @@ else:  # pragma: no cover - Python 3.10 reads the table only where tomli is inst
     except ImportError:
         tomllib = None
 
-__all__ = ["FAIL_ON", "Config", "find_config", "load_config"]
+__all__ = ["CAPTURES", "FAIL_ON", "Config", "find_config", "load_config"]
 
 FAIL_ON = ("error", "warning", "never")
-_KEYS = ("select", "ignore", "fail-on")
+_KEYS = ("select", "ignore", "fail-on", "capture")
+#: how a model becomes a graph (fxgrad.capturing.CAPTURES; repeated here so reading settings imports no torch)
+CAPTURES = ("auto", "trace", "run")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Config:
     select: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     fail_on: str | None = None
+    capture: str | None = None
 
 
 def find_config(start: Path | None = None) -> Path | None:
@@ -94,5 +98,9 @@ def load_config(path: Path) -> Config:
     if fail_on is not None and fail_on not in FAIL_ON:
         raise InputError(f"[tool.fxgrad] fail-on in {_shown(path)} is {fail_on!r}. Hint: use one of "
                          f"{', '.join(FAIL_ON)}.")
+    capture = table.get("capture")
+    if capture is not None and capture not in CAPTURES:
+        raise InputError(f"[tool.fxgrad] capture in {_shown(path)} is {capture!r}. Hint: use one of "
+                         f"{', '.join(CAPTURES)}.")
     return Config(path=path, select=_codes(path, "select", table.get("select", [])),
-                  ignore=_codes(path, "ignore", table.get("ignore", [])), fail_on=fail_on)
+                  ignore=_codes(path, "ignore", table.get("ignore", [])), fail_on=fail_on, capture=capture)

@@ -55,18 +55,13 @@ from .gcpause import gc_paused
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .metarun import MetaMode, meta_twin
 from .report import Finding, ParamStatus, Related, Report
-from .rules import OVERLAP_ERROR, RULES_BY_CODE, inplace_warning, without_counterfactuals
+from .rules import AUTOGRAD_ERRORS, LEAF_ERRORS, OVERLAP_ERROR, RULES_BY_CODE, inplace_warning, without_counterfactuals
 
 __all__ = ["DryRun", "prove", "run_dryrun"]
 
 log = logging.getLogger(__name__)
 
 _INPLACE_ERROR = "modified by an inplace operation"
-_LEAF_ERRORS = ("leaf Variable that requires grad", "view of a leaf Variable that requires grad")
-#: forward errors autograd raises by design (FXG010): the dry-run reports them and goes on past the node
-_AUTOGRAD_ERRORS = ("you can only change requires_grad flags of leaf variables", "is a view and is being modified "
-                    "inplace", "don't support automatic differentiation", "cannot resize variables that require grad",
-                    "A view was created in no_grad mode")
 _BACKEND_MODULES: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoderLayer,
                                                  nn.TransformerDecoderLayer, nn.Transformer)
 
@@ -257,8 +252,8 @@ class _Runner:
         try:
             result = self._exec(n)
         except Exception as e:
-            code = ("FXG103" if any(msg in str(e) for msg in _LEAF_ERRORS)
-                    else "FXG010" if any(msg in str(e) for msg in _AUTOGRAD_ERRORS) else None)
+            code = ("FXG103" if any(msg in str(e) for msg in LEAF_ERRORS)
+                    else "FXG010" if any(msg in str(e) for msg in AUTOGRAD_ERRORS) else None)
             if code is None:
                 e.fxgrad_node = n  # type: ignore[attr-defined]
                 raise

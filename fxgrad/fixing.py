@@ -28,8 +28,8 @@ import torch
 import torch.fx
 from torch import nn
 
+from . import capturing
 from .analysis import analyze, preserved
-from .capture import trace
 from .errors import InputError
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .report import Report
@@ -58,6 +58,8 @@ class FixRecord:
     left: tuple[Left, ...]
     verification: Verification | None
     notes: tuple[str, ...] = ()
+    #: how the model was captured: "trace" or "run" (for the branches the example inputs took)
+    capture: str = "trace"
 
     @property
     def changed(self) -> bool:
@@ -183,6 +185,7 @@ def fix(
     concrete_args: dict[str, Any] | None = None,
     tracer: type[torch.fx.Tracer] | torch.fx.Tracer | None = None,
     leaf_modules: Sequence[type[nn.Module] | str] = (),
+    capture: str = "auto",
 ) -> torch.fx.GraphModule:
     """A new ``GraphModule`` that computes what ``model`` computes, with in-place ops made out-of-place.
 
@@ -193,8 +196,12 @@ def fix(
     run against the original (outputs, gradients, buffers) and :class:`~fxgrad.errors.VerificationError` is
     raised on a mismatch. The result shares ``model``'s parameters; ``model`` itself is never changed. Its
     record is ``result.meta["fxgrad"]`` (a :class:`FixRecord`).
+
+    ``capture`` is :func:`fxgrad.analyze`'s. A model captured by running it (``"run"``, or ``"auto"`` when tracing
+    fails) gives a module for the branches the example inputs took, and its record says so.
     """
     # Step 1: arguments.
+    model = capturing.unwrap(model)
     if not isinstance(model, nn.Module):
         raise InputError(f"fxgrad.fix needs an nn.Module, got {type(model).__name__}. "
                          "Hint: pass the model instance, e.g. fix(MyNet(), (x,)).")
@@ -207,7 +214,12 @@ def fix(
     notes: list[str] = []
     with preserved(model):
         # Step 2: trace once; analyze that graph.
-        traced = trace(model, concrete_args, tracer=tracer, leaf_modules=leaf_modules)
+        captured = capturing.capture(model, args, capture, concrete_args=concrete_args, tracer=tracer,
+                                     leaf_modules=leaf_modules)
+        traced = captured.gm
+        if captured.how == "run":
+            notes.append(captured.note.replace("the verdicts hold", "this module computes the model")
+                         + " Use it for inputs of these shapes and take the same branches.")
         report = _findings(traced, args)
         codes: dict[str, tuple[str, ...]] = {}
         for f in report.findings:
@@ -246,7 +258,8 @@ def fix(
         elif verify:
             notes.append("not verified: pass example inputs to compare outputs and gradients with the original")
     # Step 7: the record.
-    record = FixRecord(name, mode, unsafe, tuple(pass_.rewrites), tuple(pass_.left), verification, tuple(notes))
+    record = FixRecord(name, mode, unsafe, tuple(pass_.rewrites), tuple(pass_.left), verification, tuple(notes),
+                       captured.how)
     fixed.meta[META_KEY] = record
     log.debug("fixed %s: %d rewrites", name, len(record.rewrites))
     return fixed

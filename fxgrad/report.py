@@ -90,6 +90,8 @@ class Report:
     params: dict[str, ParamStatus] = field(default_factory=dict)
     #: "static" when no example inputs were given; "dry-run" when verdicts were proved by running the graph
     mode: str = "static"
+    #: how the model became a graph: "trace" (symbolic, every branch) or "run" (the branches the inputs took)
+    capture: str = "trace"
     notes: list[str] = field(default_factory=list)
     suppressed: list[Finding] = field(default_factory=list)
 
@@ -122,6 +124,7 @@ class Report:
             "tool": "fxgrad",
             "model": self.model,
             "mode": self.mode,
+            "capture": self.capture,
             "ok": self.ok,
             "summary": self._summary(),
             "findings": [f.to_dict() for f in self.sorted_findings()],
@@ -167,7 +170,8 @@ def render_table(report: Report, *, width: int = 60) -> str:
     """Findings grouped by severity, then the parameter summary; plain text, no colour."""
     out: list[str] = []
     verdict = "proved by a dry-run on meta tensors" if report.mode == "dry-run" else "static analysis"
-    out.append(f"fxgrad report for {report.model} ({verdict})")
+    how = "traced symbolically" if report.capture == "trace" else "captured by running it on the inputs"
+    out.append(f"fxgrad report for {report.model} ({how}; {verdict})")
     for severity in ("error", "warning", "info"):
         rows = [
             [f.code, f.where, _short(f.location.code, 40) if f.location else "", _wrap(f.message, width)]

@@ -220,6 +220,13 @@ def _check_forward_error(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
                     f"\"RuntimeError: {nf.forward_error}\"")
 
 
+#: what autograd says when forward writes in place into a leaf that requires grad (FXG103)
+LEAF_ERRORS = ("leaf Variable that requires grad", "view of a leaf Variable that requires grad")
+#: other forward errors autograd raises by design (FXG010); a tensor made under ``inference_mode`` and then saved
+#: for backward is one of them
+AUTOGRAD_ERRORS = ("you can only change requires_grad flags of leaf variables", "is a view and is being modified "
+                   "inplace", "don't support automatic differentiation", "cannot resize variables that require grad",
+                   "A view was created in no_grad mode", "Inference tensors cannot be saved for backward")
 OVERLAP_ERROR = ("unsupported operation: more than one element of the written-to tensor refers to a single memory "
                  "location. Please clone() the tensor before performing the operation.")
 

@@ -134,12 +134,15 @@ MISTAKES = {
     "bad NAME": (["check", "nets.py:Nope"], "nets.py has no 'Nope'"),
     "not a module": (["check", "nets.py:answer"], "answer is a value of type int, not an nn.Module"),
     "bad shape": (["check", "nets.py:Clean", "--input", "3by4"], "--input '3by4' is not a shape"),
-    "untraceable": (["check", "nets.py:Branchy", "--input", "3x4"], "could not trace Branchy at nets.py:"),
+    "untraceable": (["check", "nets.py:Branchy", "--input", "3x4", "--capture", "trace"],
+                    "could not trace Branchy at nets.py:"),
+    "untraceable without inputs": (["check", "nets.py:Branchy"], "Or pass example inputs"),
     "inputs do not fit": (["check", "nets.py:Clean", "--input", "3x5"], "mat1 and mat2 shapes cannot be multiplied"),
 }
 RUNS = {
     "clean": ["check", "nets.py:Clean", "--input", "3x4"],
     "breaks": ["check", "nets.py:Breaks", "--input", "3x4"],
+    "branchy": ["check", "nets.py:Branchy", "--input", "3x4"],
     **{case: args for case, (args, _) in MISTAKES.items()},
 }
 
@@ -201,6 +204,18 @@ def test_console_script_bad_input_exits_2_with_one_line(console: tuple[Path, dic
     assert "Traceback" not in proc.stderr
 
 
+def test_control_flow_on_values_is_captured_by_running_and_says_so(console: tuple[Path, dict[str, _Run]]) -> None:
+    """`if x.sum() > 0:` cannot be traced; with inputs the model is run instead, and the report says which capture
+    ran and that the verdicts hold for the branch taken. Eager: lin gets a gradient on this branch."""
+    proc = console[1]["branchy"]
+    assert proc.returncode == 0, proc.stderr
+    assert "captured by running it on the inputs" in proc.stdout.splitlines()[0]
+    assert "the verdicts hold for the branches these inputs took" in proc.stdout
+    truth = eager_truth(_import(console[0] / "nets.py").Branchy(), (torch.ones(3, 4),))
+    assert truth.clean_run and not truth.no_grad_params and "(captured" in proc.stdout
+    assert "0 error(s)" in proc.stdout
+
+
 def test_usage_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "nets.py:Clean", "--format", "xml"]) == 2
     assert main(["check"]) == 2
@@ -214,7 +229,7 @@ def test_verbose_adds_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixtur
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     _write(tmp_path)
     monkeypatch.chdir(tmp_path)
-    assert main(["check", "nets.py:Branchy", "--input", "3x4", "--verbose"]) == 2
+    assert main(["check", "nets.py:Branchy", "--input", "3x4", "--capture", "trace", "--verbose"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.splitlines()[-1].startswith("fxgrad: error: fxgrad could not trace Branchy")
 

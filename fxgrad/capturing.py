@@ -1,0 +1,88 @@
+"""Which capture runs: the faithful tracer, the run capture, or the tracer first and the run when it fails.
+
+``capture="trace"`` (:mod:`fxgrad.capture`) needs no inputs and holds every branch of the program, but cannot
+follow Python that reads tensor values. ``capture="run"`` (:mod:`fxgrad.record`) follows any model that runs,
+for the branches the example inputs take. ``"auto"`` traces and, when tracing fails and inputs are given, runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.fx
+from torch import nn
+
+from .capture import trace
+from .errors import InputError, TraceError
+from .record import record
+
+__all__ = ["CAPTURES", "Captured", "capture", "unwrap"]
+
+log = logging.getLogger(__name__)
+
+Capture = Literal["auto", "trace", "run"]
+CAPTURES: tuple[str, ...] = ("auto", "trace", "run")
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A captured graph and how it was made, in words the report can show."""
+
+    gm: torch.fx.GraphModule
+    #: "trace" | "run"
+    how: str
+    #: why the run capture ran instead of the tracer ("" when it was asked for, or the tracer ran)
+    fallback: str = ""
+
+    @property
+    def note(self) -> str:
+        if self.how == "trace":
+            return ""
+        why = f" because symbolic tracing failed ({self.fallback})" if self.fallback else ""
+        return (f"captured by running the model on the example inputs{why}: the verdicts hold for the branches "
+                "these inputs took.")
+
+
+def capture(
+    model: nn.Module,
+    example_inputs: Any,
+    how: str = "auto",
+    *,
+    concrete_args: dict[str, Any] | None = None,
+    tracer: type[torch.fx.Tracer] | torch.fx.Tracer | None = None,
+    leaf_modules: Sequence[type[nn.Module] | str] = (),
+) -> Captured:
+    """Capture ``model`` the way ``how`` says; see the module docstring."""
+    if how not in CAPTURES:
+        raise InputError(f"capture must be one of {', '.join(CAPTURES)}, not {how!r}.")
+    if how == "run":
+        if example_inputs is None:
+            raise InputError(f"capture=\"run\" runs {type(model).__name__} to capture it, so it needs example "
+                             "inputs. Hint: pass them, e.g. analyze(model, torch.randn(8, 3, 32, 32)).")
+        return Captured(record(model, example_inputs), "run")
+    try:
+        return Captured(trace(model, concrete_args, tracer=tracer, leaf_modules=leaf_modules), "trace")
+    except TraceError as e:
+        if how == "trace":
+            raise
+        if example_inputs is None:
+            raise TraceError(f"{e} Or pass example inputs: fxgrad then captures the model by running it.") from e
+        log.info("tracing failed, capturing by running: %s", e)
+        return Captured(record(model, example_inputs), "run", _short(e))
+
+
+def unwrap(model: Any) -> Any:
+    """The user's own module inside a ``torch.compile`` wrapper: fxgrad analyses that, and never runs the
+    compiled wrapper (which would compile, or recompile, the user's model)."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(model, nn.Module) and isinstance(inner, nn.Module) else model
+
+
+def _short(e: BaseException) -> str:
+    text = str(e)
+    cut = text.find(" Hint:")
+    return (text[:cut] if cut > 0 else text).removeprefix("fxgrad could not trace ").rstrip(".")
