@@ -377,6 +377,20 @@ class _Recording(TorchFunctionMode):
         return result
 
 
+    def call_op(self, orig: Callable[..., Any], op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``torch.ops.ns.name(...)`` (torchvision's ``roi_align``, ``nms``): the dispatcher runs it without asking
+        the function mode, so it is recorded here, as one node."""
+        if self.quiet or _functorch_active():
+            return orig(op, *args, **kwargs)
+        node = self.node("call_function", op, self.to_graph(args), self.to_graph(kwargs))
+        self.quiet += 1
+        try:
+            result = _past_refusals(node, orig, (op, *args), kwargs)
+        finally:
+            self.quiet -= 1
+        self.note_result(node, result)
+        return result
+
     @contextmanager
     def segment(self, *, reentrant: bool) -> Iterator[None]:
         self.segment_count += 1
@@ -488,6 +502,13 @@ def _installed(rec: _Recording) -> Iterator[None]:
     function_apply = torch.autograd.function.Function.__dict__["apply"]
     rebuilders = {name: getattr(torch, name) for name in _UNSEEN_REBUILDERS if hasattr(torch, name)}
     checkpoint_generator = torch.utils.checkpoint._checkpoint_without_reentrant_generator
+    op_calls = {cls: cls.__dict__["__call__"] for cls in (torch._ops.OpOverloadPacket, torch._ops.OpOverload)}
+
+    def op_call(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def call(op: Any, /, *args: Any, **kwargs: Any) -> Any:
+            return rec.call_op(orig, op, args, kwargs)
+
+        return call
 
     def call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         return rec.call_module(module_call, module, args, kwargs)
@@ -531,6 +552,8 @@ def _installed(rec: _Recording) -> Iterator[None]:
         inference.__enter__, inference.__exit__ = enter, exit_  # type: ignore[method-assign,assignment]
         nn.Module.__call__ = call  # type: ignore[method-assign]
         torch.utils.checkpoint._checkpoint_without_reentrant_generator = non_reentrant
+        for cls, orig_call in op_calls.items():
+            cls.__call__ = op_call(orig_call)  # type: ignore[method-assign]
         torch.autograd.function.Function.apply = classmethod(apply)  # type: ignore[method-assign,assignment]
         for name, orig in rebuilders.items():
             setattr(torch, name, rebuilder(orig))
@@ -540,6 +563,8 @@ def _installed(rec: _Recording) -> Iterator[None]:
         inference.__enter__, inference.__exit__ = inference_enter, inference_exit  # type: ignore[method-assign]
         nn.Module.__call__ = module_call  # type: ignore[method-assign]
         torch.utils.checkpoint._checkpoint_without_reentrant_generator = checkpoint_generator
+        for cls, orig_call in op_calls.items():
+            cls.__call__ = orig_call  # type: ignore[method-assign]
         torch.autograd.function.Function.apply = function_apply  # type: ignore[method-assign]
         for name, orig in rebuilders.items():
             setattr(torch, name, orig)

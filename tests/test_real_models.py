@@ -1,0 +1,288 @@
+"""Real models from transformers, torchvision and timm, built from small configs with random weights.
+
+Each verdict is checked against a real eager forward and backward in the same test (:func:`oracle.eager_truth`),
+and each library model also carries two injected bugs in user code around it: a ``sigmoid`` then ``mul_`` (backward
+raises) and a ``.detach()`` on the backbone (its parameters get no gradient), which must be reported at the user's
+line. These libraries need torch 2.14 with torchvision 0.29 (torchvision does not import beside torch 2.13+cpu),
+so ``.ci/run`` runs this module in a second environment; where a library is missing its tests are skipped, and
+say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import fxgrad
+
+from .oracle import INPLACE_ERROR, eager_truth
+from .test_rules import mismatches
+
+HERE = str(Path(__file__).resolve())
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    """The main tensor of a library model's output (``last_hidden_state``, ``logits``, a feature map)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("last_hidden_state", "logits"):
+        value = getattr(out, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(out, dict):
+        return next(v for v in out.values() if isinstance(v, torch.Tensor))
+    return out[0]
+
+
+class SigmoidMulHead(nn.Module):
+    """User code on top of a library backbone: the in-place bug."""
+
+    def __init__(self, backbone: nn.Module, width: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        gate = torch.sigmoid(self.head(_hidden(self.backbone(*args))))
+        gate.mul_(2.0)  # BUG: overwrites sigmoid's saved output
+        return gate
+
+
+class DetachedBackbone(nn.Module):
+    """User code on top of a library backbone: the cut."""
+
+    def __init__(self, backbone: nn.Module, width: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        features = _hidden(self.backbone(*args)).detach()  # BUG: cuts the backbone
+        return self.head(features)
+
+
+def _check(model: nn.Module, inputs: tuple[Any, ...], *, capture: str | None = None) -> fxgrad.Report:
+    """fxgrad's verdicts equal eager's; the model is untouched."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    truth = eager_truth(model, inputs)
+    report = fxgrad.analyze(model, inputs)
+    if capture is not None:
+        assert report.capture == capture, report.notes
+    problems = mismatches(report, truth, None, decidable=True)
+    assert not problems, "\n".join(problems) + f"\n{report}"
+    assert report.ok == (truth.clean_run and not truth.no_grad_params - truth.unused_params)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    return report
+
+
+def _check_bugs(backbone: Callable[[], nn.Module], width: int, inputs: tuple[Any, ...]) -> None:
+    """Both injected bugs are found at the user's line, and eager confirms each."""
+    broken = SigmoidMulHead(backbone(), width)
+    assert INPLACE_ERROR in (eager_truth(broken, inputs).backward_error or "")
+    report = fxgrad.analyze(broken, inputs)
+    (finding,) = report.by_code("FXG102")
+    assert finding.location is not None and finding.location.file == HERE and "# BUG" in finding.location.code
+
+    cut = DetachedBackbone(backbone(), width)
+    truth = eager_truth(cut, inputs)
+    lost = {f"backbone.{n}" for n, p in cut.backbone.named_parameters() if p.requires_grad}
+    assert truth.clean_run and lost <= truth.no_grad_params
+    report = fxgrad.analyze(cut, inputs)
+    assert {n for n, p in report.params.items() if p.status == "no-grad"} == set(truth.no_grad_params)
+    (finding,) = report.by_code("FXG001")
+    assert finding.location is not None and finding.location.file == HERE and "# BUG" in finding.location.code
+    assert report.by_code("FXG201")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# transformers (4.57 has an fx tracer that fails on these; 5.x has none)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _transformers() -> Any:
+    return pytest.importorskip("transformers", reason="transformers is not installed (.ci/run installs it in the "
+                                                      "real-model stage)")
+
+
+def _seeded(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return build().train()
+
+    return make
+
+
+def _ids() -> torch.Tensor:
+    return torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def _gpt2() -> nn.Module:
+    t = _transformers()
+    return t.GPT2LMHeadModel(t.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=96, n_positions=32,
+                                          bos_token_id=0, eos_token_id=0, use_cache=False))
+
+
+def _llama(checkpointing: bool = False) -> nn.Module:
+    t = _transformers()
+    model = t.LlamaModel(t.LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=96, use_cache=False,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def _vit() -> nn.Module:
+    t = _transformers()
+    return t.ViTModel(t.ViTConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                  image_size=32, patch_size=8))
+
+
+def _t5() -> nn.Module:
+    t = _transformers()
+    return t.T5Model(t.T5Config(num_layers=2, d_model=32, d_ff=64, num_heads=2, d_kv=16, vocab_size=96,
+                                use_cache=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+
+
+TRANSFORMERS: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[Any, ...]], int]] = {
+    "gpt2": (_gpt2, lambda: (_ids(),), 96),
+    "llama": (_llama, lambda: (_ids(),), 32),
+    "llama-gradient-checkpointing": (lambda: _llama(checkpointing=True), lambda: (_ids(),), 32),
+    "vit": (_vit, lambda: (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),), 32),
+    "t5": (_t5, lambda: (_ids(), None, _ids()), 32),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMERS))
+def test_transformers_model_verdicts_equal_eager(name: str) -> None:
+    build, inputs, _ = TRANSFORMERS[name]
+    report = _check(_seeded(build)(), inputs(), capture="run")
+    assert report.ok
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMERS))
+def test_transformers_model_injected_bugs_are_found_at_the_users_line(name: str) -> None:
+    build, inputs, width = TRANSFORMERS[name]
+    _check_bugs(_seeded(build), width, inputs())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torchvision: detection in train mode with targets; DenseNet with activation checkpointing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _torchvision() -> Any:
+    return pytest.importorskip("torchvision", reason="torchvision is not installed (it needs torch 2.14.1 + "
+                                                     "torchvision 0.29.1: .ci/run's real-model stage)")
+
+
+def _detection_inputs() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 128, 128, generator=g), torch.rand(3, 112, 128, generator=g)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 30.0, 90.0, 100.0]]),
+                "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[5.0, 5.0, 50.0, 40.0]]), "labels": torch.tensor([2])}]
+    return images, targets
+
+
+def test_faster_rcnn_in_train_mode_with_targets_equals_eager() -> None:
+    tv = _torchvision()
+    torch.manual_seed(0)
+    model = tv.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=3, min_size=128, max_size=128).train()
+    report = _check(model, _detection_inputs(), capture="run")
+    assert any("branches these inputs took" in n for n in report.notes)
+
+
+class DetectorWithBugs(nn.Module):
+    """A user's detector: torchvision's model plus a gated auxiliary loss, with the bug asked for."""
+
+    def __init__(self, bug: str) -> None:
+        super().__init__()
+        tv = _torchvision()
+        self.detector = tv.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+            weights=None, weights_backbone=None, num_classes=3, min_size=128, max_size=128)
+        self.aux = nn.Linear(256, 1)
+        self.bug = bug
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        losses = self.detector(images, targets)
+        feature = self.detector.backbone(torch.stack([i[:, :96, :96] for i in images]))["0"].mean((2, 3))
+        if self.bug == "detach":
+            feature = feature.detach()  # BUG: cuts the backbone from the auxiliary loss
+        gate = torch.sigmoid(self.aux(feature))
+        if self.bug == "inplace":
+            gate.mul_(2.0)  # BUG: overwrites sigmoid's saved output
+        return {**losses, "aux": gate.sum()}
+
+
+@pytest.mark.parametrize("bug", ["inplace", "detach"])
+def test_faster_rcnn_injected_bugs_are_found_at_the_users_line(bug: str) -> None:
+    torch.manual_seed(0)
+    model, inputs = DetectorWithBugs(bug).train(), _detection_inputs()
+    truth = eager_truth(model, inputs)
+    report = fxgrad.analyze(model, inputs)
+    assert report.capture == "run"
+    code = "FXG102" if bug == "inplace" else "FXG001"
+    (finding,) = report.by_code(code)
+    assert finding.location is not None and finding.location.file == HERE and "# BUG" in finding.location.code
+    if bug == "inplace":
+        assert INPLACE_ERROR in (truth.backward_error or "")
+    else:  # the backbone still learns from the detection losses: nothing loses its gradient
+        assert truth.clean_run and not truth.no_grad_params
+        assert not report.by_code("FXG201") and report.ok == truth.clean_run
+        assert not mismatches(report, truth, None, decidable=True)
+
+
+def test_densenet_memory_efficient_equals_eager() -> None:
+    """`densenet121(memory_efficient=True)` checkpoints every bottleneck: no cut, no false `.data` alarm."""
+    tv = _torchvision()
+    torch.manual_seed(0)
+    model = tv.models.densenet121(weights=None, memory_efficient=True, num_classes=10).train()
+    inputs = (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),)
+    report = _check(model, inputs, capture="run")
+    assert report.ok and not report.errors and not report.by_code("FXG106")
+
+
+def test_densenet_injected_bugs_are_found_at_the_users_line() -> None:
+    tv = _torchvision()
+    inputs = (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),)
+    _check_bugs(_seeded(lambda: tv.models.densenet121(weights=None, memory_efficient=True, num_classes=10)), 10,
+                inputs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timm
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _timm() -> Any:
+    return pytest.importorskip("timm", reason="timm is not installed (.ci/run's real-model stage installs it)")
+
+
+#: timm zero-initialises each residual block's last BatchNorm (``zero_init_last``): the block's other parameters
+#: then get an exactly zero gradient on the first step -- a fact of these values, not of the program
+TIMM = {
+    "resnet18": dict(num_classes=10, zero_init_last=False),
+    "vit_tiny_patch16_224": dict(num_classes=10, img_size=32, patch_size=8),
+    "mobilenetv3_small_050": dict(num_classes=10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM))
+def test_timm_model_verdicts_equal_eager(name: str) -> None:
+    timm = _timm()
+    model = _seeded(lambda: timm.create_model(name, pretrained=False, **TIMM[name]))()
+    _check(model, (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),))
+
+
+def test_timm_injected_bugs_are_found_at_the_users_line() -> None:
+    timm = _timm()
+    _check_bugs(_seeded(lambda: timm.create_model("resnet18", pretrained=False, **TIMM["resnet18"])), 10,
+                (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),))
