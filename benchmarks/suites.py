@@ -5,6 +5,8 @@
 2. :func:`fix_runtime_cost`: what training a fixed model costs (forward+backward time and peak memory) next to the
    original and the functionalized graph.
 3. :func:`dryrun_memory`: the dry-run's peak memory next to one real forward, across batch sizes.
+4. :func:`capture_speed`: the run capture (``capture="run"``) next to ``fxgrad.trace``, ``torch.compile`` with a
+   backend that only collects the graphs, and ``torch.export``; and the static analysis on each of fxgrad's graphs.
 
 fxgrad's dry-run and fix are optional here: when ``fxgrad.dryrun`` or ``fxgrad.fixing`` cannot be imported, their
 rows are left out and the section records why, so the harness runs on any checkout.
@@ -36,7 +38,8 @@ from fxgrad.rules import run_rules
 from .measure import Timing, bytecodes_executed, interleaved, interleaved_peaks, peak_python_bytes, peak_tensor_bytes
 from .models import FAMILIES, build, node_count, nodes_of
 
-__all__ = ["PLANS", "Plan", "SizePlan", "analysis_speed", "dryrun_memory", "fix_runtime_cost", "optional"]
+__all__ = ["PLANS", "Plan", "SizePlan", "analysis_speed", "capture_speed", "dryrun_memory", "fix_runtime_cost",
+           "optional"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,8 @@ class Plan:
     scaling_reps: int = 3
     #: rounds of :func:`scaling_control` (one graph against many small ones)
     scaling_control_reps: int = 3
+    #: :func:`capture_speed`: (family, target nodes, rounds)
+    capture_models: tuple[tuple[str, int, int], ...] = ()
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -99,6 +104,7 @@ PLANS: dict[str, Plan] = {
         cost_blocks=2, cost_channels=8, cost_image=8, cost_batches=(4, 16), cost_reps=2, cost_memory_runs=1,
         memory_batches=(8, 64), memory_families=(("mlp", 100),),
         scaling_blocks=(1, 2), scaling_batch=8, scaling_reps=1, scaling_control_reps=1,
+        capture_models=(("resnet", 100, 1),),
     ),
     "full": Plan(
         "full",
@@ -116,6 +122,8 @@ PLANS: dict[str, Plan] = {
         cost_memory_runs=3,
         memory_batches=(8, 64, 512, 4096), memory_families=(("mlp", 100), ("transformer", 150)),
         scaling_blocks=(1, 4, 16, 64), scaling_batch=64, scaling_reps=5, scaling_control_reps=5,
+        capture_models=(("mlp", 100, 7), ("resnet", 100, 7), ("transformer", 100, 7), ("mlp", 1_000, 5),
+                        ("resnet", 1_000, 5), ("transformer", 1_000, 5)),
         skipped={
             "make_fx(functionalize) and torch.export above 1,000 nodes": (
                 "one run takes 10-35 s per model at 1,000 nodes (50-100 s at 3,000) on this machine; at 1,000 "
@@ -576,3 +584,61 @@ def _dryrun_scaling(plan: Plan, dryrun: ModuleType, progress: Callable[[str], No
         _clear_grads(model)
         rows.append(row)
     return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Section 4: capturing a model by running it.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _compile_capture(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """``torch.compile`` with a backend that only collects the graphs, from a cold Dynamo cache each time."""
+
+    def collect(gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+        return gm.forward
+
+    def run() -> Any:
+        torch._dynamo.reset()
+        return torch.compile(model, backend=collect)(x)
+
+    return run
+
+
+def capture_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Section 4. Per model: the four captures' medians (interleaved), and the static analysis of fxgrad's traced and
+    recorded graphs with ``symbolic_trace`` of the same model as the unit."""
+    from fxgrad.record import record
+
+    rows: list[dict[str, Any]] = []
+    for family, target, reps in plan.capture_models:
+        progress(f"capture: {family} {target} nodes")
+        model, _ = build(family, target)
+        x = FAMILIES[family].example(2)
+        captures = interleaved({
+            "fxgrad.trace": partial(fxgrad.trace, model),
+            "fxgrad run capture": partial(record, model, (x,)),
+            "torch.compile (collecting backend)": _compile_capture(model, x),
+            "torch.export": partial(torch.export.export, model, (x,)),
+        }, reps=reps)
+        torch._dynamo.reset()
+        traced, recorded = fxgrad.trace(model), record(model, (x,))
+        analysis = interleaved({"symbolic_trace": partial(torch.fx.symbolic_trace, model),
+                                "static analysis, traced graph": partial(_static, traced, model),
+                                "static analysis, recorded graph": partial(_static, recorded, model)}, reps=reps)
+        rows.append({
+            "family": family, "nodes": len(torch.fx.symbolic_trace(model).graph.nodes),
+            "recorded_nodes": len(recorded.graph.nodes), "runs": reps,
+            "captures_ms": {k: round(t.median_ms, 3) for k, t in captures.items()},
+            "analysis_ms": {k: round(t.median_ms, 3) for k, t in analysis.items()},
+            "run_vs_trace": _ratio(captures["fxgrad run capture"], captures["fxgrad.trace"]),
+            "run_vs_compile": _ratio(captures["fxgrad run capture"], captures["torch.compile (collecting backend)"]),
+            "run_vs_export": _ratio(captures["fxgrad run capture"], captures["torch.export"]),
+            "static_recorded_vs_symbolic_trace": _ratio(analysis["static analysis, recorded graph"],
+                                                        analysis["symbolic_trace"]),
+            "static_traced_vs_symbolic_trace": _ratio(analysis["static analysis, traced graph"],
+                                                      analysis["symbolic_trace"]),
+        })
+    return {"rows": rows, "notes": [
+        "each capture from a cold start: torch.compile after torch._dynamo.reset(); the run capture runs one real "
+        "forward of the model (batch 2) on copies of its parameters",
+        "static analysis in this process (the analysis section measures it in a fresh worker per model)"]}

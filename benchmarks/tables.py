@@ -137,6 +137,19 @@ def _scaling(rows: list[dict[str, Any]], fmt: str) -> list[str]:
                      tablefmt=fmt, disable_numparse=True)]
 
 
+def _capture(section: dict[str, Any], fmt: str) -> list[str]:
+    rows = [[r["family"], f"{r['nodes']:,}", *(_ms(v) for v in r["captures_ms"].values()),
+             f"{r['run_vs_trace']:.2f}×", f"{r['run_vs_compile']:.2f}×", f"{r['run_vs_export']:.2f}×",
+             f"{r['static_traced_vs_symbolic_trace']:.3f}×", f"{r['static_recorded_vs_symbolic_trace']:.3f}×",
+             r["runs"]] for r in section["rows"]]
+    names = list(section["rows"][0]["captures_ms"]) if section["rows"] else []
+    return ["Capturing a model: median ms from a cold start, batch 2; static analysis of each fxgrad graph in units of "
+            "symbolic_trace of the same model",
+            tabulate(rows, headers=["family", "nodes", *names, "run / trace", "run / compile", "run / export",
+                                    "static on traced", "static on recorded", "runs"],
+                     tablefmt=fmt, disable_numparse=True)]
+
+
 def _targets(targets: list[dict[str, Any]], fmt: str) -> list[str]:
     verdict = {True: "met", False: "NOT met", None: "not measured"}
     return ["Targets", tabulate([[t["target"], t["goal"], verdict[t["met"]], t["measured"]] for t in targets],
@@ -159,6 +172,7 @@ _RENDERERS = {"machine": lambda r, fmt: _machine(r, fmt),
               "analysis_speed": lambda r, fmt: _analysis(r["analysis_speed"], fmt),
               "fix_runtime_cost": lambda r, fmt: _cost(r["fix_runtime_cost"], fmt),
               "dryrun_memory": lambda r, fmt: _memory(r["dryrun_memory"], fmt),
+              "capture_speed": lambda r, fmt: _capture(r["capture_speed"], fmt),
               "targets": lambda r, fmt: _targets(r["targets"], fmt)}
 
 SECTIONS = tuple(_RENDERERS)

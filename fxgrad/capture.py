@@ -445,6 +445,10 @@ def _patched(tracer: torch.fx.Tracer) -> Iterator[None]:
     undo: list[tuple[Any, str, Any]] = []
     stack: list[torch.fx.Tracer] = _active.__dict__.setdefault("stack", [])
     prev_grad = torch.is_grad_enabled()
+    # transformers' HFTracer patches torch functions and its cache classes itself, and does not undo it when
+    # tracing raises: its patched `torch.arange` then stays in the process, and the next trace behaves
+    # differently (T5 fails the first time and succeeds the second). Whatever it patched is put back here.
+    undo += _foreign_patch_sites(tracer)
     try:
         own = set(getattr(tracer, "_TORCH_METHODS_TO_PATCH", ()))  # a tracer that patches them itself (HFTracer)
         for name in (*_REBUILDERS, *_FACTORIES):
@@ -474,6 +478,21 @@ def _patched(tracer: torch.fx.Tracer) -> Iterator[None]:
         for owner, name, orig in reversed(undo):
             setattr(owner, name, orig)
         torch._C._set_grad_enabled(prev_grad)
+
+
+def _foreign_patch_sites(tracer: torch.fx.Tracer) -> list[tuple[Any, str, Any]]:
+    """What a tracer class says it patches (``_TORCH_METHODS_TO_PATCH``, ``_CLASSES_TO_PATCH``), as it is now."""
+    sites: list[tuple[Any, str, Any]] = [(torch, name, getattr(torch, name))
+                                         for name in getattr(tracer, "_TORCH_METHODS_TO_PATCH", ())
+                                         if hasattr(torch, name)]
+    classes = {id(c) for c in getattr(tracer, "_CLASSES_TO_PATCH", {})}
+    if classes:
+        owner = next(k for k in type(tracer).__mro__ if "_CLASSES_TO_PATCH" in vars(k))
+        package = owner.__module__.split(".")[0]
+        for name, mod in list(sys.modules.items()):
+            if mod is not None and name.split(".")[0] == package:
+                sites += [(mod, attr, value) for attr, value in list(vars(mod).items()) if id(value) in classes]
+    return sites
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -660,8 +679,10 @@ def trace(
                                                                                           "function")
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             at = f" at {where}: `{where.code}`" if where else ""
-            raise TraceError(f"fxgrad could not trace {name}{at} ({type(e).__name__}: {reason}). "
-                             f"{_hint_for(e)}") from e
+            error = TraceError(f"fxgrad could not trace {name}{at} ({type(e).__name__}: {reason}). "
+                               f"{_hint_for(e)}")
+            error.location, error.hint = where, _hint_for(e)  # type: ignore[attr-defined]
+            raise error from e
         _restore_module_state(saved, keep_new=True)
         root = tracer_obj.root if isinstance(model, torch.nn.Module) else torch.nn.Module()
         class_name = type(model).__name__ if isinstance(model, torch.nn.Module) else getattr(model, "__name__", "fn")

@@ -42,7 +42,7 @@ class Captured:
     def note(self) -> str:
         if self.how == "trace":
             return ""
-        why = f" because symbolic tracing failed ({self.fallback})" if self.fallback else ""
+        why = f" because {self.fallback}" if self.fallback else ""
         return (f"captured by running the model on the example inputs{why}: the verdicts hold for the branches "
                 "these inputs took.")
 
@@ -69,10 +69,15 @@ def capture(
     except TraceError as e:
         if how == "trace":
             raise
+        hint = getattr(e, "hint", "")
         if example_inputs is None:
-            raise TraceError(f"{e} Or pass example inputs: fxgrad then captures the model by running it.") from e
+            text = str(e).replace(hint, "").rstrip()
+            raise TraceError(f"{text} Hint: pass example inputs (--input / --inputs, or analyze(model, inputs)): "
+                             "fxgrad then captures the model by running it.") from e
         log.info("tracing failed, capturing by running: %s", e)
-        return Captured(record(model, example_inputs), "run", _short(e))
+        where = getattr(e, "location", None)
+        return Captured(record(model, example_inputs), "run",
+                        f"tracing stops at {where}: `{where.code}`" if where else str(e).replace(hint, "").rstrip())
 
 
 def unwrap(model: Any) -> Any:
@@ -80,9 +85,3 @@ def unwrap(model: Any) -> Any:
     compiled wrapper (which would compile, or recompile, the user's model)."""
     inner = getattr(model, "_orig_mod", None)
     return inner if isinstance(model, nn.Module) and isinstance(inner, nn.Module) else model
-
-
-def _short(e: BaseException) -> str:
-    text = str(e)
-    cut = text.find(" Hint:")
-    return (text[:cut] if cut > 0 else text).removeprefix("fxgrad could not trace ").rstrip(".")

@@ -13,6 +13,7 @@ write into a tensor an earlier op saved for backward: eager ``backward()`` raise
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,13 +41,17 @@ class Arch:
     bug: str | None = None
     #: parameter-name prefixes the injected ``.detach()`` cuts off (detach bugs only)
     cut: tuple[str, ...] = ()
+    #: the same forward without the injected in-place write (same parameters), where a check needs one
+    reference: Callable[[], nn.Module] | None = None
 
 
-def build(a: Arch, *, seed: int = 0) -> nn.Module:
-    """The entry's model with seeded, reproducible initial parameters."""
+def build(a: Arch, *, reference: bool = False, seed: int = 0) -> nn.Module:
+    """The entry's model (or its reference program) with seeded, reproducible initial parameters."""
+    factory = a.reference if reference else a.factory
+    assert factory is not None, f"{a.name} has no reference program"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return a.factory()
+        return factory()
 
 
 def build_inputs(a: Arch, *, seed: int = 1) -> tuple[Any, ...]:
@@ -209,14 +214,27 @@ class DenseLayer(nn.Module):
 
     def bn_function(self, *inputs: torch.Tensor) -> torch.Tensor:
         concated = torch.cat(inputs, 1)
-        return self.conv1(self.relu1(self.norm1(concated)))
+        h = self.norm1(concated)
+        if self.bug == "inplace":  # a hand-written SiLU in place of relu1, saving memory
+            act = torch.sigmoid(h)
+            act.mul_(h)  # BUG: inplace
+            return self.conv1(act)
+        if self.bug == "reference":  # the same SiLU out of place: same forward, no in-place write
+            return self.conv1(torch.sigmoid(h) * h)
+        if self.bug == "gated":
+            return torch.tanh(self.conv1(self.relu1(h)))
+        return self.conv1(self.relu1(h))
 
     def forward(self, prev_features: list[torch.Tensor]) -> torch.Tensor:
         if self.memory_efficient:
             bottleneck = checkpoint(self.bn_function, *prev_features, use_reentrant=False)
         else:
             bottleneck = self.bn_function(*prev_features)
-        if self.bug == "inplace":
+        if self.bug == "gated":
+            # Overwrites tanh's output, which tanh saved for backward. Legal only because the segment is
+            # checkpointed: backward recomputes tanh's output instead of reading this tensor.
+            bottleneck.add_(1.0)
+        if self.bug == "inplace_after":
             bottleneck = torch.tanh(bottleneck)
             bottleneck.add_(1.0)  # BUG: inplace
         return self.conv2(self.relu2(self.norm2(bottleneck)))
@@ -782,37 +800,71 @@ def _two_views() -> tuple[torch.Tensor, torch.Tensor]:
 # The registry
 # ----------------------------------------------------------------------------------------------------------------
 
+#: the clean models, by name
 ARCHITECTURES: dict[str, Arch] = {}
+#: the variants with an injected bug, by name (``<clean name>+<bug mode>``)
 BUGGY: dict[str, Arch] = {}
 
 
-def _register(name: str, factory: Callable[..., nn.Module], make_inputs: Callable[[], tuple[Any, ...]], *,
-              python_control_flow: bool, bug: str | None = None, cut: tuple[str, ...] = (),
-              family: str | None = None) -> None:
-    """Register the clean model ``name`` and, when ``bug`` is given, its variant with that bug injected."""
+def _clean(name: str, factory: Callable[..., nn.Module], make_inputs: Callable[[], tuple[Any, ...]], *,
+           python_control_flow: bool, family: str | None = None) -> None:
     ARCHITECTURES[name] = Arch(name, family or name, factory, make_inputs, python_control_flow)
-    if bug is not None:
-        variant = f"{name}+{bug}"
-        BUGGY[variant] = Arch(variant, family or name, lambda: factory(bug=bug), make_inputs, python_control_flow,
-                              bug, cut)
 
 
-_register("resnet", ResNet, _images(), python_control_flow=False, bug="inplace")
-_register("mobilenet_v3", MobileNetV3, _images(), python_control_flow=False, bug="detach", cut=("features.",))
-_register("densenet", DenseNet, _images(), python_control_flow=False, bug="inplace")
-_register("densenet_memory_efficient", lambda bug=None: DenseNet(memory_efficient=True, bug=bug), _images(),
-          python_control_flow=False, bug="inplace", family="densenet")
-_register("unet", UNet, _images(), python_control_flow=False, bug="detach", cut=("down2.",))
-_register("lstm_lm", lambda bug=None: RNNLanguageModel("lstm", bug=bug), _tokens(), python_control_flow=False,
-          bug="detach", cut=("encoder.", "rnn."))
-_register("gru_lm", lambda bug=None: RNNLanguageModel("gru", bug=bug), _tokens(), python_control_flow=False,
-          bug="inplace")
-_register("gpt", GPT, _tokens(), python_control_flow=True, bug="inplace")
-_register("llama", Llama, _tokens(), python_control_flow=False, bug="inplace")
-_register("vit", ViT, _images(), python_control_flow=False, bug="detach",
-          cut=("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm."))
-_register("detr", DETR, _images(size=32), python_control_flow=False, bug="detach", cut=("backbone.",))
-_register("faster_rcnn", FasterRCNN, _detection_inputs, python_control_flow=True, bug="inplace")
-_register("vq_vae", VQVAE, _images(), python_control_flow=False, bug="inplace")
-_register("ema_teacher_student", EMATeacherStudent, _two_views, python_control_flow=False, bug="detach",
-          cut=("student.",))
+def _variant(base: str, mode: str, *, cut: tuple[str, ...] = (), reference: str | None = None) -> None:
+    """``base`` built with ``bug=mode``; ``reference`` names the mode that computes the same forward without the
+    in-place write (for the checks that need one: a silently wrong gradient)."""
+    a = ARCHITECTURES[base]
+    kind = "detach" if mode == "detach" else "inplace"
+    factory = a.factory
+    ref = None if reference is None else functools.partial(factory, bug=reference)
+    BUGGY[f"{base}+{mode}"] = Arch(f"{base}+{mode}", a.family, functools.partial(factory, bug=mode), a.make_inputs,
+                                   a.python_control_flow, kind, cut, ref)
+
+
+def _dense(bug: str | None = None) -> DenseNet:
+    return DenseNet(memory_efficient=True, bug=bug)
+
+
+def _lstm(bug: str | None = None) -> RNNLanguageModel:
+    return RNNLanguageModel("lstm", bug=bug)
+
+
+def _gru(bug: str | None = None) -> RNNLanguageModel:
+    return RNNLanguageModel("gru", bug=bug)
+
+
+_clean("resnet", ResNet, _images(), python_control_flow=False)
+_clean("mobilenet_v3", MobileNetV3, _images(), python_control_flow=False)
+_clean("densenet", DenseNet, _images(), python_control_flow=False)
+_clean("densenet_memory_efficient", _dense, _images(), python_control_flow=False, family="densenet")
+_clean("densenet_memory_efficient_write_after_segment", functools.partial(_dense, bug="gated"), _images(),
+       python_control_flow=False, family="densenet")
+_clean("unet", UNet, _images(), python_control_flow=False)
+_clean("lstm_lm", _lstm, _tokens(), python_control_flow=False)
+_clean("gru_lm", _gru, _tokens(), python_control_flow=False)
+_clean("gpt", GPT, _tokens(), python_control_flow=True)
+_clean("llama", Llama, _tokens(), python_control_flow=False)
+_clean("vit", ViT, _images(), python_control_flow=False)
+_clean("detr", DETR, _images(size=32), python_control_flow=False)
+_clean("faster_rcnn", FasterRCNN, _detection_inputs, python_control_flow=True)
+_clean("vq_vae", VQVAE, _images(), python_control_flow=False)
+_clean("ema_teacher_student", EMATeacherStudent, _two_views, python_control_flow=False)
+
+_variant("resnet", "inplace")
+_variant("mobilenet_v3", "detach", cut=("features.",))
+_variant("densenet", "inplace")
+# The same in-place write inside the checkpointed segment: backward recomputes the segment instead of reading
+# what forward saved, so eager does not raise; the write runs again over the recomputed tensor.
+_variant("densenet_memory_efficient", "inplace", reference="reference")
+_variant("densenet_memory_efficient", "inplace_after")
+_variant("unet", "detach", cut=("down2.",))
+_variant("lstm_lm", "detach", cut=("encoder.", "rnn."))
+_variant("gru_lm", "inplace")
+_variant("gpt", "inplace")
+_variant("llama", "inplace")
+_variant("vit", "detach", cut=("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm."))
+_variant("detr", "detach", cut=("backbone.",))
+_variant("faster_rcnn", "inplace")
+_variant("vq_vae", "inplace")
+_variant("ema_teacher_student", "detach", cut=("student.",))

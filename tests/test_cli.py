@@ -136,7 +136,7 @@ MISTAKES = {
     "bad shape": (["check", "nets.py:Clean", "--input", "3by4"], "--input '3by4' is not a shape"),
     "untraceable": (["check", "nets.py:Branchy", "--input", "3x4", "--capture", "trace"],
                     "could not trace Branchy at nets.py:"),
-    "untraceable without inputs": (["check", "nets.py:Branchy"], "Or pass example inputs"),
+    "untraceable without inputs": (["check", "nets.py:Branchy"], "Hint: pass example inputs"),
     "inputs do not fit": (["check", "nets.py:Clean", "--input", "3x5"], "mat1 and mat2 shapes cannot be multiplied"),
 }
 RUNS = {

@@ -10,6 +10,7 @@ say so.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,28 @@ def test_timm_injected_bugs_are_found_at_the_users_line() -> None:
     timm = _timm()
     _check_bugs(_seeded(lambda: timm.create_model("resnet18", pretrained=False, **TIMM["resnet18"])), 10,
                 (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),))
+
+
+def test_transformers_tracer_gives_the_same_answer_every_time() -> None:
+    """T5 through HFTracer used to fail on the first trace of a process and succeed on the second. Why:
+    transformers' meta override for `torch.arange` makes `arange(0, n)` float32 (eager: int64), so T5's metadata
+    breaks and `if hidden_states.dtype == torch.float16:` cannot be decided; and HFTracer does not undo its
+    patches when tracing raises, so its wrapper stayed as `torch.arange`, which the override no longer matched.
+    fxgrad now puts back whatever the tracer patched: the outcome is the same every time, and `auto` runs it."""
+    transformers = _transformers()
+    fx = pytest.importorskip("transformers.utils.fx", reason="this transformers has no fx tracer (5.x)")
+    model = _seeded(_t5)()
+    names = ("input_ids", "attention_mask", "decoder_input_ids")
+    concrete = {p: None for p in inspect.signature(model.forward).parameters if p not in names}
+    arange, cache_classes = torch.arange, transformers.DynamicCache
+    outcomes = []
+    for _ in range(3):
+        try:
+            fxgrad.trace(model, concrete, tracer=fx.HFTracer)
+            outcomes.append("traced")
+        except fxgrad.TraceError as e:
+            outcomes.append(str(e))
+        assert torch.arange is arange and transformers.DynamicCache is cache_classes
+    assert len(set(outcomes)) == 1, outcomes
+    ids = _ids()
+    assert fxgrad.analyze(model, (ids, None, ids)).capture == "run"
