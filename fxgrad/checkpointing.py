@@ -31,6 +31,8 @@ _SAVED_BY = "saved by"
 
 def apply_checkpointing(report: Report, gm: torch.fx.GraphModule) -> None:
     """Correct ``report``'s FXG102 findings for the checkpoint segments of ``gm`` (see the module docstring)."""
+    if not any(f.code == "FXG102" for f in report.findings):
+        return
     segments: dict[str, Segment] = {}
     last: dict[Segment, int] = {}
     order: dict[str, int] = {}

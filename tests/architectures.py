@@ -6,8 +6,13 @@ symbolic tracing cannot follow. No entry carries an expected verdict: the tests 
 (:func:`tests.oracle.eager_truth`) and compare fxgrad with it.
 
 The bug variants build the same model with one injected bug, on a line marked ``# BUG: inplace`` (an in-place
-write into a tensor an earlier op saved for backward: eager ``backward()`` raises) or ``# BUG: detach`` (a
-``.detach()`` that cuts the backbone's parameters off from every output).
+write into a tensor an earlier op saved for backward: eager ``backward()`` raises, or, inside a segment checkpointed
+with ``use_reentrant=False``, computes silently wrong gradients) or ``# BUG: detach`` (a ``.detach()`` that cuts the
+backbone's parameters off from every output).
+
+DenseNet comes three ways: plain, memory-efficient (torchvision's ``memory_efficient=True``: the bottleneck under
+``checkpoint(..., use_reentrant=False)``), and memory-efficient with an in-place write after the checkpointed
+segment into a tensor saved inside it, which raises without checkpointing and is legal with it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ class Arch:
     name: str
     #: the architecture this entry re-creates; bug variants share it with their clean model
     family: str
-    factory: Callable[[], nn.Module]
+    #: builds the model; bug variants' factories take ``bug=<mode>``
+    factory: Callable[..., nn.Module]
     make_inputs: Callable[[], tuple[Any, ...]]
     #: forward branches or loops on tensor values or Python data (symbolic tracing cannot follow it)
     python_control_flow: bool
@@ -444,6 +450,8 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
+    inv_freq: torch.Tensor
+
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))

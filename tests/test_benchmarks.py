@@ -35,6 +35,10 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
                and r["bytecodes_per_node_small_graphs"] > 0 and r["bytecode_ratio"] > 0
                for r in speed["scaling_control"])
     assert {r["family"] for r in speed["verification"]} >= {"resnet", "resnet-broken"}
+    (capture,) = results["capture_speed"]["rows"]
+    assert set(capture["captures_ms"]) == {"fxgrad.trace", "fxgrad run capture", "torch.compile (collecting backend)",
+                                           "torch.export"}
+    assert all(v > 0 for v in capture["captures_ms"].values()) and capture["recorded_nodes"] > 0
     for r in speed["rows"]:
         assert r["median_ms"] > 0 and r["ms_per_1k_nodes"] > 0 and r["runs"] >= 1
 
