@@ -29,6 +29,7 @@ from .checkpointing import apply_checkpointing
 from .errors import AnalysisError, FxgradError, InputError
 from .facts import GraphFacts, compute_facts
 from .gcpause import gc_paused
+from .inputs import bind_keywords
 from .record import RECORDED_KEY
 from .report import Finding, ParamStatus, Report
 from .rules import RULES_BY_CODE, run_rules, select_codes
@@ -108,6 +109,7 @@ def analyze(
     ``"auto"``: trace, and run when tracing fails and inputs are given. The report says which one ran.
     """
     model = capturing.unwrap(model)
+    example_inputs = bind_keywords(model, example_inputs)
     if not isinstance(model, nn.Module):
         raise InputError(f"fxgrad.analyze needs an nn.Module, got {type(model).__name__}. "
                          "Hint: pass the model instance, e.g. analyze(MyNet(), ...).")

@@ -51,8 +51,11 @@ __all__ = [
     "NodeOrigin",
     "Segment",
     "SourceLocation",
+    "checkpoint_segment",
+    "current_segment",
     "faithful_tracer_class",
     "node_origin",
+    "non_reentrant_checkpoint_patch",
     "trace",
 ]
 
@@ -93,6 +96,37 @@ class Segment:
 CHECKPOINT_KEY = "fxgrad_checkpoint"
 
 
+@contextmanager
+def checkpoint_segment(*, reentrant: bool) -> Iterator[None]:
+    """Nodes created inside are marked as recorded in this activation-checkpoint segment (both captures)."""
+    stack: list[Segment] = _active.__dict__.setdefault("segments", [])
+    _active.segment_count = getattr(_active, "segment_count", 0) + 1
+    stack.append(Segment(_active.segment_count, reentrant))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def current_segment() -> Segment | None:
+    stack: list[Segment] = getattr(_active, "segments", [])
+    return stack[-1] if stack else None
+
+
+def non_reentrant_checkpoint_patch() -> tuple[Any, str, Any]:
+    """``checkpoint(..., use_reentrant=False)`` runs its function between the two steps of this generator (looked
+    up by name each call, so transformers' ``functools.partial(checkpoint, ...)`` goes through it too)."""
+    import torch.utils.checkpoint as cp
+
+    orig = cp._checkpoint_without_reentrant_generator
+
+    def generator(*args: Any, **kwargs: Any) -> Iterator[None]:
+        with checkpoint_segment(reentrant=False):
+            yield from orig(*args, **kwargs)
+
+    return cp, "_checkpoint_without_reentrant_generator", generator
+
+
 @dataclass(frozen=True)
 class NodeOrigin:
     """Where a node came from: the module that ran it and the user's line that created it."""
@@ -131,10 +165,17 @@ def _location_of(filename: str, lineno: int, function: str) -> SourceLocation:
     return SourceLocation(filename if filename.startswith("<") else os.path.abspath(filename), lineno, function, code)
 
 
+#: the code of the functions that start a capture: a walk up the stack that reaches one has left the model without
+#: meeting a line of the user's (a layer of a bare ``nn.Sequential``), and must not name the line that called fxgrad
+CAPTURE_ENTRIES: set[Any] = set()
+
+
 def _user_frame_location(extra: tuple[str, ...]) -> SourceLocation | None:
     frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         code = frame.f_code
+        if code in CAPTURE_ENTRIES:
+            return None
         if not _is_library_file(code.co_filename, extra):
             return _location_of(code.co_filename, frame.f_lineno, code.co_name)
         frame = frame.f_back
@@ -431,6 +472,12 @@ def _function_apply(orig: Any) -> Any:
         proxy = _find_proxy(args, kwargs)
         if proxy is None or _is_quiet():
             return orig.__get__(None, cls)(*args, **kwargs)
+        if cls is torch.utils.checkpoint.CheckpointFunction:
+            # checkpoint(fn, *args, use_reentrant=True): traced inline, its nodes marked (fxgrad.checkpointing).
+            # Whether its inputs require grad is not known here (the run capture knows it).
+            function, _preserve, *fn_args = args
+            with checkpoint_segment(reentrant=True):
+                return function(*fn_args)
         return proxy.tracer.create_proxy("call_function", function_apply_target(cls), args, kwargs)
 
     return classmethod(apply)
@@ -467,6 +514,9 @@ def _patched(tracer: torch.fx.Tracer) -> Iterator[None]:
                 orig_iter = torch.nn.Module.__dict__[name]
                 undo.append((torch.nn.Module, name, orig_iter))
                 setattr(torch.nn.Module, name, _state_iterator(orig_iter))
+        owner, attr, generator = non_reentrant_checkpoint_patch()
+        undo.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, generator)
         function_cls = torch.autograd.function.Function
         undo.append((function_cls, "apply", function_cls.__dict__["apply"]))
         function_cls.apply = _function_apply(function_cls.__dict__["apply"])  # type: ignore[method-assign]
@@ -525,6 +575,9 @@ class _FaithfulMixin:
         if node.target is getattr and len(node.args) == 2 and isinstance(node.args[1], str):
             where = self._fxgrad_attr_lines.pop((node.args[0], node.args[1]), where)
         node.meta[META_KEY] = NodeOrigin(module, where)
+        segment = current_segment()
+        if segment is not None:
+            node.meta[CHECKPOINT_KEY] = segment
         return node
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None, **kwargs: Any) -> torch.fx.Graph:
@@ -534,6 +587,7 @@ class _FaithfulMixin:
         return graph
 
 
+CAPTURE_ENTRIES.add(_FaithfulMixin.trace.__code__)
 _TRACER_CLASSES: dict[type, type[torch.fx.Tracer]] = {}
 
 

@@ -6,12 +6,12 @@ facts and the dry-run see the ops as if nothing were checkpointed; this pass cor
 what eager does. Measured with eager PyTorch (``tests/test_record.py`` checks each against a real backward):
 
 1. A write *after* a segment into a tensor saved inside it (``h = checkpoint(f, x); h.mul_(2)`` with ``f`` saving
-   its output): backward reads the recomputed tensor and runs correctly, reentrant or not. The finding is dropped.
+   its output): backward reads the recomputed tensor and runs correctly, reentrant or not.
 2. A write *inside* a reentrant segment into a tensor saved inside it: the recomputation runs its own backward,
    which raises "modified by an inplace operation" as without checkpointing. The finding stays.
 3. A write inside a non-reentrant segment (``use_reentrant=False``): backward never raises. The recomputation
    stops as soon as it has recomputed every saved tensor; when the write is the segment's last op it never runs
-   again and the gradients are right (the finding is dropped); when ops follow it, the write runs again over the
+   again and the gradients are right; when ops follow it, the write runs again over the
    recomputed tensor and the gradients are silently wrong (FXG106).
 """
 
@@ -57,6 +57,8 @@ def apply_checkpointing(report: Report, gm: torch.fx.GraphModule) -> None:
             kept.append(f)
         elif "silent" in verdicts:
             kept.append(_silently_wrong(f))
+        else:
+            kept.append(_legal(f))
     report.findings = kept
 
 
@@ -68,6 +70,14 @@ def _verdict(saver: Segment | None, writer: Segment | None, ops_follow: bool) ->
     if saver.reentrant:
         return "raises"  # step 2
     return "silent" if ops_follow else "recomputed"  # step 3
+
+
+def _legal(f: Finding) -> Finding:
+    rule = RULES_BY_CODE["FXG101"]
+    message = (f"In-place `{f.target}` writes into a tensor that an op of a checkpointed segment saved for backward: "
+               "backward recomputes the segment instead of reading it, so backward stays correct; a later edit "
+               "that keeps the saved tensor would break.")
+    return f._replace(code="FXG101", severity=rule.severity, message=message, fixable=rule.fixable, related=())
 
 
 def _silently_wrong(f: Finding) -> Finding:

@@ -31,7 +31,7 @@ from torch import nn
 from . import capturing
 from .analysis import analyze, preserved
 from .errors import InputError
-from .inputs import Spec, as_args, has_real_tensors, map_inputs
+from .inputs import Spec, as_args, bind_keywords, has_real_tensors, map_inputs
 from .report import Report
 from .rewrite import Left, OutOfPlace, Rewrite
 from .verify import Verification, flatten
@@ -202,6 +202,7 @@ def fix(
     """
     # Step 1: arguments.
     model = capturing.unwrap(model)
+    example_inputs = bind_keywords(model, example_inputs)
     if not isinstance(model, nn.Module):
         raise InputError(f"fxgrad.fix needs an nn.Module, got {type(model).__name__}. "
                          "Hint: pass the model instance, e.g. fix(MyNet(), (x,)).")

@@ -6,6 +6,7 @@ with ``fxgrad.spec((4096, 3, 224, 224))`` instead of allocating it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from torch.utils import _pytree as pytree
 
 from .errors import InputError
 
-__all__ = ["Spec", "as_args", "has_real_tensors", "map_inputs", "spec"]
+__all__ = ["Spec", "as_args", "bind_keywords", "has_real_tensors", "map_inputs", "spec"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,34 @@ def as_args(example_inputs: Any) -> tuple[Any, ...]:
     if isinstance(example_inputs, list) and all(isinstance(a, (torch.Tensor, Spec)) for a in example_inputs):
         return tuple(example_inputs)
     return (example_inputs,)
+
+
+def bind_keywords(model: Any, example_inputs: Any) -> Any:
+    """``{"input_ids": ids, "attention_mask": mask}`` for a ``forward`` that has parameters of those names: the
+    positional arguments that call means (Hugging Face models are called with keywords), parameters in between
+    taking their defaults. Anything else is returned as it is: a dict whose keys are not ``forward``'s parameter
+    names is the one argument."""
+    if not isinstance(example_inputs, dict) or not example_inputs or not all(isinstance(k, str)
+                                                                            for k in example_inputs):
+        return example_inputs
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError, AttributeError):
+        return example_inputs
+    names = [p.name for p in params]
+    if not set(example_inputs) <= set(names):
+        return example_inputs
+    last = max(names.index(k) for k in example_inputs)
+    args: list[Any] = []
+    for p in params[: last + 1]:
+        if p.name in example_inputs:
+            args.append(example_inputs[p.name])
+        elif p.default is p.empty:
+            return example_inputs
+        else:
+            args.append(p.default)
+    return tuple(args)
 
 
 def _leaves(args: Any) -> list[Any]:

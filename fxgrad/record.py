@@ -52,13 +52,16 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .capture import (
+    CAPTURE_ENTRIES,
     CHECKPOINT_KEY,
     META_KEY,
     NodeOrigin,
-    Segment,
     _user_frame_location,
     _user_traceback_location,
+    checkpoint_segment,
+    current_segment,
     function_apply_target,
+    non_reentrant_checkpoint_patch,
 )
 from .errors import InputError, TraceError
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
@@ -203,9 +206,6 @@ class _Recording(TorchFunctionMode):
         self.escaped: dict[int, tuple[torch.fx.Node, Any]] = {}
         self.module_stack: list[str] = [""]
         self.quiet = 0
-        #: the activation-checkpoint segments being recorded, innermost last: (number, use_reentrant)
-        self.segments: list[Segment] = []
-        self.segment_count = 0
         #: what the report should know about this run (reentrant checkpoints whose parameters lose their gradient)
         self.notes: list[str] = []
 
@@ -215,8 +215,9 @@ class _Recording(TorchFunctionMode):
         module = str(target) if op == "call_module" else self.module_stack[-1]
         where = _user_frame_location(()) if op not in ("placeholder", "output") else None
         n.meta[META_KEY] = NodeOrigin(module, where)
-        if self.segments:
-            n.meta[CHECKPOINT_KEY] = self.segments[-1]
+        segment = current_segment()
+        if segment is not None:
+            n.meta[CHECKPOINT_KEY] = segment
         return n
 
     def attr(self, name: str) -> torch.fx.Node:
@@ -242,8 +243,14 @@ class _Recording(TorchFunctionMode):
             name = self.names.get(id(value))
             if name is None:  # a tensor the run did not make and the model does not hold: a constant
                 name = f"_fxgrad_constant{len(self.constants)}"
-                self.constants[name] = value
+                self.constants[name] = value.detach()
                 self.names[id(value)] = name
+                if value.grad_fn is not None:  # autograd saw it being made, fxgrad did not: say so
+                    where = _user_frame_location(())
+                    self.notes.append(
+                        f"a tensor with a gradient history{f' at {where}' if where else ''} was made by code fxgrad "
+                        "could not see (a C++ extension or an op outside torch's Python API): the graph takes it "
+                        "as a constant, so the parameters that feed it may be reported without a gradient.")
             return self.attr(name)
         linked = self.link(value)
         if linked is not None:
@@ -358,14 +365,14 @@ class _Recording(TorchFunctionMode):
             # parameters get no gradient, and the graph says so with the no_grad region eager has.
             function, _preserve, *fn_args = args
             if any(isinstance(a, torch.Tensor) and a.requires_grad for a in fn_args):
-                with self.segment(reentrant=True):
+                with checkpoint_segment(reentrant=True):
                     return function(*fn_args)
             where = _user_frame_location(())
             self.notes.append(f"torch.utils.checkpoint(use_reentrant=True){f' at {where}' if where else ''}: no "
                               "input of the segment requires grad, so it runs without autograd and its parameters "
                               "get no gradient. Hint: pass use_reentrant=False (or make an input require grad, as "
                               "transformers' enable_input_require_grads() does).")
-            with self.segment(reentrant=True), torch.no_grad():
+            with checkpoint_segment(reentrant=True), torch.no_grad():
                 return function(*fn_args)
         node = self.node("call_function", function_apply_target(cls), self.to_graph(args), self.to_graph(kwargs))
         self.quiet += 1
@@ -391,14 +398,6 @@ class _Recording(TorchFunctionMode):
         self.note_result(node, result)
         return result
 
-    @contextmanager
-    def segment(self, *, reentrant: bool) -> Iterator[None]:
-        self.segment_count += 1
-        self.segments.append(Segment(self.segment_count, reentrant))
-        try:
-            yield
-        finally:
-            self.segments.pop()
 
 
 def _past_refusals(node: torch.fx.Node, func: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> Any:
@@ -444,7 +443,10 @@ def _has_tensor(value: Any) -> bool:
 
 
 def _is_leaf(module: nn.Module) -> bool:
-    """fx's default: modules of ``torch.nn`` itself, but not its containers."""
+    """fx's default (modules of ``torch.nn`` itself, but not its containers), and TorchScript modules, whose
+    compiled ``forward`` the function mode cannot see into."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return True
     return (module.__module__.startswith(("torch.nn", "torch.ao.nn"))
             and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)))
 
@@ -501,7 +503,8 @@ def _installed(rec: _Recording) -> Iterator[None]:
     module_call = nn.Module.__dict__["__call__"]
     function_apply = torch.autograd.function.Function.__dict__["apply"]
     rebuilders = {name: getattr(torch, name) for name in _UNSEEN_REBUILDERS if hasattr(torch, name)}
-    checkpoint_generator = torch.utils.checkpoint._checkpoint_without_reentrant_generator
+    checkpoint_owner, checkpoint_attr, non_reentrant = non_reentrant_checkpoint_patch()
+    checkpoint_generator = getattr(checkpoint_owner, checkpoint_attr)
     op_calls = {cls: cls.__dict__["__call__"] for cls in (torch._ops.OpOverloadPacket, torch._ops.OpOverload)}
 
     def op_call(orig: Callable[..., Any]) -> Callable[..., Any]:
@@ -515,11 +518,6 @@ def _installed(rec: _Recording) -> Iterator[None]:
 
     def apply(cls: Any, *args: Any, **kwargs: Any) -> Any:
         return rec.apply(function_apply, cls, args, kwargs)
-
-    def non_reentrant(*args: Any, **kwargs: Any) -> Iterator[None]:
-        """``checkpoint(..., use_reentrant=False)`` runs fn between the two steps of this generator."""
-        with rec.segment(reentrant=False):
-            yield from checkpoint_generator(*args, **kwargs)
 
     def rebuilder(orig: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -551,7 +549,7 @@ def _installed(rec: _Recording) -> Iterator[None]:
     try:
         inference.__enter__, inference.__exit__ = enter, exit_  # type: ignore[method-assign,assignment]
         nn.Module.__call__ = call  # type: ignore[method-assign]
-        torch.utils.checkpoint._checkpoint_without_reentrant_generator = non_reentrant
+        setattr(checkpoint_owner, checkpoint_attr, non_reentrant)
         for cls, orig_call in op_calls.items():
             cls.__call__ = op_call(orig_call)  # type: ignore[method-assign]
         torch.autograd.function.Function.apply = classmethod(apply)  # type: ignore[method-assign,assignment]
@@ -562,7 +560,7 @@ def _installed(rec: _Recording) -> Iterator[None]:
     finally:
         inference.__enter__, inference.__exit__ = inference_enter, inference_exit  # type: ignore[method-assign]
         nn.Module.__call__ = module_call  # type: ignore[method-assign]
-        torch.utils.checkpoint._checkpoint_without_reentrant_generator = checkpoint_generator
+        setattr(checkpoint_owner, checkpoint_attr, checkpoint_generator)
         for cls, orig_call in op_calls.items():
             cls.__call__ = orig_call  # type: ignore[method-assign]
         torch.autograd.function.Function.apply = function_apply  # type: ignore[method-assign]
@@ -662,6 +660,9 @@ def record(model: nn.Module, example_inputs: Any) -> torch.fx.GraphModule:
     gm.graph.lint()
     log.debug("recorded %s: %d nodes", type(model).__name__, len(graph.nodes))
     return gm
+
+
+CAPTURE_ENTRIES.add(record.__code__)
 
 
 def _resolve(model: nn.Module, target: str) -> Any:

@@ -32,31 +32,12 @@ _ZERO_VALUED_INPUTS = (
     "zero, and dec_norm1 normalises an all-zero tensor. fxgrad's zero-grad verdict only knows ops whose derivative "
     "is zero (round, floor, sign), not values that are zero; dryrun='real' says the same. Minimal: "
     "forward(x) = self.out(self.lin(torch.zeros_like(x))) -> eager lin.weight zero-grad, fxgrad 'ok'.")
-_CHECKPOINT_TRACED = (
-    "torch.utils.checkpoint(..., use_reentrant=False) is symbolically traced (capture='trace') and the traced graph "
-    "carries no checkpoint segments (node.meta['fxgrad_checkpoint']), so fxgrad.checkpointing.apply_checkpointing "
-    "never corrects the verdicts. Here the in-place `act.mul_(h)` on sigmoid's output inside the checkpointed "
-    "bn_function is reported as FXG102 ('backward() will raise', error), while eager backward does not raise (the "
-    "segment is recomputed) and computes silently wrong gradients against the out-of-place program: FXG106, which "
-    "capture='run' reports. Minimal: forward(x) = self.b(checkpoint(f, x, use_reentrant=False)), f(x): "
-    "t = torch.sigmoid(self.a(x)); t.mul_(2.0); return torch.tanh(t) -> trace: FXG102; eager: no error.")
-_CHECKPOINT_TRACED_FALSE_ERROR = (
-    "eager: backward runs, every parameter gets its gradient; fxgrad (capture='trace'): FXG102 error at "
-    "`bottleneck.add_(1.0)`, report.ok False. The write after the checkpointed segment overwrites tanh's output, "
-    "which tanh (inside the segment) saved; with use_reentrant=False backward recomputes the segment and never "
-    "reads the overwritten tensor (rule 1 of fxgrad/checkpointing.py, applied only to capture='run' graphs: the "
-    "symbolic trace of checkpoint(..., use_reentrant=False) has no checkpoint segments). capture='run' agrees "
-    "with eager. Minimal: forward(x) = self.b(checkpoint(lambda t: torch.sigmoid(self.a(t)), x, "
-    "use_reentrant=False).mul_(2.0)) -> trace: FXG102; eager: no error.")
-
 #: clean models whose report disagrees with eager (default capture)
-CLEAN_BUGS: dict[str, str] = {"detr": _ZERO_VALUED_INPUTS,
-                              "densenet_memory_efficient_write_after_segment": _CHECKPOINT_TRACED_FALSE_ERROR}
+CLEAN_BUGS: dict[str, str] = {"detr": _ZERO_VALUED_INPUTS}
 #: bug variants whose report misses or misplaces the bug eager shows
-BUG_REPORT_BUGS: dict[str, str] = {"densenet_memory_efficient+inplace": _CHECKPOINT_TRACED}
+BUG_REPORT_BUGS: dict[str, str] = {}
 #: bug variants whose report disagrees with eager elsewhere (parameter statuses, other codes)
-BUG_MATCH_BUGS: dict[str, str] = {"detr+detach": _ZERO_VALUED_INPUTS,
-                                  "densenet_memory_efficient+inplace": _CHECKPOINT_TRACED}
+BUG_MATCH_BUGS: dict[str, str] = {"detr+detach": _ZERO_VALUED_INPUTS}
 #: entries whose capture="run" report disagrees with eager
 RUN_BUGS: dict[str, str] = {"detr": _ZERO_VALUED_INPUTS, "detr+detach": _ZERO_VALUED_INPUTS}
 

@@ -312,3 +312,22 @@ def test_transformers_tracer_gives_the_same_answer_every_time() -> None:
     assert len(set(outcomes)) == 1, outcomes
     ids = _ids()
     assert fxgrad.analyze(model, (ids, None, ids)).capture == "run"
+
+
+def test_transformers_models_take_keyword_inputs() -> None:
+    """Hugging Face models are called with keywords: a dict of forward's parameter names is that call."""
+    ids = _ids()
+    for build, inputs in ((_gpt2, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}),
+                          (_t5, {"input_ids": ids, "decoder_input_ids": ids})):
+        model = _seeded(build)()
+        positional = fxgrad.inputs.bind_keywords(model, inputs)
+        assert isinstance(positional, tuple) and positional[0] is ids
+        truth = eager_truth(model, positional)
+        report = fxgrad.analyze(model, inputs)
+        assert report.capture == "run" and not mismatches(report, truth, None, decidable=True)
+        gm = fxgrad.fix(model, inputs, only="all")
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # train mode: the same dropout masks
+            torch.manual_seed(3)
+            fixed = _hidden(gm(*positional))
+            torch.manual_seed(3)
+            torch.testing.assert_close(fixed, _hidden(model(**inputs)))

@@ -322,9 +322,13 @@ def test_capture_never_writes_to_the_users_module(capture: str, with_inputs: boo
 
 
 def test_a_compiled_model_is_analysed_through_its_own_module_without_compiling() -> None:
+    from torch._dynamo.utils import counters
+
     model, x = _branch_case(False)
     compiled = torch.compile(model, backend="eager")
+    frames = dict(counters["frames"])
     report = fxgrad.analyze(compiled, x)
+    assert dict(counters["frames"]) == frames  # Dynamo compiled nothing
     assert report.capture == "run" and "FXG102" in report.codes()
     assert set(report.params) == {n for n, _ in model.named_parameters()}  # no `_orig_mod.` prefix
     assert "FXG102" in fxgrad.analyze(model, x).codes()
@@ -487,3 +491,16 @@ def test_reentrant_checkpoint_without_an_input_that_requires_grad_cuts_its_param
     report = fxgrad.analyze(wrapped, x)
     assert {n for n, p in report.params.items() if p.status == "no-grad"} == truth.no_grad_params
     assert not report.ok and any("use_reentrant=True" in n and "no gradient" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("capture", ["trace", "run"])
+def test_a_bare_sequential_names_the_layer_not_the_callers_line(capture: str) -> None:
+    """No line of the user's runs inside a bare `nn.Sequential`: the finding names the layer's module path, and
+    never the line that called fxgrad."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.ReLU(inplace=True), nn.Linear(4, 2))
+    x = torch.randn(2, 4)
+    assert INPLACE_ERROR in (eager_truth(model, (x,)).backward_error or "")
+    report = fxgrad.analyze(model, x, capture=capture)
+    (finding,) = report.by_code("FXG102")
+    assert finding.location is None and finding.module == "2" and finding.where == "2"
