@@ -46,6 +46,7 @@ from torch.autograd import grad_mode
 from .errors import InputError, TraceError
 
 __all__ = [
+    "CAPTURE_ENTRIES",
     "CHECKPOINT_KEY",
     "FaithfulTracer",
     "NodeOrigin",
@@ -57,6 +58,8 @@ __all__ = [
     "node_origin",
     "non_reentrant_checkpoint_patch",
     "trace",
+    "user_frame_location",
+    "user_traceback_location",
 ]
 
 log = logging.getLogger(__name__)
@@ -170,7 +173,7 @@ def _location_of(filename: str, lineno: int, function: str) -> SourceLocation:
 CAPTURE_ENTRIES: set[Any] = set()
 
 
-def _user_frame_location(extra: tuple[str, ...]) -> SourceLocation | None:
+def user_frame_location(extra: tuple[str, ...]) -> SourceLocation | None:
     frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         code = frame.f_code
@@ -182,7 +185,7 @@ def _user_frame_location(extra: tuple[str, ...]) -> SourceLocation | None:
     return None
 
 
-def _user_traceback_location(tb: TracebackType | None, extra: tuple[str, ...]) -> SourceLocation | None:
+def user_traceback_location(tb: TracebackType | None, extra: tuple[str, ...]) -> SourceLocation | None:
     """The innermost user frame of a traceback: the line whose code tracing could not follow."""
     found: SourceLocation | None = None
     for frame, lineno in traceback.walk_tb(tb):
@@ -253,7 +256,7 @@ def _getattr(self: torch.fx.Proxy, k: str) -> Any:
     tracer = self.tracer
     pending = getattr(tracer, "_fxgrad_attr_lines", None)
     if pending is not None:
-        pending[(self.node, k)] = _user_frame_location(getattr(tracer, "_fxgrad_extra_files", ()))
+        pending[(self.node, k)] = user_frame_location(getattr(tracer, "_fxgrad_extra_files", ()))
     return attr
 
 
@@ -571,7 +574,7 @@ class _FaithfulMixin:
         else:
             stack = getattr(self, "module_stack", None)
             module = next(reversed(stack.values()))[0] if stack else ""
-        where = None if node.op in ("placeholder", "output") else _user_frame_location(self._fxgrad_extra_files)
+        where = None if node.op in ("placeholder", "output") else user_frame_location(self._fxgrad_extra_files)
         if node.target is getattr and len(node.args) == 2 and isinstance(node.args[1], str):
             where = self._fxgrad_attr_lines.pop((node.args[0], node.args[1]), where)
         node.meta[META_KEY] = NodeOrigin(module, where)
@@ -728,7 +731,7 @@ def trace(
             graph = tracer_obj.trace(model, concrete_args)
         except Exception as e:
             extra = getattr(type(tracer_obj), "_fxgrad_extra_files", ())
-            where = _user_traceback_location(e.__traceback__, extra)
+            where = user_traceback_location(e.__traceback__, extra)
             name = type(model).__name__ if isinstance(model, torch.nn.Module) else getattr(model, "__name__",
                                                                                           "function")
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

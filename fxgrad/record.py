@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import inspect
 import logging
 import operator
@@ -56,14 +55,15 @@ from .capture import (
     CHECKPOINT_KEY,
     META_KEY,
     NodeOrigin,
-    _user_frame_location,
-    _user_traceback_location,
     checkpoint_segment,
     current_segment,
     function_apply_target,
     non_reentrant_checkpoint_patch,
+    user_frame_location,
+    user_traceback_location,
 )
 from .errors import InputError, TraceError
+from .escaped import OPERATORS, REFLECTED, escape, escaped_node
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .rules import AUTOGRAD_ERRORS, LEAF_ERRORS
 
@@ -74,24 +74,6 @@ log = logging.getLogger(__name__)
 #: ``gm.meta[RECORDED_KEY]``: how the graph was captured and for which inputs
 RECORDED_KEY = "fxgrad_capture"
 
-#: Tensor dunders that fx spells as ``operator`` calls (the faithful tracer keeps ``x += y`` as ``operator.iadd``)
-_OPERATORS: dict[str, Callable[..., Any]] = {
-    "__getitem__": operator.getitem, "__setitem__": operator.setitem,
-    "__add__": operator.add, "__sub__": operator.sub, "__mul__": operator.mul, "__truediv__": operator.truediv,
-    "__floordiv__": operator.floordiv, "__mod__": operator.mod, "__pow__": operator.pow,
-    "__matmul__": operator.matmul, "__and__": operator.and_, "__or__": operator.or_, "__xor__": operator.xor,
-    "__lshift__": operator.lshift, "__rshift__": operator.rshift, "__neg__": operator.neg,
-    "__invert__": operator.invert, "__eq__": operator.eq, "__ne__": operator.ne, "__lt__": operator.lt,
-    "__le__": operator.le, "__gt__": operator.gt, "__ge__": operator.ge, "__abs__": operator.abs,
-    "__iadd__": operator.iadd, "__isub__": operator.isub, "__imul__": operator.imul,
-    "__itruediv__": operator.itruediv, "__ifloordiv__": operator.ifloordiv, "__imod__": operator.imod,
-    "__ipow__": operator.ipow, "__iand__": operator.iand, "__ior__": operator.ior, "__ixor__": operator.ixor,
-}
-#: reflected dunders: ``2 - x`` arrives as ``x.__rsub__(2)``
-_REFLECTED = {"__radd__": operator.add, "__rsub__": operator.sub, "__rmul__": operator.mul,
-              "__rtruediv__": operator.truediv, "__rfloordiv__": operator.floordiv, "__rmod__": operator.mod,
-              "__rpow__": operator.pow, "__rmatmul__": operator.matmul, "__rand__": operator.and_,
-              "__ror__": operator.or_, "__rxor__": operator.xor}
 #: calls whose Python result leaves autograd; the result is linked to the tensors later rebuilt from it
 _LEAVES_AUTOGRAD = frozenset({"item", "tolist", "numpy", "__float__", "__int__", "__index__", "__complex__"})
 #: calls whose result is a plain value that only decides control flow or shapes: specialised, not recorded
@@ -101,72 +83,6 @@ _NOT_RECORDED = frozenset({"__bool__", "__len__", "__repr__", "__format__", "__h
                            "is_complex", "__array__", "untyped_storage", "_is_view", "is_set_to"})
 #: ``torch.from_numpy`` reads no tensor, so the mode never sees it: patched while recording
 _UNSEEN_REBUILDERS = ("from_numpy", "frombuffer")
-
-
-class _EscapedFloat(float):
-    """A float that left autograd (``.item()``). Arithmetic on it is recorded as graph nodes, as fx records it on
-    proxies, so ``torch.tensor(h.item() * 2)`` is linked to ``.item()`` and the graph computes what eager does."""
-
-    _fxgrad_node: torch.fx.Node
-    _fxgrad_rec: _Recording
-
-
-def _recorded(op: Callable[..., Any], reflected: bool) -> Callable[[Any, Any], Any]:
-    def method(self: Any, *other: Any) -> Any:
-        plain = [float(v) if isinstance(v, _EscapedFloat) else v for v in (self, *other)]
-        if any(isinstance(v, torch.Tensor) for v in plain):
-            return NotImplemented  # the tensor's own reflected method records the op
-        args = tuple(reversed(plain)) if reflected else tuple(plain)
-        result = op(*args)
-        if result is NotImplemented or type(result) is not float:
-            return result
-        rec = self._fxgrad_rec
-        node = rec.node("call_function", op, rec.to_graph(tuple(reversed((self, *other))) if reflected
-                                                          else (self, *other)), {})
-        return rec.escape(node, result)
-
-    return method
-
-
-for _name in ("__add__", "__sub__", "__mul__", "__truediv__", "__floordiv__", "__mod__", "__pow__", "__neg__",
-              "__abs__"):
-    setattr(_EscapedFloat, _name, _recorded(_OPERATORS[_name], reflected=False))
-for _name in ("__radd__", "__rsub__", "__rmul__", "__rtruediv__", "__rfloordiv__", "__rmod__", "__rpow__"):
-    setattr(_EscapedFloat, _name, _recorded(_REFLECTED[_name], reflected=True))
-
-_ESCAPED: tuple[type, ...] = (_EscapedFloat,)
-
-
-@functools.cache
-def _escaped_array_class() -> type:
-    """``.numpy()`` results as an ndarray subclass whose ufunc calls are recorded (numpy is imported only when a
-    model calls ``.numpy()``, so fxgrad does not depend on it)."""
-    global _ESCAPED
-    import numpy as np
-
-    ufuncs = {np.add: operator.add, np.subtract: operator.sub, np.multiply: operator.mul,
-              np.true_divide: operator.truediv, np.power: operator.pow, np.negative: operator.neg}
-
-    class _EscapedArray(np.ndarray):
-        _fxgrad_node: torch.fx.Node | None = None
-        _fxgrad_rec: _Recording | None = None
-
-        def __array_finalize__(self, parent: Any) -> None:  # views and results keep the link
-            self._fxgrad_node = getattr(parent, "_fxgrad_node", None)
-            self._fxgrad_rec = getattr(parent, "_fxgrad_rec", None)
-
-        def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
-            plain = [i.view(np.ndarray) if isinstance(i, _EscapedArray) else i for i in inputs]
-            result = getattr(ufunc, method)(*plain, **kwargs)
-            rec, op = self._fxgrad_rec, ufuncs.get(ufunc)
-            if (rec is None or op is None or method != "__call__" or kwargs or not isinstance(result, np.ndarray)
-                    or any(type(i) is np.ndarray for i in inputs)):  # fx cannot spell a plain array constant
-                return result
-            node = rec.node("call_function", op, rec.to_graph(tuple(inputs)), {})
-            return rec.escape(node, result)
-
-    _ESCAPED = (_EscapedFloat, _EscapedArray)
-    return _EscapedArray
 
 
 def _is_tensor_method(func: Any) -> str | None:
@@ -213,7 +129,7 @@ class _Recording(TorchFunctionMode):
     def node(self, op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.fx.Node:
         n = self.graph.create_node(op, target, args, kwargs)
         module = str(target) if op == "call_module" else self.module_stack[-1]
-        where = _user_frame_location(()) if op not in ("placeholder", "output") else None
+        where = user_frame_location(()) if op not in ("placeholder", "output") else None
         n.meta[META_KEY] = NodeOrigin(module, where)
         segment = current_segment()
         if segment is not None:
@@ -246,7 +162,7 @@ class _Recording(TorchFunctionMode):
                 self.constants[name] = value.detach()
                 self.names[id(value)] = name
                 if value.grad_fn is not None:  # autograd saw it being made, fxgrad did not: say so
-                    where = _user_frame_location(())
+                    where = user_frame_location(())
                     self.notes.append(
                         f"a tensor with a gradient history{f' at {where}' if where else ''} was made by code fxgrad "
                         "could not see (a C++ extension or an op outside torch's Python API): the graph takes it "
@@ -275,27 +191,20 @@ class _Recording(TorchFunctionMode):
 
     # -- values that leave autograd ------------------------------------------------------------------------------
     def escape(self, node: torch.fx.Node, value: Any) -> Any:
-        """``value`` (made by ``node``) as the user's code will get it: floats and arrays carry their node, so
-        the Python arithmetic on them is recorded and a tensor rebuilt from them is linked to where they left."""
-        if type(value) is float:
-            value = _EscapedFloat(value)
-        elif type(value).__module__ == "numpy" and hasattr(value, "view"):
-            value = value.view(_escaped_array_class())
-        else:
-            self.escaped[id(value)] = (node, value)  # a list: linked while the object itself is passed on
-            return value
-        value._fxgrad_node, value._fxgrad_rec = node, self
-        return value
+        """``value`` (made by ``node``) as the user's code will get it (:func:`fxgrad.escaped.escape`); a list is
+        linked while the object itself is passed on."""
+        carried = escape(self, node, value)
+        if carried is value:
+            self.escaped[id(value)] = (node, value)
+        return carried
 
     def link(self, value: Any) -> torch.fx.Node | None:
-        node = getattr(value, "_fxgrad_node", None) if isinstance(value, _ESCAPED) else None
-        if node is not None:
-            return node
-        if isinstance(value, list):
+        node = escaped_node(value)
+        if node is None and isinstance(value, list):
             found = self.escaped.get(id(value))
             if found is not None and found[1] is value:
                 return found[0]
-        return None
+        return node
 
     # -- the mode ------------------------------------------------------------------------------------------------
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -313,10 +222,10 @@ class _Recording(TorchFunctionMode):
         target: Any
         if prop is not None:
             op, target, fx_args = "call_function", getattr, (args[0], prop)
-        elif method is not None and method in _OPERATORS:
-            op, target, fx_args = "call_function", _OPERATORS[method], tuple(args)
-        elif method is not None and method in _REFLECTED:
-            op, target, fx_args = "call_function", _REFLECTED[method], (args[1], args[0])
+        elif method is not None and method in OPERATORS:
+            op, target, fx_args = "call_function", OPERATORS[method], tuple(args)
+        elif method is not None and method in REFLECTED:
+            op, target, fx_args = "call_function", REFLECTED[method], (args[1], args[0])
         elif method is not None:
             op, target, fx_args = "call_method", method, tuple(args)
         else:
@@ -367,7 +276,7 @@ class _Recording(TorchFunctionMode):
             if any(isinstance(a, torch.Tensor) and a.requires_grad for a in fn_args):
                 with checkpoint_segment(reentrant=True):
                     return function(*fn_args)
-            where = _user_frame_location(())
+            where = user_frame_location(())
             self.notes.append(f"torch.utils.checkpoint(use_reentrant=True){f' at {where}' if where else ''}: no "
                               "input of the segment requires grad, so it runs without autograd and its parameters "
                               "get no gradient. Hint: pass use_reentrant=False (or make an input require grad, as "
@@ -674,7 +583,7 @@ def _resolve(model: nn.Module, target: str) -> Any:
 
 def _run_error(model: nn.Module, e: BaseException, meta: bool) -> Exception:
     """Forward itself raised while recording: the user's line, in one sentence."""
-    where = _user_traceback_location(e.__traceback__, ())
+    where = user_traceback_location(e.__traceback__, ())
     at = f" at {where}: `{where.code}`" if where else ""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     name = type(model).__name__
