@@ -7,6 +7,7 @@ for the branches the example inputs take. ``"auto"`` traces and, when tracing fa
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ def capture(
             raise InputError(f"capture=\"run\" runs {type(model).__name__} to capture it, so it needs example "
                              "inputs. Hint: pass them, e.g. analyze(model, torch.randn(8, 3, 32, 32)).")
         return Captured(record(model, example_inputs), "run")
+    if concrete_args is None and example_inputs is not None:
+        concrete_args = _none_arguments(model, example_inputs)
     try:
         return Captured(trace(model, concrete_args, tracer=tracer, leaf_modules=leaf_modules), "trace")
     except TraceError as e:
@@ -78,6 +81,19 @@ def capture(
         where = getattr(e, "location", None)
         return Captured(record(model, example_inputs), "run",
                         f"tracing stops at {where}: `{where.code}`" if where else str(e).replace(hint, "").rstrip())
+
+
+def _none_arguments(model: nn.Module, example_inputs: Any) -> dict[str, Any] | None:
+    """Arguments the example inputs pass as ``None`` (``mask=None``): concrete for the tracer, which would otherwise
+    trace them as tensors and take the `is not None` branch."""
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if not any(a is None for a in args):
+        return None
+    try:
+        names = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    return {names[i]: None for i, a in enumerate(args) if a is None and i < len(names)} or None
 
 
 def unwrap(model: Any) -> Any:

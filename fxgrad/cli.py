@@ -33,6 +33,7 @@ from .analysis import analyze
 from .capture import SourceLocation
 from .config import CAPTURES, FAIL_ON, Config, find_config, load_config
 from .errors import FxgradError, InputError
+from .inputs import bind_keywords
 from .report import Finding, Report
 from .rules import RULES_BY_CODE
 
@@ -171,6 +172,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...] | None]:
         inputs = build_inputs(specs)
     elif args.inputs_factory:
         inputs = load_inputs(args.inputs_factory)
+        if len(inputs) == 1:  # a dict of forward's parameter names is a keyword call
+            bound = bind_keywords(model, inputs[0])
+            inputs = bound if isinstance(bound, tuple) else inputs
     if inputs is not None:
         check_arity(model, inputs)
     return model, inputs

@@ -277,8 +277,9 @@ def _call(fn: Any, name: str, *, factory_hint: bool) -> Any:
 def load_inputs(target: str) -> tuple[Any, ...]:
     """The positional arguments that an inputs factory returns.
 
-    A tuple is the positional arguments; anything else (a tensor, a dict, a list) is the one argument. A name
-    that is not callable is taken as the value itself.
+    A tuple is the positional arguments; anything else (a tensor, a dict, a list) is the one argument (the CLI
+    then reads a dict of ``forward``'s parameter names as keywords). A name that is not callable is taken as the
+    value itself.
     """
     obj, name = resolve_target(target, what="--inputs")
     value = _call(obj, name, factory_hint=False) if callable(obj) else obj

@@ -504,3 +504,43 @@ def test_a_bare_sequential_names_the_layer_not_the_callers_line(capture: str) ->
     report = fxgrad.analyze(model, x, capture=capture)
     (finding,) = report.by_code("FXG102")
     assert finding.location is None and finding.module == "2" and finding.where == "2"
+
+
+class KeywordModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, scale: float = 2.0) -> torch.Tensor:
+        h = torch.sigmoid(self.a(x)) * scale
+        return h if mask is None else h * mask
+
+
+def test_a_dict_of_forwards_parameter_names_is_a_keyword_call(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = KeywordModel(), torch.randn(2, 8)
+    inputs = {"x": x, "scale": 3.0}
+    assert fxgrad.inputs.bind_keywords(model, inputs) == (x, None, 3.0)
+    assert fxgrad.inputs.bind_keywords(model, {"image": x}) == {"image": x}  # not forward's names: one argument
+    truth = eager_truth(model, (x, None, 3.0))
+    report = fxgrad.analyze(model, inputs)
+    assert not mismatches(report, truth, None, decidable=True) and report.ok
+    (tmp_path / "kw.py").write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(4, 2)
+
+            def forward(self, x, mask=None):
+                return torch.sigmoid(self.lin(x)).mul_(2.0)
+
+        def inputs():
+            return {"x": torch.randn(3, 4)}
+    '''))
+    repo = str(Path(__file__).resolve().parent.parent)
+    run = subprocess.run([sys.executable, "-m", "fxgrad", "check", "kw.py:Net", "--inputs", "kw.py:inputs"],
+                         cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": repo})
+    assert run.returncode == 1 and "FXG102" in run.stdout, run.stderr
