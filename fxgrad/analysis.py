@@ -33,7 +33,7 @@ from .inputs import bind_keywords
 from .record import RECORDED_KEY
 from .report import Finding, ParamStatus, Report
 from .rules import RULES_BY_CODE, run_rules, select_codes
-from .suppress import is_suppressed
+from .suppress import accept_intended_cuts, is_suppressed, region_openers
 
 __all__ = ["analyze", "preserved"]
 
@@ -113,6 +113,7 @@ def analyze(
     if not isinstance(model, nn.Module):
         raise InputError(f"fxgrad.analyze needs an nn.Module, got {type(model).__name__}. "
                          "Hint: pass the model instance, e.g. analyze(MyNet(), ...).")
+    select, ignore = tuple(select), tuple(ignore)
     enabled = select_codes(select, ignore)
     unknown = [c for c in (*select, *ignore) if not any(code.startswith(c) for code in RULES_BY_CODE)]
     if unknown:
@@ -130,7 +131,7 @@ def analyze(
         if captured.note:
             report.notes.insert(0, captured.note)
         report.notes += captured.gm.meta.get(RECORDED_KEY, {}).get("notes", [])
-    return _filter(report, enabled)
+    return _filter(report, enabled, bool(select), ignore, captured.gm)
 
 
 def _analyse(gm: torch.fx.GraphModule, model: nn.Module, name: str, example_inputs: Any, dryrun: str | bool
@@ -152,14 +153,23 @@ def _analyse(gm: torch.fx.GraphModule, model: nn.Module, name: str, example_inpu
     return report
 
 
-def _filter(report: Report, enabled: set[str]) -> Report:
+def _filter(report: Report, enabled: set[str], selected: bool, ignore: tuple[str, ...], gm: torch.fx.GraphModule
+            ) -> Report:
+    """Findings not enabled, or accepted by a comment (:mod:`fxgrad.suppress`), go to ``report.suppressed``; those
+    of a code that is off by default (and nothing was selected) are also counted in ``report.hidden``, so the
+    summary can say so. Accepted cuts (by a comment, or by ``ignore``) then take their consequences with them."""
+    openers = region_openers(gm) if any(f.location is not None for f in report.findings) else {}
     kept: list[Finding] = []
     for f in report.findings:
-        if f.code not in enabled or is_suppressed(f):
+        commented = is_suppressed(f, openers.get(f.node))
+        if commented:
+            report.accepted.append(f)
+        if f.code not in enabled or commented:
             report.suppressed.append(f)
+            if not commented and not selected and not RULES_BY_CODE[f.code].default:
+                report.hidden[f.code] = report.hidden.get(f.code, 0) + 1
         else:
             kept.append(f)
     report.findings = kept
+    accept_intended_cuts(report, ignore)
     return report
-
-

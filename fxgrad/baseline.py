@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import InputError
 from .report import Finding, Report
+from .suppress import accept_intended_cuts
 
 __all__ = ["BASELINE_VERSION", "Fingerprint", "apply_baseline", "fingerprint", "load_baseline", "write_baseline"]
 
@@ -62,15 +63,18 @@ def apply_baseline(report: Report, accepted: Counter[Fingerprint], path: Path) -
     """A copy of ``report`` that keeps only the findings not in the baseline."""
     left = Counter(accepted)
     new: list[Finding] = []
-    known = 0
+    known: list[Finding] = []
     for f in report.sorted_findings():
         key = fingerprint(f)
         if left[key] > 0:
             left[key] -= 1
-            known += 1
+            known.append(f)
         else:
             new.append(f)
     notes = [*report.notes]
     if known:
-        notes.append(f"{known} finding(s) recorded in the baseline {path} are not shown.")
-    return dataclasses.replace(report, findings=new, notes=notes)
+        notes.append(f"{len(known)} finding(s) recorded in the baseline {path} are not shown.")
+    out = dataclasses.replace(report, findings=new, notes=notes, suppressed=[*report.suppressed, *known],
+                              accepted=[*report.accepted, *known], params=dict(report.params))
+    accept_intended_cuts(out)  # a baselined cut accepts its consequences, as a comment on its line does
+    return out

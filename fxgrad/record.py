@@ -120,6 +120,7 @@ class _Recording(TorchFunctionMode):
         #: Python values that left autograd (``.item()`` floats, ``.tolist()`` lists, ``.numpy()`` arrays), by id;
         #: the objects are kept alive so an id is never reused for another object while recording
         self.escaped: dict[int, tuple[torch.fx.Node, Any]] = {}
+        self.kept: list[torch.Tensor] = []
         self.module_stack: list[str] = [""]
         self.quiet = 0
         #: what the report should know about this run (reentrant checkpoints whose parameters lose their gradient)
@@ -161,6 +162,7 @@ class _Recording(TorchFunctionMode):
                 name = f"_fxgrad_constant{len(self.constants)}"
                 self.constants[name] = value.detach()
                 self.names[id(value)] = name
+                self.kept.append(value)  # named by its id: it must outlive the run, or the id is reused
                 if value.grad_fn is not None:  # autograd saw it being made, fxgrad did not: say so
                     where = user_frame_location(())
                     self.notes.append(

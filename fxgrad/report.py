@@ -72,7 +72,7 @@ def _loc_dict(loc: SourceLocation | None) -> dict[str, Any] | None:
 @dataclass(frozen=True)
 class ParamStatus:
     name: str
-    status: str  # ok | no-grad | zero-grad | unused
+    status: str  # ok | no-grad | zero-grad | unused | frozen (cut off on purpose: an accepted cut)
     cause: str = ""
     location: SourceLocation | None = None
     verdict: str = "static"
@@ -94,6 +94,11 @@ class Report:
     capture: str = "trace"
     notes: list[str] = field(default_factory=list)
     suppressed: list[Finding] = field(default_factory=list)
+    #: the findings of ``suppressed`` that were accepted on purpose: a comment on their line or on the ``with``
+    #: line of their block, or an accepted cut's consequence (SARIF keeps them as in-source suppressions)
+    accepted: list[Finding] = field(default_factory=list)
+    #: code -> findings not shown because the code is off by default (harmless in-place ops: FXG101)
+    hidden: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -130,6 +135,7 @@ class Report:
             "findings": [f.to_dict() for f in self.sorted_findings()],
             "params": {name: p.to_dict() for name, p in self.params.items()},
             "suppressed": [f.to_dict() for f in self.suppressed],
+            "hidden": dict(self.hidden),
             "notes": list(self.notes),
         }
 
@@ -195,7 +201,11 @@ def render_table(report: Report, *, width: int = 60) -> str:
             out.append(tabulate(rows2, headers=["parameter", "status", "cause"], tablefmt="simple"))
     if report.suppressed:
         out.append("")
-        out.append(f"({len(report.suppressed)} finding(s) suppressed)")
+        hidden = sum(report.hidden.values())
+        shown = ", ".join(f"--select {code}" for code in sorted(report.hidden))
+        parts = [f"{len(report.suppressed) - hidden} finding(s) suppressed"] if len(report.suppressed) > hidden else []
+        parts += [f"{hidden} harmless finding(s) not shown, off by default: {shown} shows them"] if hidden else []
+        out.append(f"({'; '.join(parts)})")
     for note in report.notes:
         out.append(f"note: {note}")
     return "\n".join(out)

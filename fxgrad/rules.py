@@ -41,6 +41,8 @@ class Rule:
     check: Callable[[NodeFacts, GraphFacts], Finding | None] | None = None
     #: the node fact without which ``check`` has nothing to say: nodes where it is falsy are not shown to it
     when: str = ""
+    #: shown unless deselected; ``False``: only when selected (``--select FXG101``), because it flags correct code
+    default: bool = True
 
 
 #: ``Finding(...)`` without the named tuple's generated ``__new__`` (a Python function that fills in defaults):
@@ -63,14 +65,9 @@ def _lost(nf: NodeFacts, facts: GraphFacts) -> list[str]:
 
 
 def _load_bearing(nf: NodeFacts, facts: GraphFacts) -> bool:
-    """The cut matters: parameters lose their gradient here, or its result reaches the output and the value it
-    cuts gets no gradient through any other path."""
-    if _lost(nf, facts):
-        return True
-    if not nf.data_reach:
-        return False
-    if nf.cut_input is not None and not facts[nf.cut_input].reach:
-        return True
+    """The cut matters: parameters lose their gradient here. A cut after which every parameter still gets its
+    gradient through another path is correct code (a straight-through estimator ``z + (q - z).detach()``, an
+    ``argmin`` that picks a codebook row, a target network's output): nothing to report."""
     return bool(_lost(nf, facts))
 
 
@@ -285,7 +282,7 @@ RULES: tuple[Rule, ...] = (
     Rule("FXG101", "inplace-activation", "warning", "in-place op on an activation (`x.add_()`, `torch.relu_`, "
          "`inplace=True`, in-place modules, `+=`, `x[i] = v`, `out=`)",
          "Legal as long as no op saved the overwritten tensor for backward; fragile under later edits.",
-         fixable=True, check=_check_inplace_activation, when="target"),
+         fixable=True, check=_check_inplace_activation, when="target", default=False),
     Rule("FXG102", "inplace-saved", "error", "in-place op overwrites a tensor that an earlier op saved for "
          "backward: `backward()` will raise", "Autograd checks the saved tensor's version at backward.",
          fixable=True, check=_check_overwrites_saved, when="overwritten"),
@@ -313,10 +310,15 @@ RULES: tuple[Rule, ...] = (
 RULES_BY_CODE: dict[str, Rule] = {r.code: r for r in RULES}
 
 
+#: the cut warnings: an accepted one makes the parameters it cuts off frozen on purpose (fxgrad.suppress)
+CUT_CODES = frozenset(f"FXG00{i}" for i in range(1, 9))
+
+
 def select_codes(select: Iterable[str] = (), ignore: Iterable[str] = ()) -> set[str]:
-    """Codes enabled by ``select``/``ignore`` prefixes (``FXG1`` selects the in-place family)."""
+    """Codes enabled by ``select``/``ignore`` prefixes (``FXG1`` selects the in-place family). Without ``select``,
+    the codes that are on by default: not FXG101, which flags correct code (a legal in-place op)."""
     sel, ign = tuple(select), tuple(ignore)
-    codes = {c for c in RULES_BY_CODE if not sel or any(c.startswith(s) for s in sel)}
+    codes = {c for c, rule in RULES_BY_CODE.items() if any(c.startswith(s) for s in sel) or (not sel and rule.default)}
     return {c for c in codes if not any(c.startswith(i) for i in ign)}
 
 

@@ -19,7 +19,6 @@ from . import __version__
 from .capture import SourceLocation
 from .report import Finding, Report
 from .rules import RULES, Rule
-from .suppress import is_suppressed
 
 __all__ = ["SARIF_SCHEMA", "SRCROOT", "to_sarif"]
 
@@ -114,7 +113,7 @@ def to_sarif(report: Report, *, root: Path | str | None = None,
     index = {r.code: i for i, r in enumerate(RULES)}
     results = [_result(f, index, base, fallback) for f in report.sorted_findings()]
     for f in report.suppressed:
-        if is_suppressed(f):  # silenced on its line; findings left out by --select/--ignore are not results
+        if f in report.accepted:  # accepted on purpose; findings left out by --select/--ignore are not results
             result = _result(f, index, base, fallback)
             result["suppressions"] = [{"kind": "inSource"}]
             results.append(result)

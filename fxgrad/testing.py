@@ -10,8 +10,8 @@ One line in a test keeps a model honest as it changes::
 It fails (``AssertionError`` with the rendered report) when ``backward()`` would raise, when gradients would be
 silently wrong, or when a trainable parameter would get no gradient, only zeros, or is never used; warnings
 that change nothing for training (e.g. a harmless in-place op) do not fail it. Deliberate ones are accepted
-with ``allow``: codes or prefixes (``"FXG201"``, ``"FXG2"``) or parameter names (``fnmatch`` patterns,
-``"backbone.*"``).
+with ``allow``: codes or prefixes (``"FXG201"``, ``"FXG2"``), parameter names (``fnmatch`` patterns,
+``"backbone.*"``) or module prefixes (``"backbone"``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def _split_allow(allow: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]
 
 
 def _allowed_param(name: str, names: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in names)
+    """A glob (``"backbone.*"``), or a module prefix (``"backbone"``, ``"encoder.layers.0"``)."""
+    return any(fnmatch.fnmatchcase(name, pattern) or name.startswith(f"{pattern}.") for pattern in names)
 
 
 def _problems(report: Report, codes: tuple[str, ...], names: tuple[str, ...]) -> list[str]:

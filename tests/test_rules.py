@@ -66,7 +66,7 @@ def mismatches(report: fxgrad.Report, truth: Truth, ref: Truth | None, *, decida
     if truth.forward_error is None:
         expect("FXG105 (the caller's input changes)", "FXG105" in codes, truth.inputs_mutated)
     if truth.clean_run:
-        expect("no-grad or unused parameters", {n for n, s in status.items() if s in ("no-grad", "unused")},
+        expect("no-grad or unused parameters", {n for n, s in status.items() if s in ("no-grad", "unused", "frozen")},
                set(truth.no_grad_params))
         expect("unused parameters", {n for n, s in status.items() if s == "unused"}, set(truth.unused_params))
         expect("zero-grad parameters", {n for n, s in status.items() if s == "zero-grad"},
@@ -140,6 +140,8 @@ def test_article_example_3_is_one_legal_inplace_warning() -> None:
     # `t *= 2.0` computes exactly what `t * 2.0` computes, gradients included: nothing breaks.
     assert ex3.clean_run and not grads_differ(ex2.grads, ex3.grads)
     report = fxgrad.analyze(build(CASES["Ex3InplaceMulScalar"]))
+    assert report.findings == [] and report.ok and report.hidden == {"FXG101": 1}  # correct code: nothing shown
+    report = fxgrad.analyze(build(CASES["Ex3InplaceMulScalar"]), select=["FXG101"])
     assert [f.code for f in report.findings] == ["FXG101"]
     assert report.ok
     finding = report.findings[0]
@@ -203,7 +205,8 @@ def test_rule_flagged_and_clean(code: str) -> None:
         ref = _truth(c, reference=True) if c.reference else None
         assert _SIGNALS[signal](truth, ref) is expected, f"eager does not show {signal!r}={expected} for {name}"
         report = fxgrad.analyze(build(c))
-        assert (code in report.codes()) is expected, f"{code} on {name}:\n{report}"
+        found = {f.code for f in report.findings + report.suppressed}  # FXG101 is off by default, not absent
+        assert (code in found) is expected, f"{code} on {name}:\n{report}"
 
 
 def test_every_rule_has_a_flagged_and_a_clean_case() -> None:
@@ -333,9 +336,67 @@ def test_suppression_comment_silences_its_code_only() -> None:
     assert "FXG001" in fxgrad.analyze(build(flagged)).codes()
     report = fxgrad.analyze(build(suppressed))
     assert "FXG001" not in report.codes()
-    assert [f.code for f in report.suppressed] == ["FXG001"]
-    assert "FXG201" in report.codes()  # ignore[FXG001] does not hide the parameter verdict
-    assert report.params["a.weight"].status == "no-grad"
+    # the accepted cut takes its consequence with it: the parameters it cuts off are frozen on purpose
+    assert [f.code for f in report.suppressed] == ["FXG001", "FXG201"] and report.ok
+    assert report.params["a.weight"].status == "frozen" and "frozen on purpose" in report.params["a.weight"].cause
+
+
+class _FrozenBlock(nn.Module):
+    """A frozen backbone, accepted once on the `with` line that opens its no_grad block."""
+
+    def __init__(self, accepted: bool) -> None:
+        super().__init__()
+        self.backbone, self.head = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)), nn.Linear(4, 2)
+        self.accepted = accepted
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.accepted:
+            with torch.no_grad():  # fxgrad: ignore[FXG003]
+                h = self.backbone(x)
+                h = h * 2.0
+        else:
+            with torch.no_grad():
+                h = self.backbone(x)
+                h = h * 2.0
+        return self.head(h)
+
+
+@pytest.mark.parametrize("capture", ["trace", "run"])
+def test_a_comment_on_a_with_line_covers_the_block(capture: str) -> None:
+    x = torch.randn(2, 4)
+    truth = eager_truth(_FrozenBlock(True), (x,))
+    assert truth.clean_run and truth.no_grad_params == {f"backbone.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
+    plain = fxgrad.analyze(_FrozenBlock(False), x, capture=capture)
+    assert "FXG003" in plain.codes() and not plain.ok
+    report = fxgrad.analyze(_FrozenBlock(True), x, capture=capture)
+    assert report.ok and not report.findings, report
+    assert {f.code for f in report.accepted} >= {"FXG003", "FXG201"}
+    assert {n for n, p in report.params.items() if p.status == "frozen"} == truth.no_grad_params
+
+
+class _TwoCuts(nn.Module):
+    """A teacher cut off on purpose, and an encoder cut off by mistake."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.teacher, self.enc, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        target = self.teacher(x).detach()  # fxgrad: ignore[FXG001]
+        h = self.enc(x).detach()
+        return self.head(h) - target
+
+
+@pytest.mark.parametrize("with_inputs", [False, True])
+def test_an_accepted_cut_freezes_only_what_it_cuts(with_inputs: bool) -> None:
+    x = torch.randn(2, 4)
+    truth = eager_truth(_TwoCuts(), (x,))
+    assert truth.no_grad_params == {"teacher.weight", "teacher.bias", "enc.weight", "enc.bias"}
+    report = fxgrad.analyze(_TwoCuts(), x if with_inputs else None)
+    assert {n: p.status for n, p in report.params.items() if p.status != "ok"} == {
+        "teacher.weight": "frozen", "teacher.bias": "frozen", "enc.weight": "no-grad", "enc.bias": "no-grad"}
+    (error,) = report.errors
+    assert error.code == "FXG201" and set(error.params) == {"enc.weight", "enc.bias"} and not report.ok
 
 
 def test_bare_suppression_comment_silences_every_code_on_its_line() -> None:

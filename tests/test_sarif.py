@@ -32,12 +32,13 @@ class Net(nn.Module):
         self.enc = nn.Linear(4, 4)
         self.head = nn.Linear(4, 2)
         self.aux = nn.Linear(2, 2)
+        self.teacher = nn.Linear(4, 2)
 
     def forward(self, x):
         t = torch.sigmoid(self.enc(x))
         t.mul_(2.0)
         y = self.head(t)
-        return y + (torch.round(y) - y).detach()  # fxgrad: ignore[FXG001]
+        return y + self.teacher(x).detach()  # fxgrad: ignore[FXG001]
 '''
 
 
@@ -68,7 +69,7 @@ def test_sarif_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert run["originalUriBaseIds"][SRCROOT]["uri"] == tmp_path.resolve().as_uri() + "/"
 
     results = {r["ruleId"]: r for r in run["results"]}
-    assert set(results) == {"FXG102", "FXG203", "FXG001"}
+    assert set(results) == {"FXG102", "FXG203", "FXG001", "FXG201"}
     mul = results["FXG102"]
     assert mul["level"] == "error"
     phys = mul["locations"][0]["physicalLocation"]
@@ -82,8 +83,11 @@ def test_sarif_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert unused["locations"][0]["physicalLocation"]["region"]["startLine"] == _line(path, "class Net")
     assert truth.no_grad_params >= {"aux.weight", "aux.bias"}
 
-    # silenced on its line: kept, as an in-source suppression that viewers hide
+    # silenced on its line: kept, as an in-source suppression that viewers hide; the teacher it cuts off is
+    # frozen on purpose, its FXG201 accepted with it (eager: the teacher gets no gradient)
     assert results["FXG001"]["suppressions"] == [{"kind": "inSource"}]
+    assert results["FXG201"]["suppressions"] == [{"kind": "inSource"}]
+    assert truth.no_grad_params >= {"teacher.weight", "teacher.bias"}
 
 
 def test_sarif_root_and_files_outside_it(tmp_path: Path) -> None:
