@@ -15,7 +15,7 @@ Algorithm:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,6 +33,7 @@ from .inputs import bind_keywords
 from .record import RECORDED_KEY
 from .report import Finding, ParamStatus, Report
 from .rules import RULES_BY_CODE, run_rules, select_codes
+from .step import ddp_note, mention_loss, optimizer_findings, training_step
 from .suppress import accept_intended_cuts, is_suppressed, region_openers
 
 __all__ = ["analyze", "preserved"]
@@ -96,6 +97,9 @@ def analyze(
     ignore: Iterable[str] = (),
     dryrun: str | bool = "auto",
     capture: str = "auto",
+    loss: Callable[..., Any] | None = None,
+    targets: Any = None,
+    optimizer: Any = None,
 ) -> Report:
     """Find, before training, why parameters would get no gradient and which in-place ops break ``backward()``.
 
@@ -107,6 +111,10 @@ def analyze(
     ``capture`` chooses how the model becomes a graph: ``"trace"`` (symbolic, every branch, no inputs needed),
     ``"run"`` (by running it on the example inputs: any Python control flow, the branches these inputs take), or
     ``"auto"``: trace, and run when tracing fails and inputs are given. The report says which one ran.
+
+    The training step, not only the model: ``loss`` is called as ``loss(output, *targets)`` (``targets`` a tensor
+    or a tuple) and analysed with the model, so a head the loss ignores is a lost gradient at the loss's line;
+    ``optimizer`` (an ``Optimizer`` or its param groups) is compared with the verdicts (FXG204-FXG206).
     """
     model = capturing.unwrap(model)
     example_inputs = bind_keywords(model, example_inputs)
@@ -120,18 +128,32 @@ def analyze(
         raise InputError(f"Unknown fxgrad code or prefix: {', '.join(unknown)}. Hint: codes look like FXG102; "
                          "prefixes like FXG1 select a family.")
     name = type(model).__name__
+    if loss is not None and not callable(loss):
+        raise InputError(f"loss= takes a function of the model's output, not {type(loss).__name__}. Hint: "
+                         "loss=lambda out, y: F.cross_entropy(out, y), targets=y.")
+    step = model if loss is None else training_step(model, loss, targets if isinstance(targets, tuple) else
+                                                   () if targets is None else (targets,))
     with preserved(model):
-        captured = capturing.capture(model, example_inputs, capture, concrete_args=concrete_args, tracer=tracer,
+        captured = capturing.capture(step, example_inputs, capture, concrete_args=concrete_args, tracer=tracer,
                                      leaf_modules=leaf_modules)
         # One pause of cyclic GC from the facts to the report, and the facts dropped before it ends: the collector
         # never walks the per-node records (see fxgrad.gcpause).
         with gc_paused():
-            report = _analyse(captured.gm, model, name, example_inputs, dryrun)
+            report = _analyse(captured.gm, step, name, example_inputs, dryrun)
         report.capture = captured.how
         if captured.note:
             report.notes.insert(0, captured.note)
         report.notes += captured.gm.meta.get(RECORDED_KEY, {}).get("notes", [])
-    return _filter(report, enabled, bool(select), ignore, captured.gm)
+    if loss is not None:
+        mention_loss(report, loss)
+    report = _filter(report, enabled, bool(select), ignore, captured.gm)
+    if optimizer is not None:  # after the filter: a parameter frozen on purpose is not an idle one
+        for f in optimizer_findings(report, model, optimizer):
+            (report.findings if f.code in enabled else report.suppressed).append(f)
+    note = ddp_note(report, model)
+    if note is not None:
+        report.notes.append(note)
+    return report
 
 
 def _analyse(gm: torch.fx.GraphModule, model: nn.Module, name: str, example_inputs: Any, dryrun: str | bool

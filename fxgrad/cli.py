@@ -99,6 +99,13 @@ def _parser() -> _Parser:
     check = sub.add_parser("check", help="report gradient cuts, breaking in-place ops and parameters without "
                            "gradient", description="Analyse a model and report its findings.")
     _add_model_args(check)
+    check.add_argument("--loss", metavar="FILE.py:FUNC",
+                       help="analyse the training step: FUNC(output, *targets) is the loss (parameters it does not "
+                            "reach get no gradient)")
+    check.add_argument("--targets", metavar="FILE.py:FUNC", help="the targets passed to --loss (like --inputs)")
+    check.add_argument("--optimizer", metavar="FILE.py:FUNC",
+                       help="FUNC(model) returns the optimizer: trainable parameters in no group, parameters in a "
+                            "group that get no gradient, frozen ones in a group")
     check.add_argument("--format", choices=("table", "json", "sarif"), default="table",
                        help="table (default, for people), json (Report.to_dict(), versioned) or sarif (SARIF "
                             "2.1.0, for GitHub code scanning)")
@@ -273,8 +280,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise InputError(f"--root {args.root} is not a directory. Hint: give the repository's checkout directory.")
 
     model, inputs = _load(args)
+    from .loader import load_step
+
+    step = load_step(args.loss or cfg.loss, args.targets or cfg.targets, args.optimizer or cfg.optimizer, model)
     report = _analyze(model, inputs, static=args.static, select=select, ignore=ignore,
-                      capture=args.capture or cfg.capture or "auto")
+                      capture=args.capture or cfg.capture or "auto", **step)
 
     recorded = None
     if args.baseline is not None:
@@ -437,9 +447,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except InputError:
         fix = None
     rows, surprises = [], []
+    every = [code for code in RULES_BY_CODE]  # the demo shows every kind of finding, FXG101 included
     for ex in chosen:
         model, inputs = ex.model(), ex.inputs()
-        report = _analyze(model, inputs)
+        report = _analyze(model, inputs, select=every, **ex.analyze_kwargs(model))
         found = {f.code for f in report.findings}
         silenced = {f.code for f in report.suppressed}
         if found != ex.codes or silenced != ex.suppressed:
@@ -461,7 +472,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["example", "codes", "line", "fix", "what eager PyTorch does"],
                        tablefmt="simple"))
         print("\n`fxgrad demo EXAMPLE` shows an example's full report; `fxgrad demo --all` shows every one.\n"
-              "Each model is a TARGET too: fxgrad check fxgrad.examples:SigmoidMul --input 8x4")
+              "Each model is a TARGET too: fxgrad check fxgrad.examples:SigmoidMul --input 8x4\n"
+              "The demo selects every code; `fxgrad check` does not show FXG101 (a legal in-place op: correct code) "
+              "unless selected.")
     if surprises:  # the examples document what fxgrad finds; a difference is a bug worth reporting
         _err(f"fxgrad: warning: examples reported differently than documented: {'; '.join(surprises)}.")
     return EXIT_OK

@@ -9,6 +9,9 @@ over it, flag by flag::
     ignore = ["FXG101"]                 # codes or prefixes silenced everywhere
     fail-on = "warning"                 # error (default) | warning | never
     capture = "auto"                    # auto (default) | trace | run
+    loss = "train.py:loss_fn"           # the training step: loss_fn(output, *targets)
+    targets = "train.py:make_targets"   # the targets passed to the loss
+    optimizer = "train.py:make_optimizer"  # make_optimizer(model) -> the optimizer
 
 Unknown keys and wrongly typed values are errors: a misspelt setting must not be silently ignored.
 """
@@ -34,7 +37,7 @@ else:  # pragma: no cover - Python 3.10 reads the table only where tomli is inst
 __all__ = ["CAPTURES", "FAIL_ON", "Config", "find_config", "load_config"]
 
 FAIL_ON = ("error", "warning", "never")
-_KEYS = ("select", "ignore", "fail-on", "capture")
+_KEYS = ("select", "ignore", "fail-on", "capture", "loss", "targets", "optimizer")
 #: how a model becomes a graph (fxgrad.capturing.CAPTURES; repeated here so reading settings imports no torch)
 CAPTURES = ("auto", "trace", "run")
 
@@ -48,6 +51,9 @@ class Config:
     ignore: tuple[str, ...] = ()
     fail_on: str | None = None
     capture: str | None = None
+    loss: str | None = None
+    targets: str | None = None
+    optimizer: str | None = None
 
 
 def find_config(start: Path | None = None) -> Path | None:
@@ -102,5 +108,10 @@ def load_config(path: Path) -> Config:
     if capture is not None and capture not in CAPTURES:
         raise InputError(f"[tool.fxgrad] capture in {_shown(path)} is {capture!r}. Hint: use one of "
                          f"{', '.join(CAPTURES)}.")
+    step = {key: table.get(key) for key in ("loss", "targets", "optimizer")}
+    for key, value in step.items():
+        if value is not None and (not isinstance(value, str) or ":" not in value):
+            raise InputError(f"[tool.fxgrad] {key} in {_shown(path)} must name a function as \"file.py:NAME\" or "
+                             f"\"package.module:NAME\", not {value!r}. Hint: e.g. {key} = \"train.py:{key}_fn\".")
     return Config(path=path, select=_codes(path, "select", table.get("select", [])),
-                  ignore=_codes(path, "ignore", table.get("ignore", [])), fail_on=fail_on, capture=capture)
+                  ignore=_codes(path, "ignore", table.get("ignore", [])), fail_on=fail_on, capture=capture, **step)

@@ -165,6 +165,26 @@ class Unused(nn.Module):
         return self.body(x)
 
 
+class Finetune(nn.Module):
+    """Fine-tuning: a frozen backbone, a new head, a spare head; the optimizer is built from the wrong parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Linear(4, 4).requires_grad_(False)
+        self.head = nn.Linear(4, 2)
+        self.spare_head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.backbone(x)))
+
+
+def finetune_step(model: nn.Module) -> dict[str, Any]:
+    """The training step of :class:`Finetune`: the loss, and an optimizer over backbone and spare head."""
+    assert isinstance(model, Finetune)
+    params = [*model.backbone.parameters(), *model.spare_head.parameters()]
+    return {"loss": lambda out: out.pow(2).mean(), "optimizer": torch.optim.SGD(params, lr=0.1)}
+
+
 class FreezeActivation(_EncoderHead):
     """``requires_grad_(False)`` on an activation: only leaves' flags can change, forward raises."""
 
@@ -318,6 +338,11 @@ class Example:
     codes: frozenset[str] = frozenset()
     suppressed: frozenset[str] = frozenset()
     reference: Callable[..., torch.Tensor] | None = None
+    #: the training step's keyword arguments for ``analyze`` (``loss=``, ``optimizer=``), built for a model
+    step: Callable[[nn.Module], dict[str, Any]] | None = None
+
+    def analyze_kwargs(self, model: nn.Module) -> dict[str, Any]:
+        return self.step(model) if self.step is not None else {}
 
     @property
     def target(self) -> str:
@@ -395,6 +420,11 @@ EXAMPLES: tuple[Example, ...] = (
             _randn(2, 4, 8, 8),
             Eager("backward runs; gradients equal the out-of-place block's"), frozenset({"FXG101"}),
             reference=_basic_block_reference),
+    Example("optimizer", "fine-tuning step: the optimizer holds the frozen backbone and the unused spare head, "
+            "not the new head", Finetune, _randn(8, 4),
+            Eager("head.weight.grad is set but optimizer.step() never changes it; spare_head.weight.grad is None",
+                  no_grad=("spare_head.bias", "spare_head.weight")),
+            frozenset({"FXG203", "FXG204", "FXG205", "FXG206"}), step=finetune_step),
     Example("ste", "straight-through estimator `h + (round(h) - h).detach()`: correct, nothing to report",
             StraightThrough, _randn(8, 4),
             Eager("encoder.weight.grad is set: the gradient passes straight through")),

@@ -32,7 +32,7 @@ from torch import nn
 
 from .errors import InputError
 
-__all__ = ["InputSpec", "build_inputs", "check_arity", "load_inputs", "load_model", "parse_input_spec",
+__all__ = ["InputSpec", "build_inputs", "check_arity", "load_inputs", "load_model", "load_step", "parse_input_spec",
            "resolve_target"]
 
 #: dtype spellings accepted after the colon of ``--input``; ``torch.<name>`` aliases included.
@@ -284,6 +284,34 @@ def load_inputs(target: str) -> tuple[Any, ...]:
     obj, name = resolve_target(target, what="--inputs")
     value = _call(obj, name, factory_hint=False) if callable(obj) else obj
     return value if isinstance(value, tuple) else (value,)
+
+
+def load_step(loss: str | None, targets: str | None, optimizer: str | None, model: nn.Module
+              ) -> dict[str, Any]:
+    """``--loss FILE.py:FUNC`` (the loss function itself, called as ``FUNC(output, *targets)``), ``--targets
+    FILE.py:FUNC`` (like ``--inputs``) and ``--optimizer FILE.py:FUNC`` (called as ``FUNC(model)``) as the keyword
+    arguments of :func:`fxgrad.analyze`."""
+    out: dict[str, Any] = {}
+    if loss is not None:
+        fn, _ = resolve_target(loss, what="--loss")
+        if not callable(fn):
+            raise InputError(f"--loss {loss} is a value of type {type(fn).__name__}, not a function. Hint: name a "
+                             "function of the model's output, e.g. def loss(out, y): return F.cross_entropy(out, y).")
+        out["loss"] = fn
+    if targets is not None:
+        if loss is None:
+            raise InputError("--targets needs --loss. Hint: --loss names the function that takes the output and the "
+                             "targets.")
+        out["targets"] = load_inputs(targets)
+    if optimizer is not None:
+        make, _ = resolve_target(optimizer, what="--optimizer")
+        try:
+            out["optimizer"] = make(model) if callable(make) else make
+        except Exception as e:
+            raise InputError(f"--optimizer {optimizer} raised {type(e).__name__}: {e}. Hint: it is called with the "
+                             "model, e.g. def make_optimizer(model): return torch.optim.AdamW(model.parameters())."
+                             ) from e
+    return out
 
 
 def check_arity(model: nn.Module, inputs: Sequence[Any]) -> None:

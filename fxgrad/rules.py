@@ -305,6 +305,12 @@ RULES: tuple[Rule, ...] = (
          "Its `.grad` is all zeros: it never changes."),
     Rule("FXG203", "param-unused", "warning", "parameter is never used in forward",
          "Unused parameters get no gradient (and break DistributedDataParallel without find_unused_parameters)."),
+    Rule("FXG204", "optimizer-missing", "error", "trainable parameter is in no param group of the optimizer "
+         "(`optimizer=`)", "It gets a gradient and never updates: it silently stays at its initial value."),
+    Rule("FXG205", "optimizer-idle", "error", "parameter in a param group of the optimizer never gets a gradient "
+         "(`optimizer=`)", "The optimizer never updates it: a lost gradient, or a parameter that should not be there."),
+    Rule("FXG206", "optimizer-frozen", "info", "frozen parameter (`requires_grad=False`) in a param group of the "
+         "optimizer (`optimizer=`)", "It never updates; harmless, but the group can leave it out."),
 )
 
 RULES_BY_CODE: dict[str, Rule] = {r.code: r for r in RULES}

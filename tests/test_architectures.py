@@ -171,6 +171,8 @@ def test_clean_model_matches_eager(a: Arch) -> None:
     assert truth.forward_error is None, truth.forward_error
     report = _analyse(a)
     _check_against_eager(report, truth, ref, a.name)
+    if truth.clean_run and not truth.no_grad_params:  # correct code reports nothing by default
+        assert report.findings == [], report
 
 
 @pytest.mark.parametrize("a", _params(BUGGY, BUG_REPORT_BUGS))

@@ -18,6 +18,8 @@ from fxgrad.rules import RULES
 
 from .corpus import CASES, Case, build, build_inputs
 from .oracle import Truth, eager_truth, grads_differ
+from .test_step import CASES as STEP_CASES
+from .test_step import OPTIMIZER_PAIRS
 
 # Static verdicts (no example inputs) that disagree with eager: fxgrad bugs, reported to the lead.
 STATIC_BUGS: dict[str, str] = {}
@@ -212,7 +214,10 @@ def test_rule_flagged_and_clean(code: str) -> None:
 def test_every_rule_has_a_flagged_and_a_clean_case() -> None:
     codes = [r.code for r in RULES]
     assert len(codes) == len(set(codes)), "rule codes must be unique"
-    assert sorted(codes) == sorted(PAIRS), "every rule needs a flagged/clean pair (and no pair without a rule)"
+    assert sorted(codes) == sorted({**PAIRS, **OPTIMIZER_PAIRS}), (
+        "every rule needs a flagged/clean pair (and no pair without a rule)")
+    for code, (flagged, clean) in OPTIMIZER_PAIRS.items():  # run by tests/test_step.py against eager
+        assert code in STEP_CASES[flagged][2] and code not in STEP_CASES[clean][2], code
     for code, (flagged, clean, signal) in PAIRS.items():
         assert flagged in CASES and clean in CASES and flagged != clean, code
         assert signal in _SIGNALS, code
