@@ -144,7 +144,7 @@ class Report:
 
     def _summary(self) -> dict[str, int]:
         counts = {"errors": len(self.errors), "warnings": len(self.warnings)}
-        for status in ("ok", "no-grad", "zero-grad", "unused"):
+        for status in ("ok", "no-grad", "zero-grad", "unused", "frozen"):
             counts[f"params_{status.replace('-', '_')}"] = sum(p.status == status for p in self.params.values())
         return counts
 

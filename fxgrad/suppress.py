@@ -75,15 +75,17 @@ def accept_intended_cuts(report: Report, ignore: tuple[str, ...] = ()) -> None:
     cuts = {f.node: f for f in (*ignored, *report.accepted) if f.code in CUT_CODES}
     if not cuts:
         return
-    kept: list[Finding] = []
-    for f in report.findings:
+    kept: list[Finding] = [f for f in report.findings if not (f.code == "FXG201" and f.node in cuts)]
+    moved = [f for f in report.findings if f.code == "FXG201" and f.node in cuts]
+    for f in moved:
+        report.suppressed.append(f)
+        if cuts[f.node] in report.accepted:
+            report.accepted.append(f)
+    report.findings = kept
+    for f in report.suppressed:  # moved here, or accepted on its own line too
         cut = cuts.get(f.node) if f.code == "FXG201" else None
         if cut is None:
-            kept.append(f)
             continue
-        report.suppressed.append(f)
-        if cut in report.accepted:
-            report.accepted.append(f)
         where = f" at {cut.location}" if cut.location else ""
         for name in f.params:
             status = report.params.get(name)
@@ -91,4 +93,3 @@ def accept_intended_cuts(report: Report, ignore: tuple[str, ...] = ()) -> None:
                 report.params[name] = dataclasses.replace(
                     status, status="frozen", cause=f"frozen on purpose: the {RULES_BY_CODE[cut.code].name} cut "
                     f"`{cut.target}`{where} is accepted")
-    report.findings = kept

@@ -357,6 +357,23 @@ def test_suppression_comment_accepts_a_deliberate_detach(tmp_path: Path, capsys:
     assert main(["check", "nets.py:Frozen", "--input", "3x4", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {f["code"] for f in data["suppressed"]} == {"FXG001", "FXG201"}
+    assert {n: p["status"] for n, p in data["params"].items()} == {"enc.weight": "frozen", "enc.bias": "frozen",
+                                                                   "head.weight": "ok", "head.bias": "ok"}
+
+
+def test_an_accepted_teacher_cut_exits_0_and_lists_the_teacher_as_frozen(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`# fxgrad: ignore[FXG001]` on the teacher's detach accepts the cut and what it cuts off."""
+    text = MODELS.replace("h = self.enc(x).detach()", "h = self.enc(x).detach()  # fxgrad: ignore[FXG001]")
+    path = _write(tmp_path, text=text)
+    truth = eager_truth(_import(path).Frozen(), (torch.randn(3, 4),))
+    assert truth.clean_run and truth.no_grad_params == {"enc.weight", "enc.bias"}
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "nets.py:Frozen", "--input", "3x4"]) == 0
+    out = capsys.readouterr().out
+    assert "No findings." in out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("enc.")}
+    assert rows == {"enc.weight": "frozen", "enc.bias": "frozen"} and "frozen on purpose" in out
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -410,7 +410,8 @@ def test_bare_suppression_comment_silences_every_code_on_its_line() -> None:
     report = fxgrad.analyze(build(c))
     assert report.findings == []
     assert {f.code for f in report.suppressed} == {"FXG001", "FXG201"}
-    assert report.params["a.weight"].status == "no-grad"  # the verdict stays true
+    # the verdict stays true (no gradient), now said to be on purpose
+    assert report.params["a.weight"].status == "frozen" and _truth(c).clean_run
 
 
 def test_findings_are_immutable_records() -> None:
