@@ -41,6 +41,7 @@ import logging
 import operator
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -250,14 +251,7 @@ class _Recording(TorchFunctionMode):
         if self.quiet or path is None:
             return orig(module, *args, **kwargs)
         if path and _is_leaf(module):
-            node = self.node("call_module", path, self.to_graph(args), self.to_graph(kwargs))
-            self.quiet += 1
-            try:
-                result = _past_refusals(node, orig, (module, *args), kwargs)
-            finally:
-                self.quiet -= 1
-            self.note_result(node, result)
-            return result
+            return self.opaque("call_module", path, partial(orig, module), args, kwargs)
         self.module_stack.append(path)
         try:
             return orig(module, *args, **kwargs)
@@ -285,14 +279,7 @@ class _Recording(TorchFunctionMode):
                               "transformers' enable_input_require_grads() does).")
             with checkpoint_segment(reentrant=True), torch.no_grad():
                 return function(*fn_args)
-        node = self.node("call_function", function_apply_target(cls), self.to_graph(args), self.to_graph(kwargs))
-        self.quiet += 1
-        try:
-            result = orig.__get__(None, cls)(*args, **kwargs)
-        finally:
-            self.quiet -= 1
-        self.note_result(node, result)
-        return result
+        return self.opaque("call_function", function_apply_target(cls), orig.__get__(None, cls), args, kwargs)
 
 
     def call_op(self, orig: Callable[..., Any], op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -300,10 +287,16 @@ class _Recording(TorchFunctionMode):
         the function mode, so it is recorded here, as one node."""
         if self.quiet or _functorch_active():
             return orig(op, *args, **kwargs)
-        node = self.node("call_function", op, self.to_graph(args), self.to_graph(kwargs))
+        return self.opaque("call_function", op, partial(orig, op), args, kwargs)
+
+    def opaque(self, op: str, target: Any, run: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+               ) -> Any:
+        """One node for a call whose inside is not recorded (a ``torch.nn`` module, an ``autograd.Function``, a
+        ``torch.ops`` op): it runs with the recording quiet."""
+        node = self.node(op, target, self.to_graph(args), self.to_graph(kwargs))
         self.quiet += 1
         try:
-            result = _past_refusals(node, orig, (op, *args), kwargs)
+            result = _past_refusals(node, run, args, kwargs)
         finally:
             self.quiet -= 1
         self.note_result(node, result)
