@@ -92,14 +92,18 @@ def _tensor_key(t: torch.Tensor) -> Any:
 
 
 def _args_key(args: Any) -> tuple[Any, ...]:
-    """The memo key of positional arguments: tensors by metadata, lists as tuples (hot: one call per op)."""
+    """The memo key of positional arguments: tensors by metadata, lists as tuples (hot: one call per op).
+
+    Every other value is keyed with its type: ``1``, ``1.0`` and ``True`` are equal and hash alike, but
+    ``full((4,), 1)`` is int64 and ``full((4,), 1.0)`` float32, and an int tensor's ``add_(1.0)`` raises."""
     out: list[Any] = []
     for a in args:
         if isinstance(a, _Tensor):
             out.append(_tensor_key(a))
         elif isinstance(a, (list, tuple)):
-            out.append(tuple([_tensor_key(x) if isinstance(x, _Tensor) else x for x in a]))
+            out.append(tuple([_tensor_key(x) if isinstance(x, _Tensor) else (x.__class__, x) for x in a]))
         else:
+            out.append(a.__class__)
             out.append(a)
     return tuple(out)
 
