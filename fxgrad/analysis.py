@@ -141,6 +141,7 @@ def analyze(
         with gc_paused():
             report = _analyse(captured.gm, step, name, example_inputs, dryrun)
         report.capture = captured.how
+        report.modules = [(n, type(m).__name__) for n, m in model.named_modules()]
         if captured.note:
             report.notes.insert(0, captured.note)
         report.notes += captured.gm.meta.get(RECORDED_KEY, {}).get("notes", [])

@@ -99,6 +99,8 @@ class Report:
     accepted: list[Finding] = field(default_factory=list)
     #: code -> findings not shown because the code is off by default (harmless in-place ops: FXG101)
     hidden: dict[str, int] = field(default_factory=dict)
+    #: the model's module tree: (qualified name, class name), parents first ("" is the model itself)
+    modules: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -136,6 +138,7 @@ class Report:
             "params": {name: p.to_dict() for name, p in self.params.items()},
             "suppressed": [f.to_dict() for f in self.suppressed],
             "hidden": dict(self.hidden),
+            "modules": [{"name": n, "class": c} for n, c in self.modules],
             "notes": list(self.notes),
         }
 
