@@ -15,16 +15,17 @@ from typing import Any
 import torch
 
 from .measure import machine
-from .suites import PLANS, analysis_speed, capture_speed, dryrun_memory, fix_runtime_cost
+from .suites import PLANS, analysis_speed, capture_speed, dryrun_memory, fix_runtime_cost, watch_overhead
 from .tables import SECTIONS as TABLES
 from .tables import render, render_section
 from .targets import evaluate
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent / "README.md"
-SECTIONS = {"analysis": analysis_speed, "cost": fix_runtime_cost, "memory": dryrun_memory, "capture": capture_speed}
+SECTIONS = {"analysis": analysis_speed, "cost": fix_runtime_cost, "memory": dryrun_memory, "capture": capture_speed,
+            "watch": watch_overhead}
 KEYS = {"analysis": "analysis_speed", "cost": "fix_runtime_cost", "memory": "dryrun_memory",
-        "capture": "capture_speed"}
+        "capture": "capture_speed", "watch": "watch_overhead"}
 SCHEMA_VERSION = 1
 
 

@@ -5,6 +5,8 @@
 2. :func:`fix_runtime_cost`: what training a fixed model costs (forward+backward time and peak memory) next to the
    original and the functionalized graph.
 3. :func:`dryrun_memory`: the dry-run's peak memory next to one real forward, across batch sizes.
+5. :func:`watch_overhead`: a training step inside ``fxgrad.watch`` next to the same step without it and under
+   anomaly mode.
 4. :func:`capture_speed`: the run capture (``capture="run"``) next to ``fxgrad.trace``, ``torch.compile`` with a
    backend that only collects the graphs, and ``torch.export``; and the static analysis on each of fxgrad's graphs.
 
@@ -39,7 +41,7 @@ from .measure import Timing, bytecodes_executed, interleaved, interleaved_peaks,
 from .models import FAMILIES, build, node_count, nodes_of
 
 __all__ = ["PLANS", "Plan", "SizePlan", "analysis_speed", "capture_speed", "dryrun_memory", "fix_runtime_cost",
-           "optional"]
+           "optional", "watch_overhead"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,9 @@ class Plan:
     scaling_control_reps: int = 3
     #: :func:`capture_speed`: (family, target nodes, rounds)
     capture_models: tuple[tuple[str, int, int], ...] = ()
+    #: :func:`watch_overhead`: (family, target nodes, batch, rounds); each round times ``watch_steps`` steps
+    watch_models: tuple[tuple[str, int, int, int], ...] = ()
+    watch_steps: int = 10
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -105,6 +110,7 @@ PLANS: dict[str, Plan] = {
         memory_batches=(8, 64), memory_families=(("mlp", 100),),
         scaling_blocks=(1, 2), scaling_batch=8, scaling_reps=1, scaling_control_reps=1,
         capture_models=(("resnet", 100, 1),),
+        watch_models=(("resnet", 100, 8, 2),), watch_steps=2,
     ),
     "full": Plan(
         "full",
@@ -124,6 +130,7 @@ PLANS: dict[str, Plan] = {
         scaling_blocks=(1, 4, 16, 64), scaling_batch=64, scaling_reps=5, scaling_control_reps=5,
         capture_models=(("mlp", 100, 7), ("resnet", 100, 7), ("transformer", 100, 7), ("mlp", 1_000, 5),
                         ("resnet", 1_000, 5), ("transformer", 1_000, 5)),
+        watch_models=(("resnet", 300, 32, 21), ("transformer", 300, 32, 21)),
         skipped={
             "make_fx(functionalize) and torch.export above 1,000 nodes": (
                 "one run takes 10-35 s per model at 1,000 nodes (50-100 s at 3,000) on this machine; at 1,000 "
@@ -642,3 +649,50 @@ def capture_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
         "each capture from a cold start: torch.compile after torch._dynamo.reset(); the run capture runs one real "
         "forward of the model (batch 2) on copies of its parameters",
         "static analysis in this process (the analysis section measures it in a fresh worker per model)"]}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Section 5: what fxgrad.watch costs a training loop that works.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _watch_candidates(model: nn.Module, x: torch.Tensor, n: int) -> dict[str, Callable[[], None]]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    watcher = fxgrad.watch(model)
+
+    def steps() -> None:
+        for _ in range(n):
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+
+    def watched() -> None:
+        with watcher:
+            steps()
+
+    def anomaly() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.autograd.detect_anomaly():
+                steps()
+
+    return {"step": steps, "step inside fxgrad.watch": watched, "step under detect_anomaly": anomaly}
+
+
+def watch_overhead(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Section 5. Per model: ``watch_steps`` SGD steps (forward, backward, step) plain, inside ``fxgrad.watch``
+    (its hooks installed for the whole run, as around a loop) and under ``torch.autograd.detect_anomaly``,
+    interleaved; medians per step and the ratios to the plain step."""
+    rows: list[dict[str, Any]] = []
+    for family, target, batch, reps in plan.watch_models:
+        progress(f"watch: {family} {target} nodes, batch {batch}")
+        model, _ = build(family, target)
+        t = interleaved(_watch_candidates(model, FAMILIES[family].example(batch), plan.watch_steps), reps=reps)
+        per_step = {k: v.median_ms / plan.watch_steps for k, v in t.items()}
+        rows.append({"family": family, "nodes": node_count(model), "batch": batch, "runs": reps,
+                     "steps_per_run": plan.watch_steps, "ms_per_step": {k: round(v, 4) for k, v in per_step.items()},
+                     "watch_ratio": _ratio(per_step["step inside fxgrad.watch"], per_step["step"]),
+                     "anomaly_ratio": _ratio(per_step["step under detect_anomaly"], per_step["step"])})
+    return {"rows": rows, "notes": ["the watch's hooks stay installed across the steps of a run, as around a "
+                                    "training loop; its one-time check of .grad after the first backward runs in "
+                                    "the warm-up"]}

@@ -150,6 +150,16 @@ def _capture(section: dict[str, Any], fmt: str) -> list[str]:
                      tablefmt=fmt, disable_numparse=True)]
 
 
+def _watch(section: dict[str, Any], fmt: str) -> list[str]:
+    rows = [[r["family"], f"{r['nodes']:,}", r["batch"], *(_ms(v) for v in r["ms_per_step"].values()),
+             f"{r['watch_ratio']:.3f}×", f"{r['anomaly_ratio']:.2f}×", f"{r['runs']} × {r['steps_per_run']}"]
+            for r in section["rows"]]
+    names = list(section["rows"][0]["ms_per_step"]) if section["rows"] else []
+    return ["A training step (forward, backward, SGD step) with fxgrad.watch and with anomaly mode: median ms per step",
+            tabulate(rows, headers=["family", "nodes", "batch", *names, "watch / plain", "anomaly / plain",
+                                    "runs × steps"], tablefmt=fmt, disable_numparse=True)]
+
+
 def _targets(targets: list[dict[str, Any]], fmt: str) -> list[str]:
     verdict = {True: "met", False: "NOT met", None: "not measured"}
     return ["Targets", tabulate([[t["target"], t["goal"], verdict[t["met"]], t["measured"]] for t in targets],
@@ -173,6 +183,7 @@ _RENDERERS = {"machine": lambda r, fmt: _machine(r, fmt),
               "fix_runtime_cost": lambda r, fmt: _cost(r["fix_runtime_cost"], fmt),
               "dryrun_memory": lambda r, fmt: _memory(r["dryrun_memory"], fmt),
               "capture_speed": lambda r, fmt: _capture(r["capture_speed"], fmt),
+              "watch_overhead": lambda r, fmt: _watch(r["watch_overhead"], fmt),
               "targets": lambda r, fmt: _targets(r["targets"], fmt)}
 
 SECTIONS = tuple(_RENDERERS)

@@ -9,6 +9,7 @@ from .fixing import FixRecord, fix
 from .inputs import Spec, spec
 from .report import Finding, ParamStatus, Report
 from .rules import RULES
+from .watch import FxgradWarning, watch
 
 __all__ = [
     "RULES",
@@ -17,6 +18,7 @@ __all__ = [
     "Finding",
     "FixRecord",
     "FxgradError",
+    "FxgradWarning",
     "InputError",
     "ParamStatus",
     "Report",
@@ -27,6 +29,7 @@ __all__ = [
     "fix",
     "spec",
     "trace",
+    "watch",
 ]
 
 __version__ = "0.1.0"

@@ -39,6 +39,9 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert set(capture["captures_ms"]) == {"fxgrad.trace", "fxgrad run capture", "torch.compile (collecting backend)",
                                            "torch.export"}
     assert all(v > 0 for v in capture["captures_ms"].values()) and capture["recorded_nodes"] > 0
+    (watched,) = results["watch_overhead"]["rows"]
+    assert set(watched["ms_per_step"]) == {"step", "step inside fxgrad.watch", "step under detect_anomaly"}
+    assert watched["watch_ratio"] > 0 and watched["anomaly_ratio"] > 0
     for r in speed["rows"]:
         assert r["median_ms"] > 0 and r["ms_per_1k_nodes"] > 0 and r["runs"] >= 1
 

@@ -1,0 +1,133 @@
+"""``fxgrad.watch`` inside real training loops, each checked against the same loop without it."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import fxgrad
+
+from .oracle import INPLACE_ERROR
+
+HERE = str(Path(__file__).resolve())
+
+
+class SigmoidMul(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.sigmoid(self.enc(x))  # the saver
+        t.mul_(2.0)  # the culprit
+        return self.head(t)
+
+
+class Detached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.enc(x).detach()  # the cut
+        return self.head(h)
+
+
+def train(model: nn.Module, steps: int = 3, *, optimizer: bool = True) -> None:
+    """A plain training loop, as a user writes it."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1) if optimizer else None
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        loss = model(torch.randn(4, 8, generator=g)).pow(2).mean()
+        if opt is not None:
+            opt.zero_grad()
+        loss.backward()
+        if opt is not None:
+            opt.step()
+
+
+def test_a_failing_backward_names_the_saver_and_the_culprit() -> None:
+    torch.manual_seed(0)
+    model = SigmoidMul()
+    with pytest.raises(RuntimeError) as plain:
+        train(copy.deepcopy(model))
+    assert INPLACE_ERROR in str(plain.value)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(RuntimeError) as watched, fxgrad.watch(model):
+        train(model)
+    text = str(watched.value)
+    assert type(watched.value) is RuntimeError and str(plain.value) in text  # the same error, explained
+    assert watched.value.__cause__ is not None and INPLACE_ERROR in str(watched.value.__cause__)
+    assert f"{HERE.split('/')[-1]}" in text and "# the culprit" in text and "# the saver" in text
+    assert "t.mul_(2.0)" in text and "torch.sigmoid" in text
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the analysis touched nothing
+    assert not model._forward_pre_hooks and not model._forward_hooks  # hooks removed
+
+
+@pytest.mark.parametrize("optimizer", [True, False])
+def test_a_cut_warns_once_naming_the_line_and_the_parameters(optimizer: bool) -> None:
+    torch.manual_seed(0)
+    model = Detached()
+    plain = copy.deepcopy(model)
+    train(plain, steps=1, optimizer=optimizer)
+    assert plain.enc.weight.grad is None and plain.head.weight.grad is not None  # what eager does
+    with warnings.catch_warnings(record=True) as caught, fxgrad.watch(model):
+        warnings.simplefilter("always")
+        train(model, optimizer=optimizer)
+    ours = [w for w in caught if issubclass(w.category, fxgrad.FxgradWarning)]
+    assert len(ours) == 1, [str(w.message) for w in ours]
+    text = str(ours[0].message)
+    assert "enc.weight" in text and "enc.bias" in text and "head.weight" not in text
+    assert "# the cut" not in text and f"{Path(HERE).name}:" in text  # the cut's file:line
+    assert ours[0].filename == HERE  # the warning points at the user's loop, not at fxgrad
+
+
+def test_the_happy_path_says_nothing_and_leaves_no_hook() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fxgrad.FxgradWarning)
+        with fxgrad.watch(model) as w:
+            train(model)
+    assert w.checked and w.last_inputs is not None
+    assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+def test_decorator_and_start_stop_forms() -> None:
+    torch.manual_seed(0)
+    model = SigmoidMul()
+
+    @fxgrad.watch(model)
+    def step() -> None:
+        train(model, steps=1)
+
+    with pytest.raises(RuntimeError, match="the culprit"):
+        step()
+    w = fxgrad.watch(model).start()
+    try:
+        with pytest.raises(RuntimeError) as info:
+            train(model, steps=1)
+        explained = w.explain(info.value)
+        assert explained is not None and "the culprit" in str(explained)
+    finally:
+        w.stop()
+    assert not model._forward_pre_hooks
+
+
+def test_errors_it_cannot_explain_pass_through_unchanged() -> None:
+    model = nn.Linear(8, 2)
+
+    def boom(_: Callable[..., object]) -> None:
+        raise ValueError("not autograd's")
+
+    with pytest.raises(ValueError, match=r"^not autograd's$"), fxgrad.watch(model):
+        boom(model)
