@@ -657,7 +657,7 @@ def capture_speed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
 
 
 def _watch_candidates(model: nn.Module, x: torch.Tensor, n: int) -> dict[str, Callable[[], None]]:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # every step's work, and weights that never diverge
     watcher = fxgrad.watch(model)
 
     def steps() -> None:

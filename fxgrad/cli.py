@@ -106,9 +106,10 @@ def _parser() -> _Parser:
     check.add_argument("--optimizer", metavar="FILE.py:FUNC",
                        help="FUNC(model) returns the optimizer: trainable parameters in no group, parameters in a "
                             "group that get no gradient, frozen ones in a group")
-    check.add_argument("--format", choices=("table", "json", "sarif"), default="table",
-                       help="table (default, for people), json (Report.to_dict(), versioned) or sarif (SARIF "
-                            "2.1.0, for GitHub code scanning)")
+    check.add_argument("--format", choices=("table", "json", "sarif", "html"), default="table",
+                       help="table (default, for people), json (Report.to_dict(), versioned), sarif (SARIF "
+                            "2.1.0, for GitHub code scanning) or html (one self-contained page: the module tree "
+                            "with the gradient flow marked, and the findings)")
     check.add_argument("--select", action="append", type=_codes, metavar="CODES",
                        help="only these codes or prefixes, comma-separated (FXG1 = the in-place family)")
     check.add_argument("--ignore", action="append", type=_codes, metavar="CODES",
@@ -305,6 +306,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         from .sarif import to_sarif
 
         print(json.dumps(to_sarif(report, root=args.root, fallback=_model_location(model)), indent=2))
+    elif args.format == "html":
+        print(report.to_html(), end="")
     else:
         print(_table(report, sys.stdout, status=status, why=why))
     if recorded is not None:

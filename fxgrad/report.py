@@ -154,6 +154,13 @@ class Report:
     def render(self, *, width: int = 60) -> str:
         return render_table(self, width=width)
 
+    def to_html(self) -> str:
+        """One self-contained HTML page: the module tree in inline SVG with the gradient flow marked, the findings
+        in a table below (:mod:`fxgrad.html`)."""
+        from .html import render_html  # here, not at the top: fxgrad.html imports this module
+
+        return render_html(self)
+
     def __str__(self) -> str:
         return self.render()
 

@@ -4,9 +4,10 @@ Most people meet these bugs inside a loop they already have. Autograd's error na
 the tensor nor the line that overwrote it, and anomaly mode makes every step several times slower to name only
 the op whose backward failed. ``watch`` costs almost nothing until something goes wrong:
 
-1. On entry, one forward pre-hook on the model remembers the shapes, dtypes and devices of the last inputs it saw
-   (:class:`~fxgrad.inputs.Spec` s: no tensor is kept alive, nothing runs per op). Until the first check (below),
-   the forward hook also asks autograd for one callback at the end of the next ``backward()``.
+1. On entry, one forward pre-hook on the model remembers the last inputs it saw (one assignment; their shapes,
+   dtypes and devices are read only when needed, and on exit only those are kept; nothing runs per op). Until the
+   first check (below), the forward hook also asks autograd for one callback at the end of the next
+   ``backward()``.
 2. When an autograd error leaves the block (``backward()`` raising "modified by an inplace operation", "does not
    require grad and does not have a grad_fn", ...), fxgrad analyses the model with the remembered shapes (the
    dry-run on meta tensors: no FLOPs, the model untouched) and raises the same exception type, chained to the
@@ -70,8 +71,7 @@ class watch(contextlib.ContextDecorator):
                               "with fxgrad.watch(model): ...")
         self.model = model
         self.analyze_kwargs = analyze_kwargs
-        #: the last inputs the model saw, as shapes: (args, kwargs)
-        self.last_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._last: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.checked = False
         self._handles: list[Any] = []
         self._lock = threading.Lock()
@@ -87,6 +87,7 @@ class watch(contextlib.ContextDecorator):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._last = self.last_inputs  # shapes only: no tensor of the user's is kept after the loop
 
     def __enter__(self) -> watch:
         return self.start()
@@ -100,7 +101,17 @@ class watch(contextlib.ContextDecorator):
         return False
 
     def _remember(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.last_inputs = (pytree.tree_map(_spec, args), pytree.tree_map(_spec, kwargs))
+        # one assignment per forward: the shapes are read only when something goes wrong (the batch is alive
+        # until the next forward anyway; stop() keeps only its shapes)
+        self._last = (args, kwargs)
+
+    @property
+    def last_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """The last inputs the model saw, as shapes (:class:`~fxgrad.inputs.Spec`): (args, kwargs)."""
+        if self._last is None:
+            return None
+        args, kwargs = self._last
+        return pytree.tree_map(_spec, args), pytree.tree_map(_spec, kwargs)
 
     def _after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         if self.checked or not torch.is_grad_enabled():
@@ -119,6 +130,8 @@ class watch(contextlib.ContextDecorator):
         self._check_grads()
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.checked:  # every later step: nothing
+            return
         mine = {id(p) for p in self.model.parameters()}
         if any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
             self._check_grads()
