@@ -538,7 +538,7 @@ def _findings_table(findings: Sequence[Finding], prefix: str, module_row: dict[s
         out.append(f'<tr id="{prefix}-{i}" class="sev-{_e(f.severity)}"><td>{i}</td>'
                    f'<td><b>{_e(f.code)}</b><div class="muted">{_e(_rule_name(f.code))}</div></td>'
                    f'<td><span class="sev">{_e(f.severity)}</span>{verdict}</td><td>{module_cell}</td>'
-                   f"<td>{_file_link(f.location)}<div>{_source(f.location)}</div></td>"
+                   f'<td class="where">{_file_link(f.location)}<div>{_source(f.location)}</div></td>'
                    f"<td>{_e(f.message)}{related}{params}</td></tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -627,7 +627,8 @@ tr.sev-info .sev { color: #455a64; font-weight: 700; }
 .muted { color: #6e7781; font-size: 12px; }
 .related { margin-top: 3px; font-size: 12.5px; }
 .related .role { color: #6a1b9a; font-weight: 600; }
-td code { white-space: pre-wrap; }
+td code { white-space: pre-wrap; overflow-wrap: anywhere; }
+td.where { min-width: 260px; max-width: 420px; }
 footer { margin-top: 24px; color: #6e7781; font-size: 12px; }
 """
 

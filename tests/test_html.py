@@ -437,14 +437,14 @@ def test_rendering_is_linear_in_the_number_of_modules() -> None:
 
     wide(100).to_html()
     start = time.perf_counter()
-    small = wide(1000).to_html()
+    small = wide(500).to_html()
     t_small = time.perf_counter() - start
     start = time.perf_counter()
-    big = wide(8000).to_html()
+    big = wide(4000).to_html()
     t_big = time.perf_counter() - start
-    assert len(Page(big).rows) == 16001
+    assert len(Page(big).rows) == 8001  # nothing to collapse: every module has a class of its own
     assert len(big) < 9 * len(small)
-    assert t_big < 2.0 and t_big < 20 * max(t_small, 0.005)  # 8x the modules, far from 64x the time
+    assert t_big < 2.0 and t_big < 24 * max(t_small, 0.005)  # 8x the modules, far from 64x the time
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -131,3 +131,15 @@ def test_errors_it_cannot_explain_pass_through_unchanged() -> None:
 
     with pytest.raises(ValueError, match=r"^not autograd's$"), fxgrad.watch(model):
         boom(model)
+
+
+def test_the_demo_script_fails_with_both_lines_and_warns_once() -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "docs" / "watch_demo.py"
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(script.parent.parent)})
+    assert run.returncode == 0, run.stderr
+    assert INPLACE_ERROR in run.stdout and "gate.mul_(2.0)" in run.stdout and "torch.sigmoid" in run.stdout
+    assert run.stderr.count("FxgradWarning") == 1 and "enc.weight" in run.stderr and "watch_demo.py:" in run.stderr
