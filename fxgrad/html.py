@@ -127,7 +127,6 @@ class _Row:
     members: list[str]
     count: int = 1
     label: str = ""
-    banded: bool = False
     end: int = 0  # last row of its subtree
     y: float = 0.0
     height: float = _ROW_H
@@ -217,12 +216,12 @@ def _rows(root: _Module, model: str) -> list[_Row]:
     """Step 4: a pre-order walk of the collapsed tree, one row per drawn module."""
     label = model if model == root.cls else f"{model}: {root.cls}"
     rows: list[_Row] = []
-    stack: list[tuple[list[_Module], int, int, list[str], bool]] = [([root], 0, -1, [""], False)]
+    stack: list[tuple[list[_Module], int, int, list[str]]] = [([root], 0, -1, [""])]
     while stack:
-        run, depth, parent, parent_members, banded = stack.pop()
+        run, depth, parent, parent_members = stack.pop()
         rep = run[0]
         members = [""] if rep is root else [_join(pm, c.local) for pm in parent_members for c in run]
-        row = _Row(rep, depth, parent, members, count=len(run), banded=banded or len(run) > 1)
+        row = _Row(rep, depth, parent, members, count=len(run))
         if rep is root:
             row.label = label
         elif len(run) > 1:
@@ -232,7 +231,7 @@ def _rows(root: _Module, model: str) -> list[_Row]:
         index = len(rows)
         rows.append(row)
         for child_run in reversed(_runs(rep.children)):
-            stack.append((child_run, depth + 1, index, members, row.banded))
+            stack.append((child_run, depth + 1, index, members))
     # the last row of each subtree (for the bands behind collapsed runs)
     open_rows: list[int] = []
     for i, row in enumerate(rows):
@@ -530,8 +529,9 @@ def _findings_table(findings: Sequence[Finding], prefix: str, module_row: dict[s
         module = _e(f.module or "(model)")
         module_cell = f'<a href="#module-{row}">{module}</a>' if row is not None else module
         related = "".join(
-            f'<div class="related"><span class="role">{_e(r.role)}</span> <code>{_e(r.node)}</code> at '
-            f"{_file_link(r.location)} {_source(r.location)}</div>" for r in f.related)
+            f'<div class="related"><span class="role">{_e(r.role)}</span> '
+            + (f"<code>{_e(r.node)}</code> · " if r.node else "")
+            + f"{_file_link(r.location)} {_source(r.location)}</div>" for r in f.related)
         params = (f'<div class="related"><span class="role">parameters</span> {_e(", ".join(f.params[:12]))}'
                   f'{" …" if len(f.params) > 12 else ""}</div>') if f.params else ""
         verdict = f' <span class="verdict">{_e(f.verdict)}</span>'
@@ -583,6 +583,7 @@ _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, 'Segoe UI', 'DejaVu Sans', sans-serif; color: #1f2328;
        margin: 0; padding: 20px 28px; background: #fff; }
 h1 { font-size: 21px; margin: 0 0 6px; }
+h1 code { font-size: 19px; }
 h2 { font-size: 17px; margin: 26px 0 8px; }
 code, .mono { font-family: 'DejaVu Sans Mono', Menlo, Consolas, monospace; font-size: 12.5px; }
 .meta span.tag { display: inline-block; border: 1px solid #d0d7de; border-radius: 10px; padding: 0 9px;

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .capture import SourceLocation, user_frame_location
+from .capture import SourceLocation
 from .errors import InputError
 from .report import Finding, Related, Report
 from .rules import RULES_BY_CODE
@@ -129,7 +129,6 @@ def optimizer_findings(report: Report, model: nn.Module, optimizer: Any) -> list
     """Step 2: what the optimizer will do with each parameter, against the report's gradient verdicts."""
     groups = param_groups(optimizer)
     group_of = {id(p): i for i, group in enumerate(groups) for p in group}
-    where = user_frame_location(())
     missing: list[str] = []
     idle: dict[int, list[str]] = {}
     frozen: dict[int, list[str]] = {}
@@ -146,25 +145,24 @@ def optimizer_findings(report: Report, model: nn.Module, optimizer: Any) -> list
     if missing:
         out.append(_finding("FXG204", missing, f"{_names(missing)} get a gradient but {_are(missing)} in no param "
                             "group of the optimizer: they never update. Hint: build the optimizer from "
-                            "model.parameters(), or freeze them with requires_grad_(False).", where))
+                            "model.parameters(), or freeze them with requires_grad_(False)."))
     for group, names in idle.items():
         causes = {report.params[n].cause for n in names if report.params[n].cause}
         why = f" ({'; '.join(sorted(causes))})" if causes else ""
         out.append(_finding("FXG205", names, f"{_names(names)} {_are(names)} in param group {group} of the optimizer "
-                            f"but never get a gradient{why}: the optimizer never updates them.", where))
+                            f"but never get a gradient{why}: the optimizer never updates them."))
     for group, names in frozen.items():
         out.append(_finding("FXG206", names, f"{_names(names)} {_are(names)} frozen (requires_grad=False) but in "
                             f"param group {group} of the optimizer: they never update; the group can leave them "
-                            "out.", where))
+                            "out."))
     return out
 
 
-def _finding(code: str, names: list[str], message: str, where: SourceLocation | None) -> Finding:
+def _finding(code: str, names: list[str], message: str) -> Finding:
     rule = RULES_BY_CODE[code]
     owners = sorted({n.rsplit(".", 1)[0] if "." in n else "" for n in names})
     return Finding(code=code, severity=rule.severity, node="", target="optimizer", message=message,
-                   module=owners[0] if len(owners) == 1 else "", location=None, params=tuple(sorted(names)),
-                   related=(Related("optimizer built or passed at", "", where),) if where else ())
+                   module=owners[0] if len(owners) == 1 else "", location=None, params=tuple(sorted(names)))
 
 
 def _names(names: list[str]) -> str:
