@@ -32,6 +32,7 @@ from fxgrad.examples import EXAMPLES, Example
 from fxgrad.report import Finding, ParamStatus, Related, Report
 
 from .oracle import INPLACE_ERROR, Truth, eager_truth
+from .test_cli import MODELS
 
 REPO = str(Path(__file__).resolve().parent.parent)
 SVG = "{http://www.w3.org/2000/svg}"
@@ -451,38 +452,14 @@ def test_rendering_is_linear_in_the_number_of_modules() -> None:
 # (c) The command line
 # --------------------------------------------------------------------------------------------------------------
 
-NETS = '''
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.enc = nn.Linear(4, 4)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x):
-        t = torch.sigmoid(self.enc(x))
-        t.mul_(2.0)
-        return self.head(t)
-
-
-class Clean(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.lin(x)
-'''
+NETS = MODELS  # test_cli's models: Breaks (sigmoid then mul_) and Clean
 
 
 def test_cli_format_html(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "nets.py"
     path.write_text(textwrap.dedent(NETS))
     env = {**os.environ, "PYTHONPATH": REPO, "NO_COLOR": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "fxgrad", "check", f"{path.name}:Net", "--input", "3x4",
+    proc = subprocess.Popen([sys.executable, "-m", "fxgrad", "check", f"{path.name}:Breaks", "--input", "3x4",
                              "--format", "html"], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     # while the console script imports torch: the clean model, in-process, exits 0
@@ -494,7 +471,7 @@ def test_cli_format_html(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     out, err = proc.communicate(timeout=120)
     namespace: dict[str, object] = {}
     exec(compile(path.read_text(), str(path), "exec"), namespace)
-    truth = eager_truth(namespace["Net"](), (torch.randn(3, 4),))  # type: ignore[operator]
+    truth = eager_truth(namespace["Breaks"](), (torch.randn(3, 4),))  # type: ignore[operator]
     assert truth.backward_error is not None and INPLACE_ERROR in truth.backward_error
     assert proc.returncode == 1, err  # an error finding
     page = Page(out)
