@@ -189,6 +189,10 @@ def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | Non
 def _check_alias(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
     if nf.target is None or nf.meta_write or not nf.alias_read_after or nf.target_role not in ("activation",):
         return None
+    if not (nf.target_live or nf.live):
+        # no gradient is involved: filling a buffer through a view (torchvision's batch_images:
+        # `batched[i, ...].copy_(img)`) is what the later read of the buffer is meant to see
+        return None
     if nf.overlap_write or nf.forward_error or nf.leaf_write:  # forward raises there: nothing is read later
         return None
     return _finding("FXG104", nf, f"In-place `{nf.view.spelling}` writes `{nf.target.name}`, which shares memory "

@@ -201,6 +201,18 @@ def test_faster_rcnn_in_train_mode_with_targets_equals_eager() -> None:
     assert any("branches these inputs took" in n for n in report.notes)
 
 
+def test_retinanet_in_train_mode_reports_nothing() -> None:
+    """Correct detection code: `batch_images` fills a fresh buffer through views (no alias warning), the losses
+    reach every trainable parameter."""
+    tv = _torchvision()
+    torch.manual_seed(0)
+    model = tv.models.detection.retinanet_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=3, min_size=96, max_size=96).train()
+    images, targets = _detection_inputs()
+    report = _check(model, ([i[:, :96, :96] for i in images], targets), capture="run")
+    assert report.findings == [] and report.ok, report
+
+
 class DetectorWithBugs(nn.Module):
     """A user's detector: torchvision's model plus a gated auxiliary loss, with the bug asked for."""
 

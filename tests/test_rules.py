@@ -452,3 +452,27 @@ def test_rules_see_every_node_they_could_flag(c: Case) -> None:
     findings = run_rules(facts)
     assert findings == run_rules(dataclasses.replace(facts, flagged=None))
     assert all(len(f) == len(Finding._fields) and f.verdict == "static" for f in findings)
+
+
+class _BatchImages(nn.Module):
+    """torchvision's GeneralizedRCNNTransform.batch_images: a fresh buffer filled through views, then read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+        batched = images[0].new_full([len(images), 3, 8, 8], 0)
+        for i, img in enumerate(images):
+            batched[i, :, : img.shape[1], : img.shape[2]].copy_(img)
+        return self.conv(batched)
+
+
+@pytest.mark.parametrize("capture", ["auto", "run"])
+def test_filling_a_buffer_through_views_is_not_an_alias_warning(capture: str) -> None:
+    """No gradient is involved in the write, and the later read is meant to see it: nothing to report."""
+    images = [torch.rand(3, 8, 8), torch.rand(3, 6, 8)]
+    truth = eager_truth(_BatchImages(), (images,))
+    assert truth.clean_run and not truth.no_grad_params
+    report = fxgrad.analyze(_BatchImages(), (images,), capture=capture)
+    assert report.findings == [] and report.ok, report
