@@ -123,6 +123,8 @@ class _Recording(TorchFunctionMode):
         self.escaped: dict[int, tuple[torch.fx.Node, Any]] = {}
         self.kept: list[torch.Tensor] = []
         self.module_stack: list[str] = [""]
+        #: id of a module of the copy -> its qualified name (set by :func:`record` once the copy exists)
+        self.module_paths: dict[int, str] = {}
         self.quiet = 0
         #: what the report should know about this run (reentrant checkpoints whose parameters lose their gradient)
         self.notes: list[str] = []
@@ -258,8 +260,6 @@ class _Recording(TorchFunctionMode):
         finally:
             self.module_stack.pop()
 
-    module_paths: dict[int, str]
-
     def apply(self, orig: Any, cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.quiet:
             return orig.__get__(None, cls)(*args, **kwargs)
@@ -280,7 +280,6 @@ class _Recording(TorchFunctionMode):
             with checkpoint_segment(reentrant=True), torch.no_grad():
                 return function(*fn_args)
         return self.opaque("call_function", function_apply_target(cls), orig.__get__(None, cls), args, kwargs)
-
 
     def call_op(self, orig: Callable[..., Any], op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``torch.ops.ns.name(...)`` (torchvision's ``roi_align``, ``nms``): the dispatcher runs it without asking

@@ -12,8 +12,10 @@ the op whose backward failed. ``watch`` costs almost nothing until something goe
    require grad and does not have a grad_fn", ...), fxgrad analyses the model with the remembered shapes (the
    dry-run on meta tensors: no FLOPs, the model untouched) and raises the same exception type, chained to the
    original, with the lines that saved and overwrote the tensor, the parameters affected and the fix.
-3. At the first ``optimizer.step()`` (or, with no optimizer, at the end of the first ``backward()``), trainable
-   parameters whose ``.grad`` is still None get one warning that names the line that cuts each off.
+3. At the first ``optimizer.step()`` of an optimizer of the model, the parameters it is about to update whose
+   ``.grad`` is None get one warning that names the line that cuts each off (a GAN's discriminator step does not
+   warn about the generator). With no optimizer, the trainable parameters are checked after the first
+   ``backward()``, at the next forward (or on exit).
 4. On exit, every hook is removed.
 """
 
@@ -25,6 +27,7 @@ import logging
 import sys
 import threading
 import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -73,6 +76,7 @@ class watch(contextlib.ContextDecorator):
         self.analyze_kwargs = analyze_kwargs
         self._last: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.checked = False
+        self._saw_backward = False
         self._handles: list[Any] = []
         self._lock = threading.Lock()
 
@@ -87,6 +91,8 @@ class watch(contextlib.ContextDecorator):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._saw_backward and not self.checked:
+            self._check_grads(dict(self.model.named_parameters()))
         self._last = self.last_inputs  # shapes only: no tensor of the user's is kept after the loop
 
     def __enter__(self) -> watch:
@@ -103,6 +109,8 @@ class watch(contextlib.ContextDecorator):
     def _remember(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # one assignment per forward: the shapes are read only when something goes wrong (the batch is alive
         # until the next forward anyway; stop() keeps only its shapes)
+        if self._saw_backward and not self.checked:  # a backward and no step of an optimizer of this model
+            self._check_grads(dict(self.model.named_parameters()))
         self._last = (args, kwargs)
 
     @property
@@ -127,21 +135,22 @@ class watch(contextlib.ContextDecorator):
 
     # -- step 3: parameters without gradient --------------------------------------------------------------------
     def _after_backward(self) -> None:
-        self._check_grads()
+        self._saw_backward = True  # checked at the first optimizer step, or at the next forward if none comes
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.checked:  # every later step: nothing
             return
-        mine = {id(p) for p in self.model.parameters()}
-        if any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
-            self._check_grads()
+        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        mine = {n: p for n, p in self.model.named_parameters() if id(p) in stepped}
+        if mine:  # an optimizer of this model: the parameters it is about to update
+            self._check_grads(mine)
 
-    def _check_grads(self) -> None:
+    def _check_grads(self, params: Mapping[str, torch.Tensor]) -> None:
         with self._lock:
             if self.checked:
                 return
             self.checked = True
-        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        missing = [n for n, p in params.items() if p.requires_grad and p.grad is None]
         if not missing:
             return
         report = self._analyse()

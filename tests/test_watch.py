@@ -143,3 +143,30 @@ def test_the_demo_script_fails_with_both_lines_and_warns_once() -> None:
     assert run.returncode == 0, run.stderr
     assert INPLACE_ERROR in run.stdout and "gate.mul_(2.0)" in run.stdout and "torch.sigmoid" in run.stdout
     assert run.stderr.count("FxgradWarning") == 1 and "enc.weight" in run.stderr and "watch_demo.py:" in run.stderr
+
+
+def test_a_gan_discriminator_step_does_not_warn_about_the_generator() -> None:
+    """The discriminator's optimizer is about to update the discriminator only: the generator, cut off on purpose
+    in this step, gets no gradient here and is not this optimizer's business."""
+    torch.manual_seed(0)
+    G, D = nn.Linear(4, 6), nn.Linear(6, 1)
+    gan = nn.ModuleDict({"G": G, "D": D})
+    opt_d = torch.optim.SGD(D.parameters(), lr=0.1)
+
+    class Step(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gan = gan
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.gan["D"](self.gan["G"](z).detach())
+
+    model = Step()
+    with warnings.catch_warnings(record=True) as caught, fxgrad.watch(model):
+        warnings.simplefilter("always")
+        for _ in range(2):
+            opt_d.zero_grad()
+            model(torch.randn(3, 4)).mean().backward()
+            assert G.weight.grad is None and D.weight.grad is not None  # eager: the generator gets nothing here
+            opt_d.step()
+    assert not [w for w in caught if issubclass(w.category, fxgrad.FxgradWarning)]
