@@ -220,7 +220,9 @@ def fix(
         traced = captured.gm
         if captured.how == "run":
             notes.append(captured.note.replace("the verdicts hold", "this module computes the model")
-                         + " Use it for inputs of these shapes and take the same branches.")
+                         + " Use it for inputs of these shapes and take the same branches. It is verified against "
+                         "the captured program, whose outputs are the model's tensors (an object such as a cache is "
+                         "left out).")
         report = _findings(traced, args)
         codes: dict[str, tuple[str, ...]] = {}
         for f in report.findings:
@@ -254,7 +256,10 @@ def fix(
             notes.append("not verified: the example inputs are shapes (fxgrad.spec) or meta tensors, without values")
         elif verify and args is not None:
             breaking_left = [lf for lf in pass_.left if any(c in BREAKING for c in codes.get(lf.node, ()))]
-            verification = run_verification(model, fixed, args, rtol=rtol, atol=atol, rewrites=pass_.rewrites,
+            # a run capture is the model for these inputs, in the graph's own output structure (a cache object the
+            # model also returns is not part of it): the fixed graph is verified against that graph
+            reference = traced if captured.how == "run" else model
+            verification = run_verification(reference, fixed, args, rtol=rtol, atol=atol, rewrites=pass_.rewrites,
                                             left=breaking_left, model_name=name)
         elif verify:
             notes.append("not verified: pass example inputs to compare outputs and gradients with the original")

@@ -370,3 +370,18 @@ def test_transformers_models_take_keyword_inputs() -> None:
             fixed = _hidden(gm(*positional))
             torch.manual_seed(3)
             torch.testing.assert_close(fixed, _hidden(model(**inputs)))
+
+
+def test_fix_on_a_decoder_that_returns_its_cache() -> None:
+    """GPT2 with its default `use_cache=True` returns a DynamicCache beside the logits: the run capture keeps the
+    tensors (the cache is no gradient path), and `fix` is verified against the captured program."""
+    t = _transformers()
+    model = _seeded(lambda: t.GPT2LMHeadModel(t.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=96,
+                                                           n_positions=32, bos_token_id=0, eos_token_id=0)))()
+    inputs = {"input_ids": _ids(), "labels": _ids()}
+    assert model(**inputs).past_key_values is not None  # eager returns the cache
+    truth = eager_truth(model, fxgrad.inputs.bind_keywords(model, inputs))
+    report = fxgrad.analyze(model, inputs)
+    assert report.capture == "run" and report.findings == [] and not mismatches(report, truth, None, decidable=True)
+    record = fxgrad.fix(model, inputs, only="all").meta["fxgrad"]
+    assert record.capture == "run" and record.verified
