@@ -250,7 +250,7 @@ class _Recording(TorchFunctionMode):
     def call_module(self, orig: Callable[..., Any], module: nn.Module, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
         path = self.module_paths.get(id(module))
-        if self.quiet or path is None:
+        if self.quiet or path is None or _functorch_active():
             return orig(module, *args, **kwargs)
         if path and _is_leaf(module):
             return self.opaque("call_module", path, partial(orig, module), args, kwargs)
@@ -261,8 +261,16 @@ class _Recording(TorchFunctionMode):
             self.module_stack.pop()
 
     def apply(self, orig: Any, cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self.quiet:
+        if self.quiet or _functorch_active():  # (see __torch_function__)
             return orig.__get__(None, cls)(*args, **kwargs)
+        if str(getattr(cls, "__module__", "")).startswith("torch._functorch"):
+            # a Function functorch generates to run a custom Function under vmap, called with the transform
+            # lowered: still inside the vmap, whose result is a constant of this run
+            self.quiet += 1
+            try:
+                return orig.__get__(None, cls)(*args, **kwargs)
+            finally:
+                self.quiet -= 1
         if cls is torch.utils.checkpoint.CheckpointFunction:
             # checkpoint(fn, *args) with use_reentrant=True: apply(fn, preserve_rng_state, *args). Recomputing in
             # backward gives the gradients of running fn once, so fn is recorded inline -- but apply runs fn under
