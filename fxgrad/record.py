@@ -86,8 +86,16 @@ _NOT_RECORDED = frozenset({"__bool__", "__len__", "__repr__", "__format__", "__h
 _UNSEEN_REBUILDERS = ("from_numpy", "frombuffer")
 
 
+#: ``torch.Tensor``'s Python-level methods by identity: ``Tensor.__pow__`` is a wrapper *named* ``pow``
+#: (``__ipow__``, ``__rtruediv__``, ``__neg__``, ``__abs__`` likewise), so the name alone would be wrong
+_PYTHON_METHODS = {id(v): k for k, v in vars(torch.Tensor).items() if callable(v)}
+
+
 def _is_tensor_method(func: Any) -> str | None:
     """The method name when ``func`` is a ``torch.Tensor`` method (C or Python), else None."""
+    attribute = _PYTHON_METHODS.get(id(func))
+    if attribute is not None:
+        return attribute
     name = getattr(func, "__name__", None)
     if name is None:
         return None

@@ -544,3 +544,31 @@ def test_a_dict_of_forwards_parameter_names_is_a_keyword_call(tmp_path: Path) ->
     run = subprocess.run([sys.executable, "-m", "fxgrad", "check", "kw.py:Net", "--inputs", "kw.py:inputs"],
                          cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": repo})
     assert run.returncode == 1 and "FXG102" in run.stdout, run.stderr
+
+
+class PythonOperators(nn.Module):
+    """`**`, `/` reflected, unary `-`, `abs()`, `+x` and `/=`: Tensor wrappers whose names differ from their
+    dunder (`Tensor.__pow__` is named `pow`), so the graph must spell them as operators."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 1e9:
+            return x
+        h = self.a(x)
+        h = h ** 2 + 1.0 / (abs(h) + 1.0) - (+h) + (-h)
+        h /= 2.0
+        return torch.sigmoid(h).mul_(2.0)
+
+
+def test_python_operators_replay_like_eager_and_fix_verifies() -> None:
+    torch.manual_seed(0)
+    model, x = PythonOperators(), torch.randn(4, 8)
+    gm = record(model, x)
+    torch.testing.assert_close(gm(x), model(x))
+    assert "torch._tensor" not in gm.code
+    assert INPLACE_ERROR in (eager_truth(model, (x,)).backward_error or "")
+    fixed = fxgrad.fix(model, x)
+    assert fixed.meta["fxgrad"].verified
