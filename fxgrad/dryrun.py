@@ -53,7 +53,7 @@ from .errors import InputError
 from .facts import GraphFacts, ParamFacts
 from .gcpause import gc_paused
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
-from .metarun import MetaMode, meta_twin
+from .metarun import MetaMode, TracingMetaMode, meta_twin, tensor_meta
 from .report import Finding, ParamStatus, Related, Report
 from .rules import AUTOGRAD_ERRORS, LEAF_ERRORS, OVERLAP_ERROR, RULES_BY_CODE, inplace_warning, without_counterfactuals
 
@@ -193,6 +193,8 @@ class _Runner:
                 self.watch.update((nf.alias_seen, nf.target))
         self.storages: dict[torch.fx.Node, set[Any]] = {}
         self.alive: list[torch.Tensor] = []
+        #: (node name, metadata of its value) per node run, for tests that compare runs (see ``run_dryrun``)
+        self.trace: list[Any] | None = mode.trace if isinstance(mode, TracingMetaMode) else None
 
     def run(self, *args: Any) -> Any:
         env, last_uses = self.env, self.last_uses
@@ -215,6 +217,8 @@ class _Runner:
                 return self.graph.process_outputs(torch.fx.node.map_arg(node.args[0], env.__getitem__))
             else:
                 env[node] = self.run_node(node)
+                if self.trace is not None:
+                    self.trace.append((node.name, tensor_meta(env[node])))
             for dead in last_uses.get(node, ()):
                 del env[dead]
         return None
@@ -433,8 +437,12 @@ def _eager_text(text: str, device: torch.device) -> str:
     return re.sub(r"\bMeta(\w+?)Type\b", lambda m: f"{prefix}{m.group(1)}Tensor", text)
 
 
-def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any, *, real: bool) -> DryRun:
-    """Steps 1–4. Raises whatever the run raises; :func:`prove` decides what that means."""
+def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any, *, real: bool,
+               memo: bool | None = None, trace: list[Any] | None = None) -> DryRun:
+    """Steps 1–4. Raises whatever the run raises; :func:`prove` decides what that means.
+
+    ``memo``: the meta op memo on or off (default: ``FXGRAD_DRYRUN_MEMO``, see :mod:`fxgrad.metarun`). ``trace``:
+    a list that receives every op's and every node's result metadata (for tests that compare runs)."""
     args = as_args(example_inputs)
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
     # Step 1: twins of parameters, buffers and inputs.
@@ -452,7 +460,7 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
     input_device = next((a.device for a in pytree.tree_leaves(args)
                          if isinstance(a, torch.Tensor) and a.device.type != "meta"), device)
 
-    mode = MetaMode(meta=not real)
+    mode = MetaMode(meta=not real, memo=memo) if trace is None else TracingMetaMode(trace, meta=not real, memo=memo)
     runner = _Runner(gm, twins, facts, mode)
     result = DryRun(mode="real" if real else "meta")
     grad_was = torch.is_grad_enabled()

@@ -18,21 +18,35 @@ built by autograd itself exactly as in eager; only the kernels are replaced. Alg
    storages and views are real; in-place writes among them are noted with the written tensor's version at the
    time (autograd moves the version counter after the kernel returns).
 3. Other ops: the output metadata is looked up by (op, arguments' metadata) and rebuilt with ``empty_strided``;
-   on a miss the meta kernel runs and its outputs are recorded, unless they alias each other or an input.
+   on a miss the meta kernel runs and its outputs are recorded, unless they alias each other or an input. The
+   key holds everything a kernel's output metadata or its checks can depend on: each tensor's size, strides,
+   storage offset, dtype, layout and conjugate/negative bits; every other argument with its type, inside lists,
+   tuples and dicts too (``1``, ``1.0``, ``True`` and ``1+0j`` are equal and hash alike, but ``full((4,), 1)``
+   is int64, ``full((4,), 1.0)`` float32, and an int tensor's ``add_(1.0)`` raises); and the default dtype.
+   Devices are not in it: every tensor is meta by then. ``requires_grad`` is not either: the mode runs below
+   autograd, whose kernels never read it.
 4. An op without a meta kernel runs on zero-filled CPU tensors of the same metadata, as ``FakeTensorMode``'s
    fallback does; ops whose output shape depends on values (``nonzero``, ``.item()``) are not faked: they raise,
    and the dry-run falls back to the real inputs or to static verdicts.
+
+Bisecting: the memo is a cache, so turning it off must change nothing but the time. ``FXGRAD_DRYRUN_MEMO=0`` in
+the environment (read when a :class:`MetaMode` is made) or ``MetaMode(memo=False)`` runs every kernel; if a
+dry-run verdict changes with it, the memo key misses something (``tests/test_metarun.py`` checks the corpus).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["MetaMode", "meta_twin"]
+__all__ = ["MEMO_ENV", "MetaMode", "TracingMetaMode", "meta_twin", "tensor_meta"]
+
+#: environment variable that turns the op memo off when set to ``0`` (for bisecting a dry-run verdict)
+MEMO_ENV = "FXGRAD_DRYRUN_MEMO"
 
 _META = torch.device("meta")
 
@@ -86,26 +100,49 @@ _STRIDED = torch.strided
 def _tensor_key(t: torch.Tensor) -> Any:
     if t.layout is not _STRIDED:
         raise TypeError("not memoised")  # sparse and nested layouts: always run the kernel
-    if t.dtype.is_complex:  # only complex tensors carry conjugate / negative bits that kernels look at
-        return (t.shape, t.stride(), t.dtype, t.storage_offset(), t.is_conj(), t.is_neg())
-    return (t.shape, t.stride(), t.dtype, t.storage_offset())
+    # conj/neg bits: most ops see them resolved (their fallback sits above this mode), but views, ``clone``,
+    # ``mm``, ``copy_`` … see them and some refuse them (``view_as_real``); a real tensor can carry the neg bit.
+    return (t.shape, t.stride(), t.dtype, t.storage_offset(), t.is_conj(), t.is_neg())
+
+
+def _value_key(a: Any) -> Any:
+    """A non-tensor argument with its type, containers item by item (``(1, 2)`` and ``(1.0, 2.0)`` differ)."""
+    cls = a.__class__
+    if cls is list or cls is tuple:
+        return cls, tuple([_tensor_key(x) if isinstance(x, _Tensor) else _value_key(x) for x in a])
+    if cls is dict:
+        return cls, tuple([(k, _tensor_key(v) if isinstance(v, _Tensor) else _value_key(v)) for k, v in a.items()])
+    return cls, a  # unhashable values raise TypeError: the op is not memoised
 
 
 def _args_key(args: Any) -> tuple[Any, ...]:
-    """The memo key of positional arguments: tensors by metadata, lists as tuples (hot: one call per op).
-
-    Every other value is keyed with its type: ``1``, ``1.0`` and ``True`` are equal and hash alike, but
-    ``full((4,), 1)`` is int64 and ``full((4,), 1.0)`` float32, and an int tensor's ``add_(1.0)`` raises."""
+    """The memo key of positional arguments (or kwargs' values): tensors by metadata, everything else with its
+    type (hot: one call per op, so the flat common case is inlined)."""
     out: list[Any] = []
     for a in args:
         if isinstance(a, _Tensor):
             out.append(_tensor_key(a))
-        elif isinstance(a, (list, tuple)):
-            out.append(tuple([_tensor_key(x) if isinstance(x, _Tensor) else (x.__class__, x) for x in a]))
+        elif a.__class__ is list or a.__class__ is tuple:
+            out.append(tuple([_tensor_key(x) if isinstance(x, _Tensor) else _value_key(x) for x in a]))
         else:
-            out.append(a.__class__)
-            out.append(a)
+            out.append(_value_key(a))
     return tuple(out)
+
+
+def tensor_meta(value: Any) -> Any:
+    """What the memo must reproduce of a value: per tensor its size, strides, storage offset, dtype, device,
+    layout and conj/neg bits, other leaves as they are (used to compare runs with the memo on and off)."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.stride() if value.layout is _STRIDED else None,
+                value.storage_offset() if value.layout is _STRIDED else None, value.dtype, value.device.type,
+                value.layout, value.is_conj(), value.is_neg())
+    if isinstance(value, (list, tuple)):
+        return value.__class__.__name__, tuple(tensor_meta(v) for v in value)
+    if isinstance(value, dict):
+        return "dict", tuple((k, tensor_meta(v)) for k, v in value.items())
+    if isinstance(value, (int, float, bool, complex, str, type(None), torch.dtype, torch.device)):
+        return value.__class__.__name__, value
+    return value.__class__.__name__
 
 
 class MetaMode(TorchDispatchMode):
@@ -114,7 +151,8 @@ class MetaMode(TorchDispatchMode):
     ``written`` collects ``(tensor, version before the write, writes data)`` for every in-place op since it was last
     cleared (``unsqueeze_`` moves the version counter without writing data);
     the dry-run reads and clears it after each graph node. With ``meta=False`` the ops run for real and only the
-    writes are noted (``dryrun="real"``).
+    writes are noted (``dryrun="real"``). ``memo=False`` runs every kernel (default: on unless the environment
+    sets ``FXGRAD_DRYRUN_MEMO=0``).
     """
 
     @classmethod
@@ -123,9 +161,10 @@ class MetaMode(TorchDispatchMode):
         # under ``torch.compile``, and the wrapper costs a tenth of the mode's time per op.
         return False
 
-    def __init__(self, *, meta: bool = True) -> None:
+    def __init__(self, *, meta: bool = True, memo: bool | None = None) -> None:
         super().__init__()
         self.meta = meta
+        self.memo = os.environ.get(MEMO_ENV, "1").strip() != "0" if memo is None else memo
         self.written: list[tuple[torch.Tensor, int, bool]] = []
         self._memo: dict[Any, tuple[Any, list[Any]] | None] = {}
         self._twins: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -146,11 +185,12 @@ class MetaMode(TorchDispatchMode):
                 self._note(kwargs.get(name), data)
         if not self.meta:
             return func(*args, **kwargs)
-        if kind == "alias" or kind == "view_write":
+        if kind == "alias" or kind == "view_write" or not self.memo:
             return self._call(func, args, kwargs)
         # Step 3: memoised output metadata (an in-place op's output is its target).
         try:
-            key: Any = (func, _args_key(args), (tuple(kwargs), _args_key(kwargs.values())) if kwargs else ())
+            key: Any = (func, _args_key(args), (tuple(kwargs), _args_key(kwargs.values())) if kwargs else (),
+                        torch.get_default_dtype())  # ``full((2,), 1.0)``, ``int_tensor * 0.5`` follow it
             entry: Any = self._memo.get(key, False)
         except TypeError:  # an argument that cannot be a key: run the kernel
             return self._call(func, args, kwargs)
@@ -233,7 +273,8 @@ class MetaMode(TorchDispatchMode):
     @staticmethod
     def _record(out: Any, args: Any, kwargs: Any) -> tuple[Any, list[Any]] | None:
         """What a memo entry keeps of ``out``: None (never memoise) when outputs share memory with each other or
-        with an input, since rebuilt outputs would not."""
+        with an input, since rebuilt outputs would not, or carry what ``empty_strided`` does not rebuild (a
+        layout, a storage offset, conj/neg bits, a device other than meta)."""
         leaves, spec = ([out], _LEAF) if isinstance(out, torch.Tensor) else pytree.tree_flatten(out)
         storages = {t.untyped_storage()._cdata for t in pytree.tree_leaves((args, kwargs))
                     if isinstance(t, torch.Tensor)}
@@ -241,12 +282,31 @@ class MetaMode(TorchDispatchMode):
         for v in leaves:
             if isinstance(v, torch.Tensor):
                 s = v.untyped_storage()._cdata
-                if s in storages or v.layout is not torch.strided or v.storage_offset() != 0:
+                if (s in storages or v.layout is not torch.strided or v.storage_offset() != 0 or not v.is_meta
+                        or v.is_conj() or v.is_neg()):
                     return None
                 storages.add(s)
                 kept.append((v.shape, v.stride(), v.dtype))
-            elif isinstance(v, (int, float, bool, str, type(None), torch.dtype, torch.device)):
+            elif isinstance(v, (int, float, bool, complex, str, type(None), torch.dtype, torch.device)):
                 kept.append(v)
             else:
                 return None
         return spec, kept
+
+
+class TracingMetaMode(MetaMode):
+    """A :class:`MetaMode` that appends every op's name and :func:`tensor_meta` of its result (or the error it
+    raised) to ``trace``: for tests that compare runs, never for analysis (a second Python frame per op)."""
+
+    def __init__(self, trace: list[Any], *, meta: bool = True, memo: bool | None = None) -> None:
+        super().__init__(meta=meta, memo=memo)
+        self.trace = trace
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        try:
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+        except Exception as e:
+            self.trace.append((str(func), type(e).__name__, str(e)))
+            raise
+        self.trace.append((str(func), tensor_meta(out)))
+        return out
