@@ -121,13 +121,17 @@ def non_reentrant_checkpoint_patch() -> tuple[Any, str, Any]:
     up by name each call, so transformers' ``functools.partial(checkpoint, ...)`` goes through it too)."""
     import torch.utils.checkpoint as cp
 
-    orig = cp._checkpoint_without_reentrant_generator
+    # torch 2.14 calls ``…_generator_impl`` (the old name stays as a shim for outside callers); earlier ones the
+    # old name.
+    name = next(n for n in ("_checkpoint_without_reentrant_generator_impl", "_checkpoint_without_reentrant_generator")
+                if hasattr(cp, n))
+    orig = getattr(cp, name)
 
     def generator(*args: Any, **kwargs: Any) -> Iterator[None]:
         with checkpoint_segment(reentrant=False):
             yield from orig(*args, **kwargs)
 
-    return cp, "_checkpoint_without_reentrant_generator", generator
+    return cp, name, generator
 
 
 @dataclass(frozen=True)
