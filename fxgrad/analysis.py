@@ -30,6 +30,7 @@ from .errors import AnalysisError, FxgradError, InputError
 from .facts import GraphFacts, compute_facts
 from .gcpause import gc_paused
 from .inputs import bind_keywords
+from .ops import saved_table_note
 from .record import RECORDED_KEY
 from .report import Finding, ParamStatus, Report
 from .rules import RULES_BY_CODE, run_rules, select_codes
@@ -172,6 +173,10 @@ def _analyse(gm: torch.fx.GraphModule, model: nn.Module, name: str, example_inpu
         from .dryrun import prove  # the dry-run pulls in torch's dispatch machinery; only load it when asked for
 
         prove(report, gm, facts, example_inputs, mode="real" if dryrun == "real" else "meta")
+    if report.mode != "dry-run":  # the static verdicts read the generated saved-tensor table
+        note = saved_table_note()
+        if note is not None:
+            report.notes.append(note)
     apply_checkpointing(report, gm)
     return report
 

@@ -25,9 +25,10 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from . import _saved_table
 from ._saved_table import SAVED
 
-__all__ = ["INPLACE_MODULE_TYPES", "OpView", "OpViewer", "op_view"]
+__all__ = ["INPLACE_MODULE_TYPES", "OpView", "OpViewer"]
 
 # --------------------------------------------------------------------------------------------------------------
 # Source-level spellings.
@@ -225,17 +226,6 @@ def is_view_op(name: str) -> bool:
 
 
 @functools.cache
-def writes_first_arg(name: str) -> bool:
-    """True when the schema marks the first argument as written (``Tensor(a!) self``)."""
-    for schema in _schemas(name):
-        if schema.arguments:
-            info = schema.arguments[0].alias_info
-            if info is not None and info.is_write:
-                return True
-    return False
-
-
-@functools.cache
 def _signature_names(fn: Callable[..., Any]) -> tuple[str, ...] | None:
     try:
         return tuple(inspect.signature(fn).parameters)
@@ -307,6 +297,21 @@ def _bind(names: tuple[str, ...] | None, args: tuple[Any, ...], kwargs: dict[str
     if kwargs:
         bound.update(kwargs)
     return bound
+
+
+def saved_table_note() -> str | None:
+    """A ``report.notes`` line when the installed torch's major.minor differs from the one the saved-tensor table
+    was generated for: what a backward formula saves can change between releases, so static verdicts about saved
+    tensors may be out of date (the dry-run reads autograd's own saved tensors and does not depend on it)."""
+    def major_minor(version: str) -> str:
+        return ".".join(version.split("+")[0].split(".")[:2])
+
+    generated, installed = _saved_table.TORCH_VERSION, str(torch.__version__)
+    if major_minor(generated) == major_minor(installed):
+        return None
+    return (f"fxgrad's table of what each op saves for backward was generated for torch {major_minor(generated)}; "
+            f"torch {installed} is installed, so static verdicts about saved tensors may be out of date. Hint: pass "
+            "example inputs (the dry-run asks autograd itself), or regenerate it with tools/gen_saved_table.py.")
 
 
 @functools.cache
@@ -657,11 +662,6 @@ def function_saves(cls: type) -> tuple[tuple[str, ...], dict[str, tuple[str, ...
         entry = None
     _FUNCTION_SAVES[cls] = entry
     return entry
-
-
-def op_view(node: torch.fx.Node, modules: dict[str, nn.Module]) -> OpView:
-    """Normalise one node (for many nodes, keep an :class:`OpViewer`)."""
-    return OpViewer(modules)(node)
 
 
 _FUNCTIONAL: frozenset[Callable[..., Any]] = frozenset(

@@ -7,7 +7,6 @@ holds them and renders them. Nothing here knows how the facts were found.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -219,12 +218,3 @@ def render_table(report: Report, *, width: int = 60) -> str:
     for note in report.notes:
         out.append(f"note: {note}")
     return "\n".join(out)
-
-
-def merge_notes(*groups: Iterable[str]) -> list[str]:
-    seen: list[str] = []
-    for g in groups:
-        for n in g:
-            if n not in seen:
-                seen.append(n)
-    return seen

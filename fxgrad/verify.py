@@ -169,13 +169,6 @@ def input_names(model: nn.Module, args: Sequence[Any]) -> list[str]:
     return names
 
 
-def _named_inputs(model: nn.Module, args: Sequence[Any]) -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for name, a in zip(input_names(model, args), args, strict=True):
-        out += flatten(a, name)
-    return out
-
-
 # --------------------------------------------------------------------------------------------------------------
 # RNG.
 # --------------------------------------------------------------------------------------------------------------

@@ -356,3 +356,22 @@ def test_generator_reproduces_committed_table() -> None:
     table = gen.build_table()
     assert table == SAVED, "fxgrad/_saved_table.py is stale: run tools/gen_saved_table.py"
     assert gen.backend_dependent() == BACKEND_DEPENDENT
+
+
+@pytest.mark.parametrize("installed, noted", [("same", False), ("same-patch", False), ("2.99.0", True)])
+def test_a_static_report_notes_a_torch_other_than_the_tables(installed: str, noted: bool,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table records the torch it was generated for; a static report says when another major.minor runs."""
+    import fxgrad
+
+    major, minor = TORCH_VERSION.split("+")[0].split(".")[:2]
+    version = {"same": TORCH_VERSION, "same-patch": f"{major}.{minor}.99"}.get(installed, installed)
+    monkeypatch.setattr(torch, "__version__", version)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    static = fxgrad.analyze(model)
+    assert static.mode == "static"
+    assert any("generated for torch" in n for n in static.notes) == noted, static.notes
+    if noted:
+        assert f"{major}.{minor}" in next(n for n in static.notes if "generated for torch" in n)
+    proved = fxgrad.analyze(model, fxgrad.spec((2, 4)))  # the dry-run reads autograd's own saved tensors
+    assert proved.mode == "dry-run" and not any("generated for torch" in n for n in proved.notes)
