@@ -55,7 +55,7 @@ def preserved(model: nn.Module | None = None) -> Any:
     try:
         yield
     finally:
-        torch._C._set_grad_enabled(grad)
+        torch.set_grad_enabled(grad)
         torch.set_rng_state(rng)
         for m, training, inplace in modes:
             m.training = training

@@ -534,7 +534,7 @@ def _patched(tracer: torch.fx.Tracer) -> Iterator[None]:
             stack.pop()
         for owner, name, orig in reversed(undo):
             setattr(owner, name, orig)
-        torch._C._set_grad_enabled(prev_grad)
+        torch.set_grad_enabled(prev_grad)
 
 
 def _foreign_patch_sites(tracer: torch.fx.Tracer) -> list[tuple[Any, str, Any]]:

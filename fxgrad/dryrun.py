@@ -46,6 +46,7 @@ from typing import Any
 import torch
 import torch.fx
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
 from .capture import node_origin
@@ -153,10 +154,10 @@ def _grad_fn(t: torch.Tensor) -> Any:
 
 
 def _key(t: torch.Tensor) -> Any:
-    """The identity of ``t``'s storage (``StorageWeakRef`` compares the same address; the tensors compared are
-    alive, so the address is not reused)."""
+    """The identity of ``t``'s storage, as ``torch.fx.passes.reinplace`` keys storages (the tensors compared are
+    alive, so the storage is not freed and its address not reused)."""
     try:
-        return t.untyped_storage()._cdata
+        return StorageWeakRef(t.untyped_storage())
     except (RuntimeError, NotImplementedError):
         return id(t)
 
@@ -467,11 +468,11 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
     # The run makes many small acyclic objects (records, autograd wrappers) and keeps most alive until it ends:
     # cyclic GC passes would only rescan them, which made the per-node cost grow with the size of the graph.
     try:
-        torch._C._set_grad_enabled(True)
+        torch.set_grad_enabled(True)
         with gc_paused(), mode:
             out = runner.run(*run_args)
     finally:
-        torch._C._set_grad_enabled(grad_was)
+        torch.set_grad_enabled(grad_was)
     result.forward_errors = runner.forward_errors
 
     # Step 4: what backward will reach from the outputs, and what it will find when it unpacks.

@@ -943,7 +943,7 @@ class _Pass:
             nf.croot, nf.sroot = first_f.croot, first_f.sroot  # shares the version counter
             nf.alias_of = first_f.ident
         elif kind == "getitem":
-            self._getitem_alias(nf, first, first_f)
+            self._getitem_alias(nf, first_f)
         else:
             nf.vroot, nf.croot, nf.sroot = first_f.vroot, first_f.croot, first_f.sroot
             nf.is_view = True
@@ -952,7 +952,7 @@ class _Pass:
             if first_f.expanded or view.name in ops.EXPANDING_VIEWS:
                 nf.expanded = True
 
-    def _getitem_alias(self, nf: NodeFacts, base_node: torch.fx.Node, base_f: NodeFacts) -> None:
+    def _getitem_alias(self, nf: NodeFacts, base_f: NodeFacts) -> None:
         """``out[i]`` picks one of several results, or indexes a tensor: a view, unless the index copies."""
         node = nf.node
         base_view = base_f.view

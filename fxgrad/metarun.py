@@ -40,6 +40,7 @@ import os
 from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -276,12 +277,12 @@ class MetaMode(TorchDispatchMode):
         with an input, since rebuilt outputs would not, or carry what ``empty_strided`` does not rebuild (a
         layout, a storage offset, conj/neg bits, a device other than meta)."""
         leaves, spec = ([out], _LEAF) if isinstance(out, torch.Tensor) else pytree.tree_flatten(out)
-        storages = {t.untyped_storage()._cdata for t in pytree.tree_leaves((args, kwargs))
+        storages = {StorageWeakRef(t.untyped_storage()) for t in pytree.tree_leaves((args, kwargs))
                     if isinstance(t, torch.Tensor)}
         kept: list[Any] = []
         for v in leaves:
             if isinstance(v, torch.Tensor):
-                s = v.untyped_storage()._cdata
+                s = StorageWeakRef(v.untyped_storage())
                 if (s in storages or v.layout is not torch.strided or v.storage_offset() != 0 or not v.is_meta
                         or v.is_conj() or v.is_neg()):
                     return None

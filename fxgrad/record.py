@@ -464,7 +464,7 @@ def _installed(rec: _Recording) -> Iterator[None]:
             rec.node("call_function", grad_mode._exit_inference_mode, (node,), {})
 
     grad = torch.is_grad_enabled()
-    torch._C._set_grad_enabled(True)
+    torch.set_grad_enabled(True)
     try:
         inference.__enter__, inference.__exit__ = enter, exit_  # type: ignore[method-assign,assignment]
         nn.Module.__call__ = call  # type: ignore[method-assign]
@@ -485,7 +485,7 @@ def _installed(rec: _Recording) -> Iterator[None]:
         torch.autograd.function.Function.apply = function_apply  # type: ignore[method-assign]
         for name, orig in rebuilders.items():
             setattr(torch, name, orig)
-        torch._C._set_grad_enabled(grad)
+        torch.set_grad_enabled(grad)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from .errors import VerificationError
 from .rewrite import Left, Rewrite
@@ -234,7 +235,7 @@ def _copy(module: nn.Module) -> nn.Module:
     faster on a 1,000-node ResNet). Tensors that share memory with each other keep ``deepcopy``, which keeps them
     sharing."""
     tensors = [*module.parameters(), *module.buffers()]
-    shared = len({t.untyped_storage()._cdata for t in tensors}) < len({id(t) for t in tensors})
+    shared = len({StorageWeakRef(t.untyped_storage()) for t in tensors}) < len({id(t) for t in tensors})
     memo: dict[int, Any] = {}
     if shared and not isinstance(module, torch.fx.GraphModule):
         dup = copy.deepcopy(module, memo)
@@ -606,7 +607,7 @@ def verify(original: nn.Module, fixed: nn.Module, example_inputs: Sequence[Any],
             result = _compare(orig, fix, reference, names, cots, rng, fixed, args, rtol, atol, rtol_, atol_,
                               changes, original_error, notes)
     finally:
-        torch._C._set_grad_enabled(grad_mode)
+        torch.set_grad_enabled(grad_mode)
     if not result.ok:
         worst = result.worst()
         assert worst is not None
