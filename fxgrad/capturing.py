@@ -34,8 +34,7 @@ class Captured:
     """A captured graph and how it was made, in words the report can show."""
 
     gm: torch.fx.GraphModule
-    #: "trace" | "run"
-    how: str
+    how: Literal["trace", "run"]
     #: why the run capture ran instead of the tracer ("" when it was asked for, or the tracer ran)
     fallback: str = ""
 

@@ -49,7 +49,7 @@ import sys
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.fx
@@ -65,6 +65,8 @@ from .ops import OpView
 __all__ = ["GraphFacts", "NodeFacts", "ParamFacts", "SavedUse", "compute_facts"]
 
 Root = Hashable
+#: what a node's value is; "value": computed from constants only, "control": grad-mode switches and the like
+Role = Literal["param", "buffer", "input", "constant", "activation", "value", "control", "output"]
 
 
 @dataclass(slots=True)
@@ -101,7 +103,7 @@ class NodeFacts:
     node: torch.fx.Node
     index: int
     view: OpView
-    role: str  # param | buffer | input | constant | activation | value | control | output
+    role: Role
     grad_on: bool
     live: bool
     #: effective inputs: the producer of each input's value (the input, or the latest write into it). Most ops
@@ -122,7 +124,7 @@ class NodeFacts:
     ident: Any
     #: for in-place ops: the node written to, and what its write does
     target: torch.fx.Node | None
-    target_role: str
+    target_role: Role | Literal[""]  # "": writes nothing
     target_live: bool
     #: made by a view op (or ``x[...]``): shares its base's memory under another shape
     is_view: bool
@@ -183,7 +185,7 @@ class NodeFacts:
 @dataclass(slots=True)
 class ParamFacts:
     name: str
-    status: str  # ok | no-grad | zero-grad | unused
+    status: Literal["ok", "no-grad", "zero-grad", "unused"]
     cause: torch.fx.Node | None = None
     uses: list[torch.fx.Node] = field(default_factory=list)
 

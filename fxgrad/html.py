@@ -50,13 +50,13 @@ from typing import TYPE_CHECKING
 from .capture import SourceLocation
 
 if TYPE_CHECKING:
-    from .report import Finding, Report
+    from .report import Finding, ParamState, Report
 
 __all__ = ["render_html"]
 
 #: parameter verdicts, worst first; the colour of each, and a few words for the legend
-STATUSES: tuple[str, ...] = ("no-grad", "zero-grad", "unused", "frozen", "ok")
-_RANK = {s: i for i, s in enumerate(STATUSES)}
+STATUSES: tuple[ParamState, ...] = ("no-grad", "zero-grad", "unused", "frozen", "ok")
+_RANK: dict[str, int] = {s: i for i, s in enumerate(STATUSES)}
 _COLOUR = {"ok": "#2e7d32", "no-grad": "#c62828", "zero-grad": "#e65100", "unused": "#757575", "frozen": "#1565c0"}
 _TINT = {"ok": "#edf7ee", "no-grad": "#fdecea", "zero-grad": "#fff3e0", "unused": "#f2f2f2", "frozen": "#e8f0fb"}
 _MEANING = {"ok": "gets a gradient", "no-grad": "no gradient (.grad is None)", "zero-grad": "only zeros",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from tabulate import tabulate
 
@@ -19,7 +19,14 @@ __all__ = ["SCHEMA_VERSION", "Finding", "ParamStatus", "Report"]
 #: version of the JSON schema of :meth:`Report.to_dict`; bumped on any incompatible change.
 SCHEMA_VERSION = 1
 
-_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+#: how bad a finding is: an error breaks training (backward raises, a parameter gets no gradient)
+Severity = Literal["error", "warning", "info"]
+#: how a verdict was reached: from fxgrad's op tables, or proved by running the graph on meta (or real) tensors
+Verdict = Literal["static", "dry-run"]
+#: a parameter's verdict; "frozen": cut off on purpose (an accepted cut)
+ParamState = Literal["ok", "no-grad", "zero-grad", "unused", "frozen"]
+
+_SEVERITY_ORDER: dict[Severity, int] = {"error": 0, "warning": 1, "info": 2}
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class Finding(NamedTuple):
     of the memory. A changed copy is ``finding._replace(verdict=...)``."""
 
     code: str
-    severity: str
+    severity: Severity
     node: str
     target: str
     message: str
@@ -46,7 +53,7 @@ class Finding(NamedTuple):
     params: tuple[str, ...] = ()
     fixable: bool = False
     #: "static" (from the op tables) or "dry-run" (proved by running the graph on meta tensors)
-    verdict: str = "static"
+    verdict: Verdict = "static"
     backend_dependent: bool = False
     related: tuple[Related, ...] = ()
 
@@ -71,10 +78,10 @@ def _loc_dict(loc: SourceLocation | None) -> dict[str, Any] | None:
 @dataclass(frozen=True)
 class ParamStatus:
     name: str
-    status: str  # ok | no-grad | zero-grad | unused | frozen (cut off on purpose: an accepted cut)
+    status: ParamState
     cause: str = ""
     location: SourceLocation | None = None
-    verdict: str = "static"
+    verdict: Verdict = "static"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,9 +95,9 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     params: dict[str, ParamStatus] = field(default_factory=dict)
     #: "static" when no example inputs were given; "dry-run" when verdicts were proved by running the graph
-    mode: str = "static"
+    mode: Verdict = "static"
     #: how the model became a graph: "trace" (symbolic, every branch) or "run" (the branches the inputs took)
-    capture: str = "trace"
+    capture: Literal["trace", "run"] = "trace"
     notes: list[str] = field(default_factory=list)
     suppressed: list[Finding] = field(default_factory=list)
     #: the findings of ``suppressed`` that were accepted on purpose: a comment on their line or on the ``with``

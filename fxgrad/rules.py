@@ -15,7 +15,7 @@ import torch.fx
 from .capture import node_origin
 from .facts import GraphFacts, NodeFacts, ParamFacts
 from .gcpause import gc_paused
-from .report import Finding, Related
+from .report import Finding, Related, Severity
 
 __all__ = [
     "FORWARD_ERRORS",
@@ -34,7 +34,7 @@ __all__ = [
 class Rule:
     code: str
     name: str
-    severity: str
+    severity: Severity
     summary: str
     why: str
     fixable: bool = False
