@@ -69,6 +69,7 @@ Root = Hashable
 Role = Literal["param", "buffer", "input", "constant", "activation", "value", "control", "output"]
 
 
+# slots: one per saved tensor a later write may reach (up to several per node): no instance dict each
 @dataclass(slots=True)
 class SavedUse:
     """A tensor that ``saver`` saved for backward, and the in-place op that later overwrote it, if any."""
@@ -182,6 +183,7 @@ class NodeFacts:
         return ((dep, diff, zero) for dep, (diff, zero) in zip(self.deps, edges, strict=False))
 
 
+# slots: one per parameter (8,567 in the 10,000-node benchmark ResNet): no instance dict each
 @dataclass(slots=True)
 class ParamFacts:
     name: str
@@ -330,7 +332,7 @@ def _inplace_phases(name: str) -> tuple[bool, bool]:
     return any(n != "self" and not n.startswith("result") for n in saved), bool(saved)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _OpTraits:
     """What an op's name alone decides: one record per name, made on first sight (a graph repeats a few names many
     times, and some answers ask the schemas)."""
