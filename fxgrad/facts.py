@@ -737,7 +737,7 @@ class _Pass:
         node, view = nf.node, nf.view
         name = view.name
         traits = _TRAITS.get(name) or _traits(name)
-        # node.all_input_nodes as a tuple: one allocation, none for no input, without the property's call (see
+        # node.all_input_nodes as a tuple: one allocation, none for no input, half the time of the property (see
         # tests/test_capture.py)
         args = (*node._input_nodes,)
         nodes = self.nodes
