@@ -234,3 +234,32 @@ def test_memo_on_and_off_agree_on_the_corpus(c: Case, monkeypatch: pytest.Monkey
     assert first is None, f"{c.name}: memo off {off_trace[first]} != memo on {on_trace[first]}"
     assert len(off_trace) == len(on_trace)
     assert on == off
+
+
+def test_a_clean_model_mixing_scalar_types_is_clean_under_the_dry_run() -> None:
+    """The confirmed bug end to end: ``full((4,), 1)`` then ``full((4,), 1.0)`` came out int64 under the dry-run,
+    and an op that needs the float (``lerp``'s weight) made a clean model fail with an InputError blaming its line."""
+    from torch import nn
+
+    import fxgrad
+
+    from .oracle import eager_truth
+
+    class Fills(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            count = torch.full((x.shape[1],), 1)  # int64 (sized by the input: a node, not a traced constant)
+            scale = torch.full((x.shape[1],), 1.0)  # float32, equal to the 1 above
+            return torch.lerp(self.lin(x), x, scale) + count.sum()  # an int64 ``scale`` would raise here
+
+    truth = eager_truth(Fills(), (torch.randn(2, 4),))
+    assert truth.clean_run and not truth.no_grad_params
+    # shapes only: the meta run cannot fall back to a real one
+    report = fxgrad.analyze(Fills(), fxgrad.spec((2, 4)))
+    assert report.mode == "dry-run" and report.ok and not report.findings, report
+    report = fxgrad.analyze(Fills(), torch.randn(2, 4))
+    assert not any("could not run" in n for n in report.notes), report.notes  # the meta run itself went through
+    assert {p.status for p in report.params.values()} == {"ok"}
