@@ -29,6 +29,7 @@ import linecache
 import logging
 import operator
 import os
+import re
 import sys
 import sysconfig
 import threading
@@ -665,20 +666,37 @@ def _same_items(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 _HINT = (
-    "Hint: pass concrete_args for arguments that decide control flow, or keep the offending submodule opaque "
-    "with leaf_modules=[...]."
+    "Hint: pass concrete_args (--concrete-arg NAME=VALUE) for arguments that decide control flow, keep the "
+    "offending submodule opaque with leaf_modules=[...] (--leaf-module dotted.Class), or capture the model by "
+    "running it on example inputs: capture=\"run\" (--capture run)."
 )
+#: how a tracer's own failures read: fx's proxies named in the message (``float() argument must be ... not
+#: 'Proxy'``), or an ``assert isinstance(x, torch.Tensor)`` that only fails because ``x`` is a proxy
+_PROXY_WORDS = re.compile(r"Proxy|'Attribute'|symbolically traced")
 
 
 def _hint_for(exc: BaseException) -> str:
     text = str(exc)
     if "control flow" in text or "iteration" in text or "iterable" in text or "len(" in text:
-        return ("Hint: this line branches, loops or calls len() on a traced tensor; pass concrete_args for the "
-                "argument that decides it, or make the submodule a leaf with leaf_modules=[...].")
+        return ("Hint: this line branches, loops or calls len() on a traced tensor; pass concrete_args "
+                "(--concrete-arg NAME=VALUE) for the argument that decides it, make the submodule a leaf with "
+                "leaf_modules=[...] (--leaf-module dotted.Class), or capture the model by running it: "
+                "capture=\"run\" (--capture run).")
     if isinstance(exc, TypeError) and ("float" in text or "int" in text or "bool" in text):
-        return ("Hint: float()/int()/bool() of a tensor cannot be traced symbolically; use tensor ops, or make "
-                "the submodule a leaf with leaf_modules=[...].")
+        return ("Hint: float()/int()/bool() of a tensor cannot be traced symbolically; use tensor ops, make the "
+                "submodule a leaf with leaf_modules=[...] (--leaf-module dotted.Class), or capture the model by "
+                "running it: capture=\"run\" (--capture run).")
     return _HINT
+
+
+def _raised_by_user(exc: BaseException, extra: tuple[str, ...]) -> bool:
+    """The model's own code raised ``exc`` (``raise ValueError(...)``, a missing key), not the tracer: the
+    innermost frame is the user's, and nothing in it is about proxies. An ``AssertionError`` is left to the tracer:
+    ``assert isinstance(x, torch.Tensor)`` fails only because ``x`` is a proxy."""
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    if not frames or isinstance(exc, AssertionError) or _PROXY_WORDS.search(f"{type(exc).__name__} {exc}"):
+        return False
+    return not _is_library_file(frames[-1][0].f_code.co_filename, extra)
 
 
 def trace(
@@ -736,9 +754,14 @@ def trace(
                                                                                           "function")
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             at = f" at {where}: `{where.code}`" if where else ""
-            error = TraceError(f"fxgrad could not trace {name}{at} ({type(e).__name__}: {reason}). "
-                               f"{_hint_for(e)}")
-            error.location, error.hint = where, _hint_for(e)  # type: ignore[attr-defined]
+            if _raised_by_user(e, extra):
+                hint = "Hint: this is an error in the model's own code, not a tracing problem: fix that line."
+                error = TraceError(f"{name}.forward raised {type(e).__name__}{at} ({reason}). {hint}")
+                error.user_error = True  # type: ignore[attr-defined]
+            else:
+                hint = _hint_for(e)
+                error = TraceError(f"fxgrad could not trace {name}{at} ({type(e).__name__}: {reason}). {hint}")
+            error.location, error.hint = where, hint  # type: ignore[attr-defined]
             raise error from e
         _restore_module_state(saved, keep_new=True)
         root = tracer_obj.root if isinstance(model, torch.nn.Module) else torch.nn.Module()
