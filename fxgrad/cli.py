@@ -305,7 +305,9 @@ def _leaf_module(text: str, model: Any) -> Any:
         except AttributeError:
             pass
     if ":" in text:
-        obj, _ = resolve_target(text, what="--leaf-module")
+        obj = _model_class(model, text)
+        if obj is None:
+            obj, _ = resolve_target(text, what="--leaf-module")
     else:
         where, _, name = text.rpartition(".")
         if not where:
@@ -318,6 +320,24 @@ def _leaf_module(text: str, model: Any) -> Any:
         raise InputError(f"--leaf-module {text} is {kind}, not an nn.Module class. Hint: name a module class, e.g. "
                          "torch.nn.LSTM, or a submodule's name.")
     return obj
+
+
+def _model_class(model: Any, text: str) -> Any:
+    """``file.py:Class`` as the class the model's modules are made of: importing the file again would make a new
+    class object, which none of them is an instance of."""
+    where, _, name = text.rpartition(":")
+    if not where.endswith(".py"):
+        return None
+    path = os.path.abspath(where)
+    for m in model.modules():
+        cls = type(m)
+        try:
+            file = inspect.getsourcefile(cls)
+        except (TypeError, OSError):
+            continue
+        if cls.__qualname__ == name and file is not None and os.path.abspath(file) == path:
+            return cls
+    return None
 
 
 def _real_inputs(args: argparse.Namespace, inputs: tuple[Any, ...] | None, why: str
@@ -605,6 +625,9 @@ def _gm_source(gm: Any, args: argparse.Namespace) -> str:
 
 def _cmd_fix(args: argparse.Namespace) -> int:
     fix = _fixer()
+    if args.out is not None and not args.out.parent.is_dir():  # before the work, not after it
+        raise InputError(f"Cannot write --out {args.out} (no directory {args.out.parent}). Hint: check that its "
+                         "directory exists.")
     model, inputs = _load(args)
     what = "verifies the fix by running the model" if args.verify else "runs the model to keep its dtypes"
     inputs, note = _real_inputs(args, inputs, f"fxgrad fix {what}")
@@ -807,16 +830,17 @@ def _process_age() -> float | None:
 def _print_timings(started: float, age_at_start: float | None, phases: list[tuple[str, float]]) -> None:
     """``--timings``: the command's phases, then what is left (Python's own start-up, fxgrad's CLI import)."""
     rows: list[tuple[str, float]] = []
-    if age_at_start is not None:
-        rows.append(("start Python, import fxgrad's CLI", age_at_start - (started - _IMPORTED_AT)))
+    start_up = 0.0
+    if age_at_start is not None:  # from the process's start to the import of this module
+        start_up = age_at_start - (started - _IMPORTED_AT)
+        rows.append(("start Python, import fxgrad's CLI", start_up))
     merged: dict[str, float] = {}
     for name, seconds in phases:
         merged[name] = merged.get(name, 0.0) + seconds
     total = time.perf_counter() - started
     rows.append(("other (arguments, settings, inputs)", total - sum(merged.values())))
     rows += list(merged.items())
-    if age_at_start is not None:
-        total += age_at_start
+    total += start_up
     width = max(len(name) for name, _ in rows)
     _err("fxgrad: timings (wall clock):")
     for name, seconds in rows:
