@@ -690,13 +690,20 @@ def _hint_for(exc: BaseException) -> str:
 
 
 def _raised_by_user(exc: BaseException, extra: tuple[str, ...]) -> bool:
-    """The model's own code raised ``exc`` (``raise ValueError(...)``, a missing key), not the tracer: the
-    innermost frame is the user's, and nothing in it is about proxies. An ``AssertionError`` is left to the tracer:
-    ``assert isinstance(x, torch.Tensor)`` fails only because ``x`` is a proxy."""
+    """The model's own code raised ``exc``, not the tracer: the innermost frame is the user's, and either it is a
+    ``raise`` statement (a message that formats a traced value names a proxy, but the statement is the user's) or
+    nothing in the error is about proxies (a missing key). An ``assert`` is left to the tracer: ``assert
+    isinstance(x, torch.Tensor)`` fails only because ``x`` is a proxy."""
     frames = list(traceback.walk_tb(exc.__traceback__))
-    if not frames or isinstance(exc, AssertionError) or _PROXY_WORDS.search(f"{type(exc).__name__} {exc}"):
+    if not frames:
         return False
-    return not _is_library_file(frames[-1][0].f_code.co_filename, extra)
+    frame, lineno = frames[-1]
+    filename = frame.f_code.co_filename
+    if _is_library_file(filename, extra):
+        return False
+    if linecache.getline(filename, lineno).lstrip().startswith("raise"):
+        return True
+    return not isinstance(exc, AssertionError) and not _PROXY_WORDS.search(f"{type(exc).__name__} {exc}")
 
 
 def trace(

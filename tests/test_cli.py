@@ -127,7 +127,7 @@ class Raises(nn.Module):
 
     def forward(self, x):
         h = self.lin(x)
-        raise ValueError("boom")
+        raise ValueError(f"boom, {h.shape[-1]} features")
 
 
 class Checks(nn.Module):
@@ -382,12 +382,24 @@ def test_demo_exits_0(console: tuple[Path, dict[str, _Run]]) -> None:
 
 def test_a_forward_that_raises_is_the_users_error_at_their_line(console: tuple[Path, dict[str, _Run]]) -> None:
     tmp, runs = console
-    line = _line(tmp / "nets.py", 'raise ValueError("boom")')
-    with pytest.raises(ValueError, match="boom"):  # eager raises it too
+    line = _line(tmp / "nets.py", 'raise ValueError(f"boom')
+    with pytest.raises(ValueError, match="boom, 2 features"):  # eager raises it too
         _import(tmp / "nets.py").Raises()(torch.randn(3, 4))
     err = runs["forward raises"].stderr
-    assert f"at nets.py:{line}: `raise ValueError(\"boom\")` (boom)" in err, err
+    assert f'at nets.py:{line}: `raise ValueError(f"boom, {{h.shape[-1]}} features")` (boom, 2 features)' in err, err
     assert "not a tracing problem" in err and not any(word in err for word in ("concrete", "leaf", "--capture"))
+
+
+def test_a_raise_statement_reached_by_the_tracer_is_the_users_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracing only (no inputs to run it on): the `raise` line formats a traced value, yet it is the user's."""
+    path = _write(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--capture", "trace"]):
+        assert main(["check", "nets.py:Raises", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"Raises.forward raised ValueError at nets.py:{_line(path, 'raise ValueError(f')}" in err, err
+        assert "not a tracing problem" in err and "--" not in err
 
 
 def test_import_of_torch_is_left_to_the_commands(tmp_path: Path) -> None:
