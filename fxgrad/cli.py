@@ -298,23 +298,20 @@ def _leaf_module(text: str, model: Any) -> Any:
 
     from .loader import resolve_target
 
-    if ":" not in text:
+    if ":" in text:  # file.py:Class or package.module:Class
+        obj = _model_class(model, text) or resolve_target(text, what="--leaf-module")[0]
+    else:
         try:
             model.get_submodule(text)
             return text
         except AttributeError:
             pass
-    if ":" in text:
-        obj = _model_class(model, text)
-        if obj is None:
-            obj, _ = resolve_target(text, what="--leaf-module")
-    else:
         where, _, name = text.rpartition(".")
         if not where:
             raise InputError(f"--leaf-module {text} is neither a submodule of {type(model).__name__} nor a dotted "
                              "class name. Hint: write package.module.Class, file.py:Class, or a submodule's name "
                              "as model.named_modules() spells it.")
-        obj, _ = resolve_target(f"{where}:{name}", what="--leaf-module")
+        obj = resolve_target(f"{where}:{name}", what="--leaf-module")[0]
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         kind = f"the class {obj.__name__}" if isinstance(obj, type) else f"a value of type {type(obj).__name__}"
         raise InputError(f"--leaf-module {text} is {kind}, not an nn.Module class. Hint: name a module class, e.g. "
@@ -362,26 +359,27 @@ def _analyze(model: Any, inputs: tuple[Any, ...] | None, args: argparse.Namespac
     """:func:`fxgrad.analyze` on shapes; again on random values when the run on shapes could not do without them
     (forward reads tensor values, or an op has no meta kernel)."""
     from .analysis import analyze
-    from .inputs import has_specs, random_values, spec_bytes
+    from .inputs import has_specs, spec_bytes
 
     if args is None or inputs is None or not has_specs(inputs):
         return analyze(model, inputs, dryrun=not static, **kwargs)
     try:
         report = analyze(model, inputs, dryrun=not static, **kwargs)
     except FxgradError as e:
-        if getattr(e, "meta_kernel", False):
-            # the inputs do not fit: say it in eager's words (a meta kernel's differ) when values are affordable
-            if spec_bytes(inputs) > args.max_input_memory:
-                raise
-            return analyze(model, random_values(inputs), dryrun=not static, **kwargs)
-        if not getattr(e, "shapes_only", False):
+        meta_kernel = getattr(e, "meta_kernel", False)
+        # a meta kernel rejected the inputs: say it in eager's words (a meta kernel's differ) where values are
+        # affordable, and else as the meta kernel said it
+        if not (getattr(e, "shapes_only", False) or meta_kernel) or (
+                meta_kernel and spec_bytes(inputs) > args.max_input_memory):
             raise
         why = _first_sentence(str(e)).rstrip(".")
+        if meta_kernel:
+            why = f"the dry-run on shapes raised ({why})"
     else:
         if static or report.mode == "dry-run":
             return report
         why = next((n for n in report.notes if n.startswith("no dry-run")), "the dry-run on shapes could not run")
-        why = why.split(";")[0]
+        why = why.split(";")[0].removeprefix("no dry-run: ")
     values, note = _real_inputs(args, inputs, why)
     report = analyze(model, values, dryrun=not static, **kwargs)
     _err(note)

@@ -179,6 +179,12 @@ def make_broken():
     raise RuntimeError("no weights")
 
 
+def make_shapes():
+    import fxgrad
+
+    return (fxgrad.spec((3, 4)),)
+
+
 clean = Clean()
 answer = 42
 '''
@@ -899,3 +905,48 @@ def test_sizes_and_literals() -> None:
     assert _size("1.5k") == 1536
     assert _concrete_arg("sizes=(2, 3)") == ("sizes", (2, 3)) and _concrete_arg("mode='x'") == ("mode", "x")
     assert _concrete_arg("flag = None") == ("flag", None)
+
+
+def test_an_inputs_factory_may_return_shapes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path)
+    truth = eager_truth(_import(path).Branchy(), (torch.ones(3, 4),))
+    assert truth.clean_run and not truth.no_grad_params
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "nets.py:Clean", "--inputs", "nets.py:make_shapes"]) == 0
+    out, err = capsys.readouterr()
+    assert "proved by a dry-run" in out and err == ""
+    assert main(["check", "nets.py:Branchy", "--inputs", "nets.py:make_shapes"]) == 0  # reads values: made real
+    out, err = capsys.readouterr()
+    assert "captured by running" in out and "ran it on random example inputs of these shapes (48 bytes)" in err
+
+
+@pytest.mark.parametrize("error", ["Could not run 'aten::foo' with arguments from the 'Meta' backend",
+                                   "aten::nonzero has a data-dependent output shape"])
+def test_an_op_without_a_meta_kernel_gets_real_values(error: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The meta dry-run cannot run (simulated: every meta run raises as an op without a meta kernel does); on
+    shapes that leaves static verdicts, so the command line runs the dry-run on real values instead and proves
+    eager's verdict: backward raises at `t.mul_(2.0)`."""
+    import fxgrad.dryrun
+
+    path = _write(tmp_path)
+    truth = eager_truth(_import(path).Breaks(), (torch.randn(3, 4),))
+    assert truth.backward_error is not None and INPLACE_ERROR in truth.backward_error
+    run = fxgrad.dryrun.run_dryrun
+
+    def no_meta(*args: object, real: bool) -> object:
+        if not real:
+            raise NotImplementedError(error)
+        return run(*args, real=real)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fxgrad.dryrun, "run_dryrun", no_meta)
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "nets.py:Breaks", "--input", "3x4", "--format", "json"]) == 1
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert data["mode"] == "dry-run" and [f["code"] for f in data["findings"]] == ["FXG102"]
+    assert data["findings"][0]["location"]["line"] == _line(path, "t.mul_(2.0)")
+    assert err.startswith("fxgrad: note: the ") and err.count("\n") == 1 and "NotImplementedError" in err
+    assert "ran it on random example inputs of these shapes (48 bytes)" in err
