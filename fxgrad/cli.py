@@ -42,7 +42,7 @@ from tabulate import tabulate
 
 from . import __version__
 from .config import CAPTURES, FAIL_ON, Config, find_config, load_config
-from .errors import FxgradError, InputError, VerificationError
+from .errors import FxgradError, InputError, TraceError, VerificationError
 from .timing import collect
 from .timing import phase as _phase
 
@@ -367,10 +367,10 @@ def _analyze(model: Any, inputs: tuple[Any, ...] | None, args: argparse.Namespac
         report = analyze(model, inputs, dryrun=not static, **kwargs)
     except FxgradError as e:
         meta_kernel = getattr(e, "meta_kernel", False)
-        # a meta kernel rejected the inputs: say it in eager's words (a meta kernel's differ) where values are
-        # affordable, and else as the meta kernel said it
+        # a meta kernel rejected the inputs, or forward raised on shapes: say it in eager's words where values are
+        # affordable, and else as the run on shapes said it (only a forward that reads values needs them)
         if not (getattr(e, "shapes_only", False) or meta_kernel) or (
-                meta_kernel and spec_bytes(inputs) > args.max_input_memory):
+                (meta_kernel or isinstance(e, TraceError)) and spec_bytes(inputs) > args.max_input_memory):
             raise
         why = _first_sentence(str(e)).rstrip(".")
         if meta_kernel:

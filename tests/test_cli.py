@@ -753,6 +753,8 @@ ERRORS = {
     "forward raises, traced": (["check", "nets.py:Raises", "--capture", "trace"],
                                "Raises.forward raised ValueError at nets.py:"),
     "untraceable submodule": (["check", "nets.py:Gated", "--capture", "trace"], "could not trace Gated at nets.py:"),
+    "forward raises on a huge input": (["check", "nets.py:Raises", "--input", "100000x4", "--max-input-memory", "1K"],
+                                       "Raises.forward raised ValueError at nets.py:"),
     "unknown example": (["demo", "no_such_example"], "no example 'no_such_example'"),
     "usage": (["check", "nets.py:Clean", "--format", "yaml"], "invalid choice: 'yaml'"),
 }
