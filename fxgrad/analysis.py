@@ -36,6 +36,7 @@ from .report import Finding, ParamStatus, Report
 from .rules import RULES_BY_CODE, run_rules, select_codes
 from .step import ddp_note, mention_loss, optimizer_findings, training_step
 from .suppress import accept_intended_cuts, is_suppressed, region_openers
+from .timing import phase
 
 __all__ = ["analyze", "preserved"]
 
@@ -135,8 +136,9 @@ def analyze(
     step = model if loss is None else training_step(model, loss, targets if isinstance(targets, tuple) else
                                                    () if targets is None else (targets,))
     with preserved(model):
-        captured = capturing.capture(step, example_inputs, capture, concrete_args=concrete_args, tracer=tracer,
-                                     leaf_modules=leaf_modules)
+        with phase("capture"):
+            captured = capturing.capture(step, example_inputs, capture, concrete_args=concrete_args, tracer=tracer,
+                                         leaf_modules=leaf_modules)
         # One pause of cyclic GC from the facts to the report, and the facts dropped before it ends: the collector
         # never walks the per-node records (see fxgrad.gcpause).
         with gc_paused():
@@ -162,8 +164,9 @@ def _analyse(gm: torch.fx.GraphModule, model: nn.Module, name: str, example_inpu
              ) -> Report:
     """Steps 3-4 of :func:`analyze`: the report of a traced model (its facts are freed when this returns)."""
     try:
-        facts = compute_facts(gm, model=model)
-        findings = run_rules(facts)
+        with phase("facts and rules"):
+            facts = compute_facts(gm, model=model)
+            findings = run_rules(facts)
     except FxgradError:
         raise
     except Exception as e:  # an fxgrad bug: say which node, keep the cause
@@ -172,7 +175,8 @@ def _analyse(gm: torch.fx.GraphModule, model: nn.Module, name: str, example_inpu
     if example_inputs is not None and dryrun:
         from .dryrun import prove  # the dry-run pulls in torch's dispatch machinery; only load it when asked for
 
-        prove(report, gm, facts, example_inputs, mode="real" if dryrun == "real" else "meta")
+        with phase("dry-run"):
+            prove(report, gm, facts, example_inputs, mode="real" if dryrun == "real" else "meta")
     if report.mode != "dry-run":  # the static verdicts read the generated saved-tensor table
         note = saved_table_note()
         if note is not None:

@@ -29,6 +29,7 @@ import linecache
 import logging
 import operator
 import os
+import re
 import sys
 import sysconfig
 import threading
@@ -669,20 +670,44 @@ def _same_items(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 _HINT = (
-    "Hint: pass concrete_args for arguments that decide control flow, or keep the offending submodule opaque "
-    "with leaf_modules=[...]."
+    "Hint: pass concrete_args (--concrete-arg NAME=VALUE) for arguments that decide control flow, keep the "
+    "offending submodule opaque with leaf_modules=[...] (--leaf-module dotted.Class), or capture the model by "
+    "running it on example inputs: capture=\"run\" (--capture run)."
 )
+#: how a tracer's own failures read: fx's proxies named in the message (``float() argument must be ... not
+#: 'Proxy'``), or an ``assert isinstance(x, torch.Tensor)`` that only fails because ``x`` is a proxy
+_PROXY_WORDS = re.compile(r"Proxy|'Attribute'|symbolically traced")
 
 
 def _hint_for(exc: BaseException) -> str:
     text = str(exc)
     if "control flow" in text or "iteration" in text or "iterable" in text or "len(" in text:
-        return ("Hint: this line branches, loops or calls len() on a traced tensor; pass concrete_args for the "
-                "argument that decides it, or make the submodule a leaf with leaf_modules=[...].")
+        return ("Hint: this line branches, loops or calls len() on a traced tensor; pass concrete_args "
+                "(--concrete-arg NAME=VALUE) for the argument that decides it, make the submodule a leaf with "
+                "leaf_modules=[...] (--leaf-module dotted.Class), or capture the model by running it: "
+                "capture=\"run\" (--capture run).")
     if isinstance(exc, TypeError) and ("float" in text or "int" in text or "bool" in text):
-        return ("Hint: float()/int()/bool() of a tensor cannot be traced symbolically; use tensor ops, or make "
-                "the submodule a leaf with leaf_modules=[...].")
+        return ("Hint: float()/int()/bool() of a tensor cannot be traced symbolically; use tensor ops, make the "
+                "submodule a leaf with leaf_modules=[...] (--leaf-module dotted.Class), or capture the model by "
+                "running it: capture=\"run\" (--capture run).")
     return _HINT
+
+
+def _raised_by_user(exc: BaseException, extra: tuple[str, ...]) -> bool:
+    """The model's own code raised ``exc``, not the tracer: the innermost frame is the user's, and either it is a
+    ``raise`` statement (a message that formats a traced value names a proxy, but the statement is the user's) or
+    nothing in the error is about proxies (a missing key). An ``assert`` is left to the tracer: ``assert
+    isinstance(x, torch.Tensor)`` fails only because ``x`` is a proxy."""
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    if not frames:
+        return False
+    frame, lineno = frames[-1]
+    filename = frame.f_code.co_filename
+    if _is_library_file(filename, extra):
+        return False
+    if linecache.getline(filename, lineno).lstrip().startswith("raise"):
+        return True
+    return not isinstance(exc, AssertionError) and not _PROXY_WORDS.search(f"{type(exc).__name__} {exc}")
 
 
 def trace(
@@ -740,9 +765,14 @@ def trace(
                                                                                           "function")
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             at = f" at {where}: `{where.code}`" if where else ""
-            error = TraceError(f"fxgrad could not trace {name}{at} ({type(e).__name__}: {reason}). "
-                               f"{_hint_for(e)}")
-            error.location, error.hint = where, _hint_for(e)  # type: ignore[attr-defined]
+            if _raised_by_user(e, extra):
+                hint = "Hint: this is an error in the model's own code, not a tracing problem: fix that line."
+                error = TraceError(f"{name}.forward raised {type(e).__name__}{at} ({reason}). {hint}")
+                error.user_error = True  # type: ignore[attr-defined]
+            else:
+                hint = _hint_for(e)
+                error = TraceError(f"fxgrad could not trace {name}{at} ({type(e).__name__}: {reason}). {hint}")
+            error.location, error.hint = where, hint  # type: ignore[attr-defined]
             raise error from e
         _restore_module_state(saved, keep_new=True)
         root = tracer_obj.root if isinstance(model, torch.nn.Module) else torch.nn.Module()

@@ -73,6 +73,8 @@ def capture(
             raise
         hint = getattr(e, "hint", "")
         if example_inputs is None:
+            if getattr(e, "user_error", False):
+                raise  # the model's own code raised: running it would not help
             text = str(e).replace(hint, "").rstrip()
             raise TraceError(f"{text} Hint: pass example inputs (--input / --inputs, or analyze(model, inputs)): "
                              "fxgrad then captures the model by running it.") from e

@@ -5,6 +5,16 @@ everything that kept fxgrad from giving a verdict (a usage error, a model that c
 traced, inputs that do not fit). A failure prints one line on stderr, ``fxgrad: error: ...`` ending in a
 ``Hint:``; ``--verbose`` adds the Python traceback and fxgrad's debug log.
 
+Three promises about the process itself:
+
+* **Shapes, not tensors.** ``--input 8x3x224x224`` is a shape (:func:`fxgrad.spec`): capture and dry-run need no
+  values. Real values are built only where a run needs them (forward reads tensor values, or ``fix`` verifies),
+  with a note on stderr, and never above ``--max-input-memory``.
+* **stdout is the report.** What the user's model prints or logs while fxgrad imports, captures, dry-runs or
+  verifies it goes to stderr, so ``--format json``/``sarif`` stay parseable.
+* **A fast start.** torch is imported by the commands, not by this module: ``--help``, ``--version`` and usage
+  errors answer at once.
+
 Settings come from the command line first, then from ``[tool.fxgrad]`` in the nearest ``pyproject.toml``
 (:mod:`fxgrad.config`).
 """
@@ -12,6 +22,7 @@ Settings come from the command line first, then from ``[tool.fxgrad]`` in the ne
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
 import io
 import json
@@ -19,25 +30,30 @@ import logging
 import os
 import re
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from tabulate import tabulate
 
 from . import __version__
-from .analysis import analyze
-from .capture import SourceLocation
 from .config import CAPTURES, FAIL_ON, Config, find_config, load_config
-from .errors import FxgradError, InputError
-from .inputs import bind_keywords
-from .report import Finding, Report
-from .rules import RULES_BY_CODE
+from .errors import FxgradError, InputError, TraceError, VerificationError
+from .timing import collect
+from .timing import phase as _phase
+
+if TYPE_CHECKING:
+    from .capture import SourceLocation
+    from .report import Finding, Report
 
 __all__ = ["main"]
+
+#: when this module was imported: the start of fxgrad's own work, for --timings
+_IMPORTED_AT = time.perf_counter()
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +67,8 @@ class _UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        if "Hint:" in message:
+            raise _UsageError(message)
         raise _UsageError(f"{message}. Hint: see `{self.prog} --help`.")
 
 
@@ -68,20 +86,67 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="show Python tracebacks and fxgrad's debug log")
 
 
+_SIZE = re.compile(r"^(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def _size(text: str) -> int:
+    """``512M``, ``1GiB``, ``2g``, ``1000000`` (bytes): binary units."""
+    m = _SIZE.match(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size. Hint: write e.g. 512M, 2GiB or 4g (binary units)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _concrete_arg(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` with a Python literal value: ``return_dict=False``, ``mode='train'``, ``sizes=(2, 3)``."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE. Hint: e.g. --concrete-arg return_dict=False")
+    try:
+        return name, ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError) as e:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {value.strip()!r} is not a Python literal. Hint: write True, 3, (2, 3), None or a quoted "
+            f"string: --concrete-arg \"{name}='{value.strip()}'\"") from e
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
 def _add_model_args(p: argparse.ArgumentParser, *, static: bool = True) -> None:
     p.add_argument("target", metavar="TARGET",
                    help="path/to/file.py:NAME or package.module:NAME; NAME is an nn.Module subclass with a "
                         "no-argument constructor, a factory function returning a module, or a module instance")
     p.add_argument("--input", dest="input_specs", action="append", default=[], metavar="SHAPE[:DTYPE]",
-                   help="an example input tensor, e.g. 8x3x32x32 or 2x16:int64 (dtype default float32); repeat "
-                        "for several positional inputs")
+                   help="an example input's shape, e.g. 8x3x32x32 or 2x16:int64 (dtype default float32); repeat "
+                        "for several positional inputs. A shape costs no memory: real values are made only where a "
+                        "run needs them (see --max-input-memory)")
     p.add_argument("--inputs", dest="inputs_factory", metavar="FILE.py:FUNC",
                    help="a function returning the example inputs (a tuple of positional arguments, or the one "
-                        "argument), for models that take integers, dicts or several tensors")
+                        "argument), for models that take integers, dicts or several tensors; fxgrad.spec(...) "
+                        "shapes are accepted in place of tensors")
     p.add_argument("--capture", choices=CAPTURES, default=None,
                    help="how the model becomes a graph: trace (symbolic, every branch, no inputs needed), run (by "
                         "running it on the example inputs: any Python control flow, the branches these inputs "
                         "take), auto (default: trace, and run when tracing fails)")
+    p.add_argument("--concrete-arg", dest="concrete_args", action="append", default=[], type=_concrete_arg,
+                   metavar="NAME=VALUE",
+                   help="trace with forward()'s argument NAME fixed to VALUE, a Python literal (e.g. "
+                        "return_dict=False), so the branch it decides is traced; repeatable")
+    p.add_argument("--leaf-module", dest="leaf_modules", action="append", default=[], metavar="dotted.Class",
+                   help="keep these modules as one opaque call instead of tracing into them: a class "
+                        "(torch.nn.LSTM, package.module.Class, file.py:Class) or a submodule's name in the model "
+                        "(encoder.layers.0); repeatable")
+    p.add_argument("--max-input-memory", type=_size, default=_size("1GiB"), metavar="SIZE",
+                   help="the most memory fxgrad may spend on real values for --input shapes, when a run needs them "
+                        "(forward reads tensor values, or fix verifies): e.g. 512M, 4G (default: 1GiB); above it, "
+                        "fxgrad stops with exit status 2")
     if static:
         p.add_argument("--static", action="store_true",
                        help="skip the dry-run on the example inputs: static verdicts from fxgrad's op tables only")
@@ -126,6 +191,9 @@ def _parser() -> _Parser:
     cfg.add_argument("--config", type=Path, metavar="PYPROJECT",
                      help="read [tool.fxgrad] from this file instead of the nearest pyproject.toml")
     cfg.add_argument("--isolated", action="store_true", help="ignore every pyproject.toml")
+    check.add_argument("--timings", action="store_true",
+                       help="print on stderr where the time went: start-up, import torch, import fxgrad, load "
+                            "the model, capture, facts and rules, dry-run, render")
     _add_common(check)
 
     fix = sub.add_parser("fix", help="rewrite in-place ops out of place and verify the result",
@@ -137,6 +205,11 @@ def _parser() -> _Parser:
                           "backward raise; all (the default without): every in-place op that can be rewritten safely")
     fix.add_argument("--unsafe", action="store_true",
                      help="also rewrite in-place writes the caller sees (graph inputs), and say what changes")
+    fix.add_argument("--rtol", type=float, default=None, metavar="TOL",
+                     help="relative tolerance of the verification (default: torch.testing.assert_close's per dtype)")
+    fix.add_argument("--atol", type=float, default=None, metavar="TOL", help="absolute tolerance of the verification")
+    fix.add_argument("--no-verify", dest="verify", action="store_false",
+                     help="do not run the fixed module against the original")
     fix.add_argument("--out", type=Path, metavar="FILE", help="write the fixed GraphModule's Python code here")
     _add_common(fix)
 
@@ -154,6 +227,8 @@ def _parser() -> _Parser:
 
 
 def _check_codes(codes: Sequence[str], flag: str) -> None:
+    from .rules import RULES_BY_CODE
+
     unknown = [c for c in codes if not any(code.startswith(c) for code in RULES_BY_CODE)]
     if unknown:
         raise InputError(f"{flag} names unknown code {', '.join(unknown)}. Hint: the codes are {_code_ranges()}; a "
@@ -161,6 +236,8 @@ def _check_codes(codes: Sequence[str], flag: str) -> None:
 
 
 def _code_ranges() -> str:
+    from .rules import RULES_BY_CODE
+
     families: dict[str, list[str]] = {}
     for code in RULES_BY_CODE:
         families.setdefault(code[:4], []).append(code)
@@ -168,16 +245,20 @@ def _code_ranges() -> str:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...] | None]:
-    from .loader import build_inputs, check_arity, load_inputs, load_model, parse_input_spec
+    """The model and its example inputs: ``--input`` shapes as :class:`~fxgrad.inputs.Spec` (no memory), or what
+    the ``--inputs`` factory returns."""
+    from .inputs import bind_keywords
+    from .loader import check_arity, load_inputs, load_model, parse_input_spec
 
     if args.input_specs and args.inputs_factory:
         raise InputError("--input and --inputs cannot be combined. Hint: build every input in the --inputs "
                          "function.")
     specs = [parse_input_spec(s) for s in args.input_specs]  # bad shapes fail before the model is imported
-    model = load_model(args.target)
+    with _phase("load the model"):
+        model = load_model(args.target)
     inputs: tuple[Any, ...] | None = None
     if specs:
-        inputs = build_inputs(specs)
+        inputs = tuple(s.spec() for s in specs)
     elif args.inputs_factory:
         inputs = load_inputs(args.inputs_factory)
         if len(inputs) == 1:  # a dict of forward's parameter names is a keyword call
@@ -188,12 +269,127 @@ def _load(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...] | None]:
     return model, inputs
 
 
-def _analyze(model: Any, inputs: tuple[Any, ...] | None, *, static: bool = False, **kwargs: Any) -> Report:
-    return analyze(model, inputs, dryrun=not static, **kwargs)
+def _tracing_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """``--concrete-arg`` and ``--leaf-module`` as :func:`fxgrad.analyze`'s ``concrete_args`` and
+    ``leaf_modules``, checked against the model so a misspelt name is an error, not an option silently unused."""
+    out: dict[str, Any] = {}
+    if args.concrete_args:
+        names = _forward_parameters(model)
+        for name, _ in args.concrete_args:
+            if names is not None and name not in names:
+                raise InputError(f"--concrete-arg {name}: {type(model).__name__}.forward has no parameter {name!r}. "
+                                 f"Hint: its parameters are {', '.join(names) or 'none'}.")
+        out["concrete_args"] = dict(args.concrete_args)
+    if args.leaf_modules:
+        out["leaf_modules"] = [_leaf_module(text, model) for text in args.leaf_modules]
+    return out
+
+
+def _forward_parameters(model: Any) -> list[str] | None:
+    try:
+        return list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+def _leaf_module(text: str, model: Any) -> Any:
+    """A submodule's qualified name in ``model`` (kept as the string), or the ``nn.Module`` class ``text`` names."""
+    from torch import nn
+
+    from .loader import resolve_target
+
+    if ":" in text:  # file.py:Class or package.module:Class
+        obj = _model_class(model, text) or resolve_target(text, what="--leaf-module")[0]
+    else:
+        try:
+            model.get_submodule(text)
+            return text
+        except AttributeError:
+            pass
+        where, _, name = text.rpartition(".")
+        if not where:
+            raise InputError(f"--leaf-module {text} is neither a submodule of {type(model).__name__} nor a dotted "
+                             "class name. Hint: write package.module.Class, file.py:Class, or a submodule's name "
+                             "as model.named_modules() spells it.")
+        obj = resolve_target(f"{where}:{name}", what="--leaf-module")[0]
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        kind = f"the class {obj.__name__}" if isinstance(obj, type) else f"a value of type {type(obj).__name__}"
+        raise InputError(f"--leaf-module {text} is {kind}, not an nn.Module class. Hint: name a module class, e.g. "
+                         "torch.nn.LSTM, or a submodule's name.")
+    return obj
+
+
+def _model_class(model: Any, text: str) -> Any:
+    """``file.py:Class`` as the class the model's modules are made of: importing the file again would make a new
+    class object, which none of them is an instance of."""
+    where, _, name = text.rpartition(":")
+    if not where.endswith(".py"):
+        return None
+    path = os.path.abspath(where)
+    for m in model.modules():
+        cls = type(m)
+        try:
+            file = inspect.getsourcefile(cls)
+        except (TypeError, OSError):
+            continue
+        if cls.__qualname__ == name and file is not None and os.path.abspath(file) == path:
+            return cls
+    return None
+
+
+def _real_inputs(args: argparse.Namespace, inputs: tuple[Any, ...] | None, why: str
+                 ) -> tuple[tuple[Any, ...] | None, str]:
+    """``inputs`` with random values in place of shapes, within ``--max-input-memory``, and the note that says so
+    (printed once the run succeeded: a failure is one line on stderr, the error)."""
+    from .inputs import has_specs, random_values, spec_bytes
+
+    if inputs is None or not has_specs(inputs):
+        return inputs, ""
+    need, cap = spec_bytes(inputs), args.max_input_memory
+    if need > cap:
+        raise InputError(f"{why}, so it needs real example values, and these inputs take {_bytes(need)}, more than "
+                         f"--max-input-memory {_bytes(cap)}. Hint: give smaller --input shapes (a batch of 2 shows the "
+                         "same gradient flow), or raise --max-input-memory.")
+    values: tuple[Any, ...] = random_values(inputs)
+    return values, f"fxgrad: note: {why}: ran it on random example inputs of these shapes ({_bytes(need)})."
+
+
+def _analyze(model: Any, inputs: tuple[Any, ...] | None, args: argparse.Namespace | None = None, *,
+             static: bool = False, **kwargs: Any) -> Report:
+    """:func:`fxgrad.analyze` on shapes; again on random values when the run on shapes could not do without them
+    (forward reads tensor values, or an op has no meta kernel)."""
+    from .analysis import analyze
+    from .inputs import has_specs, spec_bytes
+
+    if args is None or inputs is None or not has_specs(inputs):
+        return analyze(model, inputs, dryrun=not static, **kwargs)
+    try:
+        report = analyze(model, inputs, dryrun=not static, **kwargs)
+    except FxgradError as e:
+        meta_kernel = getattr(e, "meta_kernel", False)
+        # a meta kernel rejected the inputs, or forward raised on shapes: say it in eager's words where values are
+        # affordable, and else as the run on shapes said it (only a forward that reads values needs them)
+        if not (getattr(e, "shapes_only", False) or meta_kernel) or (
+                (meta_kernel or isinstance(e, TraceError)) and spec_bytes(inputs) > args.max_input_memory):
+            raise
+        why = _first_sentence(str(e)).rstrip(".")
+        if meta_kernel:
+            why = f"the dry-run on shapes raised ({why})"
+    else:
+        if static or report.mode == "dry-run":
+            return report
+        why = next((n for n in report.notes if n.startswith("no dry-run")), "the dry-run on shapes could not run")
+        why = why.split(";")[0].removeprefix("no dry-run: ")
+    values, note = _real_inputs(args, inputs, why)
+    report = analyze(model, values, dryrun=not static, **kwargs)
+    _err(note)
+    return report
 
 
 def _model_location(model: Any) -> SourceLocation | None:
     """Where the model's class is defined: the line SARIF shows for findings without a line of their own."""
+    from .capture import SourceLocation
+
     cls = type(model)
     try:
         file = inspect.getsourcefile(cls)
@@ -271,6 +467,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    with _phase("import torch"):
+        import torch  # noqa: F401  # timed apart from fxgrad's own modules
+    with _phase("import fxgrad"):
+        from . import dryrun  # noqa: F401  # imported by the first dry-run otherwise, inside its phase
+        from .analysis import analyze  # noqa: F401
+        from .loader import load_step
     cfg = _config(args)
     select = [c for group in args.select for c in group] if args.select is not None else list(cfg.select)
     ignore = [c for group in args.ignore for c in group] if args.ignore is not None else list(cfg.ignore)
@@ -281,11 +483,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise InputError(f"--root {args.root} is not a directory. Hint: give the repository's checkout directory.")
 
     model, inputs = _load(args)
-    from .loader import load_step
-
     step = load_step(args.loss or cfg.loss, args.targets or cfg.targets, args.optimizer or cfg.optimizer, model)
-    report = _analyze(model, inputs, static=args.static, select=select, ignore=ignore,
-                      capture=args.capture or cfg.capture or "auto", **step)
+    report = _analyze(model, inputs, args, static=args.static, select=select, ignore=ignore,
+                      capture=args.capture or cfg.capture or "auto", **_tracing_options(args, model), **step)
 
     recorded = None
     if args.baseline is not None:
@@ -300,20 +500,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
     else:
         status, why = _exit_status(report, fail_on), f"--fail-on {fail_on}"
 
-    if args.format == "json":
-        print(json.dumps(report.to_dict(), indent=2))
-    elif args.format == "sarif":
-        from .sarif import to_sarif
-
-        print(json.dumps(to_sarif(report, root=args.root, fallback=_model_location(model)), indent=2))
-    elif args.format == "html":
-        print(report.to_html(), end="")
-    else:
-        print(_table(report, sys.stdout, status=status, why=why))
+    with _phase("render"):
+        _render_check(report, args, model, status, why)
     if recorded is not None:
         _err(f"fxgrad: recorded {recorded} finding(s) in the baseline {args.baseline}; later runs report only new "
              "ones.")
     return status
+
+
+def _render_check(report: Report, args: argparse.Namespace, model: Any, status: int, why: str) -> None:
+    if args.format == "json":
+        _say(json.dumps(report.to_dict(), indent=2))
+    elif args.format == "sarif":
+        from .sarif import to_sarif
+
+        _say(json.dumps(to_sarif(report, root=args.root, fallback=_model_location(model)), indent=2))
+    elif args.format == "html":
+        _say(report.to_html(), end="")
+    else:
+        _say(_table(report, _out(), status=status, why=why))
 
 
 def _fixer() -> Any:
@@ -346,8 +551,10 @@ def _render_fix(record: Any) -> str:
             out.append(f"    after:  {r.after}")
             if r.unsafe_change:
                 out.append(f"    changes for the caller: {r.unsafe_change}")
+    elif record.only == "breaking":
+        out.append("Nothing rewritten: no in-place op makes forward or backward raise.")
     else:
-        out.append("Nothing rewritten.")
+        out.append("Nothing rewritten: no in-place op can be rewritten safely.")
     if record.left:
         out += ["", f"LEFT IN PLACE ({len(record.left)})"]
         for lf in record.left:
@@ -416,22 +623,34 @@ def _gm_source(gm: Any, args: argparse.Namespace) -> str:
 
 def _cmd_fix(args: argparse.Namespace) -> int:
     fix = _fixer()
+    if args.out is not None and not args.out.parent.is_dir():  # before the work, not after it
+        raise InputError(f"Cannot write --out {args.out} (no directory {args.out.parent}). Hint: check that its "
+                         "directory exists.")
     model, inputs = _load(args)
-    gm = fix(model, inputs, only=args.only, unsafe=args.unsafe,
-             capture=args.capture or _config(args).capture or "auto")
+    what = "verifies the fix by running the model" if args.verify else "runs the model to keep its dtypes"
+    inputs, note = _real_inputs(args, inputs, f"fxgrad fix {what}")
+    try:
+        gm = fix(model, inputs, only=args.only, unsafe=args.unsafe, rtol=args.rtol, atol=args.atol,
+                 verify=args.verify, capture=args.capture or _config(args).capture or "auto",
+                 **_tracing_options(args, model))
+    except VerificationError as e:  # a verdict, not a failure to give one: the fix is wrong or incomplete
+        _err(note)
+        _say(f"fxgrad fix for {type(model).__name__}: NOT FIXED\n\n{_for_cli(_one_line(str(e)))}")
+        return EXIT_FINDINGS
+    _err(note)
     record = gm.meta["fxgrad"]
-    print(_render_fix(record))
+    _say(_render_fix(record))
     if args.out is not None:
         try:
             args.out.write_text(_gm_source(gm, args))
         except OSError as e:
             raise InputError(f"Cannot write --out {args.out} ({e.strerror}). Hint: check that its directory "
                              "exists.") from e
-        print(f"\nwrote the fixed module's code to {args.out}")
+        _say(f"\nwrote the fixed module's code to {args.out}")
     # what is left: the fixed graph, analysed like the original
-    after = _analyze(gm, inputs)
+    after = _analyze(gm, inputs, args)
     if after.errors:
-        print(f"\nstill failing after the fix: {', '.join(sorted({f.code for f in after.errors}))} "
+        _say(f"\nstill failing after the fix: {', '.join(sorted({f.code for f in after.errors}))} "
               f"(`fxgrad check {args.target}` shows where)")
         return EXIT_FINDINGS
     return EXIT_OK if record.verification is None or record.verification.ok else EXIT_FINDINGS
@@ -439,6 +658,7 @@ def _cmd_fix(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .examples import EXAMPLES, get
+    from .rules import RULES_BY_CODE
 
     try:
         chosen = [get(n) for n in args.names] if args.names else list(EXAMPLES)
@@ -471,10 +691,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         else:
             rows.append(_demo_row(ex, report, record, fix_error))
     if not full:
-        print(f"fxgrad demo: {len(chosen)} small models, each with one pitfall (fxgrad/examples.py)\n")
-        print(tabulate(rows, headers=["example", "codes", "line", "fix", "what eager PyTorch does"],
+        _say(f"fxgrad demo: {len(chosen)} small models, each with one pitfall (fxgrad/examples.py)\n")
+        _say(tabulate(rows, headers=["example", "codes", "line", "fix", "what eager PyTorch does"],
                        tablefmt="simple"))
-        print("\n`fxgrad demo EXAMPLE` shows an example's full report; `fxgrad demo --all` shows every one.\n"
+        _say("\n`fxgrad demo EXAMPLE` shows an example's full report; `fxgrad demo --all` shows every one.\n"
               "Each model is a TARGET too: fxgrad check fxgrad.examples:SigmoidMul --input 8x4\n"
               "The demo selects every code; `fxgrad check` does not show FXG101 (a legal in-place op: correct code) "
               "unless selected.")
@@ -508,18 +728,18 @@ def _demo_row(ex: Any, report: Report, record: Any, fix_error: str) -> list[str]
 
 
 def _print_example(ex: Any, report: Report, record: Any, fix_error: str) -> None:
-    print(f"=== {ex.name}: {ex.description}")
-    print(f"eager PyTorch: {ex.eager.text}")
-    print(f"check it yourself: fxgrad check {ex.target}" + "".join(
+    _say(f"=== {ex.name}: {ex.description}")
+    _say(f"eager PyTorch: {ex.eager.text}")
+    _say(f"check it yourself: fxgrad check {ex.target}" + "".join(
         f" --input {'x'.join(map(str, t.shape))}" for t in ex.inputs() if hasattr(t, "shape")))
-    print()
-    print(_table(report, sys.stdout))
+    _say()
+    _say(_table(report, _out()))
     if record is not None:
-        print()
-        print(_render_fix(record))
+        _say()
+        _say(_render_fix(record))
     elif fix_error:
-        print(f"\nfxgrad fix failed: {fix_error}")
-    print()
+        _say(f"\nfxgrad fix failed: {fix_error}")
+    _say()
 
 
 _COMMANDS = {"check": _cmd_check, "fix": _cmd_fix, "demo": _cmd_demo}
@@ -534,21 +754,56 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-#: where the command line's own messages go: stderr as it was before library output was silenced
+#: hints in the library name the API and, in parentheses, the flag (``concrete_args (--concrete-arg NAME=VALUE)``);
+#: on the command line only the flag is shown. The other API spellings a message can reach the command line with:
+_API_AND_FLAG = re.compile(r"[\w.]+(?:=\S+?)? \((--[^()]+)\)")
+_FLAG_SPELLINGS = (
+    ("call fxgrad.fix(..., only='breaking')", "run `fxgrad fix` with --only breaking"),
+    ("pass unsafe=True", "pass --unsafe"),
+    ("pass rtol/atol", "pass --rtol/--atol"),
+    ("verify=False", "--no-verify"),
+    ('use capture="trace"', "use --capture trace"),
+    ("pass real example tensors", "pass --inputs FILE.py:FUNC returning real tensors"),
+    ("(fxgrad.spec(...) or tensors)", "(--input, --inputs)"),
+)
+
+
+def _for_cli(message: str) -> str:
+    """A library message as the command line's user reads it: hints name flags, not keyword arguments."""
+    message = _API_AND_FLAG.sub(r"\1", message)
+    for api, flag in _FLAG_SPELLINGS:
+        message = message.replace(api, flag)
+    return message
+
+
+#: where the command line's own messages go: stderr and stdout as they were before the commands redirected them
 _stderr: list[TextIO] = []
+_stdout: list[TextIO] = []
 
 
 def _err(message: str) -> None:
-    print(message, file=_stderr[-1] if _stderr else sys.stderr)
+    if message:
+        print(message, file=_stderr[-1] if _stderr else sys.stderr)
+
+
+def _out() -> TextIO:
+    """The report's stream: stdout as it was before the command started (see :func:`_streams`)."""
+    return _stdout[-1] if _stdout else sys.stdout
+
+
+def _say(*values: Any, end: str = "\n") -> None:
+    print(*values, end=end, file=_out())
 
 
 @contextmanager
-def _quiet(verbose: bool) -> Iterator[None]:
-    """Warnings and stray stderr output (torch.fx prints a failing generated forward) while fxgrad traces,
-    dry-runs or verifies the model are noise on the command line; ``--verbose`` keeps them."""
+def _streams(verbose: bool) -> Iterator[None]:
+    """stdout is the report's: what the user's code prints while fxgrad imports, captures, dry-runs or verifies it
+    goes to stderr, so ``--format json`` stays JSON. Warnings and stray stderr output (torch.fx prints a failing
+    generated forward) are noise on the command line; ``--verbose`` keeps them."""
+    _stdout.append(sys.stdout)
     _stderr.append(sys.stderr)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), redirect_stdout(_stderr[-1]):
             if verbose:
                 yield
                 return
@@ -556,7 +811,39 @@ def _quiet(verbose: bool) -> Iterator[None]:
             with redirect_stderr(io.StringIO()):
                 yield
     finally:
+        _stdout.pop()
         _stderr.pop()
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux), to time the interpreter's own start-up."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rpartition(")")[2].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _print_timings(started: float, age_at_start: float | None, phases: list[tuple[str, float]]) -> None:
+    """``--timings``: the command's phases, then what is left (Python's own start-up, fxgrad's CLI import)."""
+    rows: list[tuple[str, float]] = []
+    start_up = 0.0
+    if age_at_start is not None:  # from the process's start to the import of this module
+        start_up = age_at_start - (started - _IMPORTED_AT)
+        rows.append(("start Python, import fxgrad's CLI", start_up))
+    merged: dict[str, float] = {}
+    for name, seconds in phases:
+        merged[name] = merged.get(name, 0.0) + seconds
+    total = time.perf_counter() - started
+    rows.append(("other (arguments, settings, inputs)", total - sum(merged.values())))
+    rows += list(merged.items())
+    total += start_up
+    width = max(len(name) for name, _ in rows)
+    _err("fxgrad: timings (wall clock):")
+    for name, seconds in rows:
+        _err(f"  {name:<{width}}  {seconds * 1000:8.0f} ms")
+    _err(f"  {'total':<{width}}  {total * 1000:8.0f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -564,21 +851,27 @@ def main(argv: list[str] | None = None) -> int:
     verbose = False
     package_log = logging.getLogger(__package__)
     level = package_log.level
+    age, started = _process_age(), time.perf_counter()
     try:
         args = _parser().parse_args(argv)
         verbose = bool(getattr(args, "verbose", False))
         logging.basicConfig(format="fxgrad: %(levelname)s: %(name)s: %(message)s")
         if verbose:
             package_log.setLevel(logging.DEBUG)
-        with _quiet(verbose):
-            return _COMMANDS[args.command](args)
+        with _streams(verbose):
+            if not getattr(args, "timings", False):
+                return _COMMANDS[args.command](args)
+            with collect() as phases:
+                status = _COMMANDS[args.command](args)
+            _print_timings(started, age, phases)
+            return status
     except _UsageError as e:
         print(f"fxgrad: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except FxgradError as e:
         if verbose:
             traceback.print_exc()
-        print(f"fxgrad: error: {_one_line(str(e))}", file=sys.stderr)
+        print(f"fxgrad: error: {_for_cli(_one_line(str(e)))}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # `fxgrad check ... | head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -557,7 +557,9 @@ def prove(report: Report, gm: torch.fx.GraphModule, facts: GraphFacts, example_i
                                 f"({type(e).__name__}); verdicts are static. Hint: pass real example tensors.")
             return
         else:
-            raise _input_error(e) from e
+            error = _input_error(e)
+            error.meta_kernel = not want_real  # type: ignore[attr-defined]  # eager's own words may differ
+            raise error from e
     _apply(report, facts, result)
 
 

@@ -7,6 +7,7 @@ with ``fxgrad.spec((4096, 3, 224, 224))`` instead of allocating it.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,8 @@ from torch.utils import _pytree as pytree
 
 from .errors import InputError
 
-__all__ = ["Spec", "as_args", "bind_keywords", "has_real_tensors", "map_inputs", "spec"]
+__all__ = ["Spec", "as_args", "bind_keywords", "has_real_tensors", "has_specs", "map_inputs", "random_values", "spec",
+           "spec_bytes"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,33 @@ def has_real_tensors(args: Any) -> bool:
 def map_inputs(args: Any, fn: Callable[[torch.Tensor | Spec], Any]) -> Any:
     return pytree.tree_map(lambda a: fn(a) if isinstance(a, (torch.Tensor, Spec)) else a, args,
                            is_leaf=lambda x: isinstance(x, Spec))
+
+
+def has_specs(args: Any) -> bool:
+    """True when some input is a :class:`Spec` (a shape without values)."""
+    return any(isinstance(a, Spec) for a in _leaves(args))
+
+
+def spec_bytes(args: Any) -> int:
+    """The memory that real values for the specs in ``args`` would take."""
+    return sum(math.prod(a.shape) * a.dtype.itemsize for a in _leaves(args) if isinstance(a, Spec))
+
+
+def random_values(args: Any, *, seed: int = 0) -> Any:
+    """``args`` with every :class:`Spec` replaced by a real tensor of its shape, dtype and device: normal floats,
+    and 0/1 integers (valid token ids and indices for any table). A private generator: reproducible, and the global
+    RNG is left alone."""
+    generator = torch.Generator().manual_seed(seed)
+    return map_inputs(args, lambda a: _random(a, generator) if isinstance(a, Spec) else a)
+
+
+def _random(s: Spec, generator: torch.Generator) -> torch.Tensor:
+    if s.dtype.is_floating_point or s.dtype.is_complex:
+        t = torch.randn(s.shape, dtype=s.dtype, generator=generator)
+    elif s.dtype == torch.bool:
+        t = torch.randint(0, 2, s.shape, generator=generator).bool()
+    else:
+        t = torch.randint(0, 2, s.shape, dtype=s.dtype, generator=generator)
+    if s.device is not None:
+        t = t.to(s.device)
+    return t.requires_grad_(True) if s.requires_grad else t

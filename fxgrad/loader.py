@@ -7,8 +7,9 @@ from ``--input SHAPE[:DTYPE]`` specs or from an inputs factory (``--inputs path.
 that take integers, dicts or several tensors.
 
 Every mistake becomes an :class:`~fxgrad.errors.InputError` with one plain sentence, the user's line where one
-is involved, and a ``Hint:``; the original exception is chained. The input specs build small real tensors for
-now; parsing lives here so that it can switch to shape-only specs without touching the command line.
+is involved, and a ``Hint:``; the original exception is chained. An ``--input`` is a shape
+(:meth:`InputSpec.spec`, a :class:`~fxgrad.inputs.Spec`): the command line gives fxgrad shapes, and real values
+only where a run needs them (:func:`fxgrad.inputs.random_values`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .inputs import Spec, random_values
 
 __all__ = ["InputSpec", "build_inputs", "check_arity", "load_inputs", "load_model", "load_step", "parse_input_spec",
            "resolve_target"]
@@ -68,13 +70,9 @@ class InputSpec:
     def __str__(self) -> str:
         return "x".join(map(str, self.shape)) + ":" + str(self.dtype).removeprefix("torch.")
 
-    def build(self, generator: torch.Generator) -> torch.Tensor:
-        """A small real tensor: normal floats, or 0/1 integers (valid token ids and indices for any size)."""
-        if self.dtype.is_floating_point:
-            return torch.randn(self.shape, dtype=self.dtype, generator=generator)
-        if self.dtype == torch.bool:
-            return torch.randint(0, 2, self.shape, generator=generator).bool()
-        return torch.randint(0, 2, self.shape, dtype=self.dtype, generator=generator)
+    def spec(self) -> Spec:
+        """The shape-only input: it costs no memory, whatever its size."""
+        return Spec(self.shape, self.dtype)
 
 
 def parse_input_spec(text: str) -> InputSpec:
@@ -94,9 +92,10 @@ def parse_input_spec(text: str) -> InputSpec:
 
 
 def build_inputs(specs: Sequence[InputSpec]) -> tuple[torch.Tensor, ...]:
-    """One tensor per spec, from a fixed seed and a private generator: reproducible, global RNG untouched."""
-    generator = torch.Generator().manual_seed(_INPUT_SEED)
-    return tuple(spec.build(generator) for spec in specs)
+    """One real tensor per spec, from a fixed seed and a private generator: reproducible, global RNG untouched.
+    Normal floats, and 0/1 integers (valid token ids and indices for any table)."""
+    values: tuple[torch.Tensor, ...] = random_values(tuple(s.spec() for s in specs), seed=_INPUT_SEED)
+    return values
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -597,9 +597,18 @@ def _run_error(model: nn.Module, e: BaseException, meta: bool) -> Exception:
     at = f" at {where}: `{where.code}`" if where else ""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     name = type(model).__name__
+    error: InputError | TraceError
     if meta and ("meta" in reason or "data-dependent" in reason or "item()" in reason):
-        return InputError(f"{name} reads tensor values{at}, which shape-only inputs do not have ({reason}). "
-                          "Hint: pass real example tensors so fxgrad can run the model to capture it.")
-    return TraceError(f"{name}'s forward raised{at} while fxgrad ran it on the example inputs "
-                      f"({type(e).__name__}: {reason}).")
+        error = InputError(f"{name} reads tensor values{at}, which shape-only inputs do not have ({reason}). "
+                           "Hint: pass real example tensors so fxgrad can run the model to capture it.")
+    elif meta:
+        error = TraceError(f"{name}.forward raised {type(e).__name__}{at} ({reason}) when fxgrad ran it on "
+                           "shape-only inputs. Hint: if it runs on real tensors, pass real example tensors.")
+    else:
+        error = TraceError(f"{name}.forward raised {type(e).__name__}{at} ({reason}) when fxgrad ran it on the "
+                           "example inputs. Hint: this is an error in the model's own code (calling the model on "
+                           "these inputs raises it too), not a tracing problem: fix that line, or check the example "
+                           "inputs.")
+    error.shapes_only = meta  # type: ignore[union-attr]  # real values may run where shapes could not
+    return error
 

@@ -594,9 +594,12 @@ def verify(original: nn.Module, fixed: nn.Module, example_inputs: Sequence[Any],
                 raise VerificationError(
                     f"backward() of the fixed {name} still raises: {type(fix.backward_error).__name__}: "
                     f"{_first_line(fix.backward_error)}"
-                    + (f". In-place ops fxgrad left: {still}" if still else "")
-                    + ". Hint: rewrite the ops listed above by hand, or pass unsafe=True if they write graph "
-                    "inputs.") from fix.backward_error
+                    + (f". In-place ops fxgrad left: {still}. Hint: rewrite these ops by hand, or pass unsafe=True "
+                       "if they write graph inputs." if still else
+                       ". fxgrad found no in-place op that causes it, so it rewrote none for it. Hint: "
+                       "torch.autograd.set_detect_anomaly(True) names the forward line whose result backward "
+                       "needs; rewrite the in-place op after it out of place, and please report the model as an "
+                       "fxgrad miss.")) from fix.backward_error
             # Step 4: the reference.
             reference, notes, original_error = _reference(original, args, names, orig, cots, rng)
             # Step 5: compare.
