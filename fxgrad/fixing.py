@@ -11,7 +11,8 @@ Algorithm of :func:`fix`:
 5. With example inputs: where the out-of-place result has another dtype than the in-place one had (type
    promotion: ``h_f16 += x_f32`` stays float16, ``h_f16 + x_f32`` is float32), cast it back.
 6. With example inputs and ``verify=True``: prove the result against the original (:func:`fxgrad.verify.verify`).
-7. Store the frozen :class:`FixRecord` in ``result.meta["fxgrad"]``.
+7. For a verified fix: the same rewrites as edits of the user's own source (:func:`fxgrad.sourcefix.plan`).
+8. Store the frozen :class:`FixRecord` in ``result.meta["fxgrad"]``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from .errors import InputError
 from .inputs import Spec, as_args, bind_keywords, has_real_tensors, map_inputs
 from .report import Report
 from .rewrite import Left, OutOfPlace, Rewrite
+from .sourcefix import SourceDecline, SourceEdit
+from .sourcefix import plan as plan_source
 from .verify import Verification, flatten
 from .verify import verify as run_verification
 
@@ -60,6 +63,10 @@ class FixRecord:
     notes: tuple[str, ...] = ()
     #: how the model was captured: "trace" or "run" (for the branches the example inputs took)
     capture: str = "trace"
+    #: the verified rewrites as edits of the user's own files (``fxgrad fix --diff``), and the ones fxgrad did not
+    #: turn into edits, with the reason (library code, a line it cannot find ...)
+    source_edits: tuple[SourceEdit, ...] = ()
+    source_declined: tuple[SourceDecline, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -71,7 +78,7 @@ class FixRecord:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for group in ("rewrites", "left"):
+        for group in ("rewrites", "left", "source_declined"):
             for item in d[group]:
                 loc = item.get("location")
                 item["location"] = None if loc is None else {k: loc[k] for k in ("file", "line", "function", "code")}
@@ -91,6 +98,8 @@ class FixRecord:
             lines.append(str(self.verification))
         else:
             lines.append("not verified")
+        lines += [f"  source edit {e}" for e in self.source_edits]
+        lines += [f"  source {d}" for d in self.source_declined]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -263,9 +272,12 @@ def fix(
                                             left=breaking_left, model_name=name)
         elif verify:
             notes.append("not verified: pass example inputs to compare outputs and gradients with the original")
-    # Step 7: the record.
+        # Step 7: source edits, only where the rewrites were verified.
+        edits, declined = plan_source(model, traced, pass_.rewrites,
+                                      verified=verification is not None and verification.ok)
+    # Step 8: the record.
     record = FixRecord(name, mode, unsafe, tuple(pass_.rewrites), tuple(pass_.left), verification, tuple(notes),
-                       captured.how)
+                       captured.how, edits, declined)
     fixed.meta[META_KEY] = record
     log.debug("fixed %s: %d rewrites", name, len(record.rewrites))
     return fixed
