@@ -357,7 +357,8 @@ class _Planner:
                           f"{name}(..., inplace=True)")
         if not call.args or isinstance(call.args[0], ast.Starred):
             raise _Decline(f"`{name}(...)` has no first argument fxgrad can name", loc)
-        return [_remove_argument(src, call, _inplace_arg(call, position)), *self._rebind(src, call, call.args[0], node, loc)]
+        removed = _remove_argument(src, call, _inplace_arg(call, position))
+        return [removed, *self._rebind(src, call, call.args[0], node, loc)]
 
     def _out(self, src: _Source, node: torch.fx.Node, loc: SourceLocation) -> list[_Span]:
         name = getattr(node.target, "__name__", "")
@@ -422,6 +423,8 @@ class _Planner:
             return [src.span(at, at, f"{name} = ")]
         if isinstance(parent, ast.Return):
             return []  # nothing in this function reads it after the return
+        if isinstance(parent, ast.Call) and any(a is call for a in parent.args):
+            return [src.span(src.start(call), src.start(call), f"{name} := ")]  # f(e := e.mul(2)) needs no parentheses
         return [src.span(src.start(call), src.start(call), f"({name} := "), src.span(src.end(call), src.end(call), ")")]
 
     def _read_later(self, node: torch.fx.Node) -> bool:
@@ -742,13 +745,19 @@ def apply(edits: Sequence[SourceEdit], verify_edited: Callable[[dict[str, str]],
     except BaseException as e:
         _roll_back(texts, written)
         shown = ", ".join(_display(f) for f in texts)
-        reason = str(e).split(" Hint:")[0] if isinstance(e, (VerificationError, InputError)) else \
-            f"{type(e).__name__}: {e}"
+        reason = _reason(e)
         raise VerificationError(f"The edited source does not behave as the verified fix, so fxgrad rolled back "
                                 f"{shown}: {reason}. Hint: use the fixed GraphModule (`fxgrad fix --out FILE`), or "
                                 "apply the --diff by hand and check it; please report this as an fxgrad bug."
                                 ) from e
     return result
+
+
+def _reason(e: BaseException) -> str:
+    """An fxgrad error's sentence without its hint and final period; other errors with their type."""
+    if isinstance(e, (VerificationError, InputError)):
+        return str(e).split(" Hint:")[0].strip().rstrip(".")
+    return f"{type(e).__name__}: {e}"
 
 
 def _roll_back(texts: dict[str, tuple[str, str]], written: list[str]) -> None:
@@ -897,6 +906,17 @@ def run_command(gm: torch.fx.GraphModule, model: nn.Module, inputs: Sequence[Any
         print(f"fxgrad: nothing to change in the source ({why}).", file=err)
         return True
     assert inputs is not None  # verified, so there were example inputs
+    if record.source_declined:
+        # the source would do only part of the fix: nothing to check it against
+        partial = (f"fxgrad: the edits cover {len(record.rewrites) - len(record.source_declined)} of the "
+                   f"{len(record.rewrites)} rewrites; the ones listed above must be changed by hand")
+        if write:
+            print(f"{partial}, so fxgrad wrote nothing. Hint: use --diff for the partial patch, or the fixed "
+                  "GraphModule (`fxgrad fix --out FILE`).", file=err)
+        else:
+            print(unified_diff(edits), end="", file=out)
+            print(f"{partial}; this partial patch alone does not make backward run and was not checked.", file=err)
+        return False
     model_file, build = target_builder(target)
 
     def verify_edited(mapping: dict[str, str]) -> Verification:
@@ -907,7 +927,7 @@ def run_command(gm: torch.fx.GraphModule, model: nn.Module, inputs: Sequence[Any
             check_copies(edits, verify_edited)
         except (VerificationError, InputError) as e:
             print(f"fxgrad: the edited source does not behave as the verified fix, so no diff is shown: "
-                  f"{str(e).split(' Hint:')[0]}. Hint: use the fixed GraphModule (`fxgrad fix --out FILE`).", file=err)
+                  f"{_reason(e)}. Hint: use the fixed GraphModule (`fxgrad fix --out FILE`).", file=err)
             return False
         print(unified_diff(edits), end="", file=out)
         return True
