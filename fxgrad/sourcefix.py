@@ -59,7 +59,7 @@ import torch.fx
 from torch import nn
 
 from . import ops
-from .capture import SourceLocation
+from .capture import SourceLocation, node_origin
 from .errors import InputError, VerificationError
 from .rewrite import Rewrite, _function_twin, _inplace_position, _method_twin
 from .verify import Verification, verify
@@ -284,7 +284,7 @@ class _Planner:
         if rewrite.kind == "augmented":
             return self._augmented(src, node, loc)
         if node.op == "call_function" and node.target is operator.setitem:
-            return self._setitem(src, loc)
+            return self._setitem(src, node, loc)
         if rewrite.kind == "inplace-kwarg":
             return self._inplace_kwarg(src, node, loc)
         if rewrite.kind == "out":
@@ -375,16 +375,20 @@ class _Planner:
                           f"{symbol}=")
         target = stmt.target
         if isinstance(target, ast.Name):
+            self._guard_view(self._written(node), node, target.id, loc)
             value = src.segment(stmt.value)
             if not isinstance(stmt.value, _ATOMS):
                 value = f"({value})"
             return [src.span(src.start(stmt), src.end(stmt), f"{target.id} = {target.id} {symbol} {value}")]
         return self._clone_base(src, stmt, target, loc)
 
-    def _setitem(self, src: _Source, loc: SourceLocation) -> list[_Span]:
+    def _setitem(self, src: _Source, node: torch.fx.Node, loc: SourceLocation) -> list[_Span]:
         stmt = self._pick(src, loc, ast.Assign,
                           lambda s: len(s.targets) == 1 and isinstance(s.targets[0], ast.Subscript), "[...] =")
-        return self._clone_base(src, stmt, stmt.targets[0], loc)
+        target = stmt.targets[0]
+        if isinstance(target.value, ast.Name):
+            self._guard_view(self._written(node), node, target.value.id, loc)
+        return self._clone_base(src, stmt, target, loc)
 
     # -- how the written tensor gets its name back -----------------------------------------------------------------
 
@@ -409,6 +413,8 @@ class _Planner:
         """
         parent = src.parents.get(call)
         statement = isinstance(parent, ast.Expr)
+        if isinstance(written, ast.Name):
+            self._guard_view(self._written(node), node, written.id, loc)
         if not (statement or always or self._read_later(node)):
             return []
         if not isinstance(written, ast.Name):
@@ -426,6 +432,39 @@ class _Planner:
         if isinstance(parent, ast.Call) and any(a is call for a in parent.args):
             return [src.span(src.start(call), src.start(call), f"{name} := ")]  # f(e := e.mul(2)) needs no parentheses
         return [src.span(src.start(call), src.start(call), f"({name} := "), src.span(src.end(call), src.end(call), ")")]
+
+    @staticmethod
+    def _written(node: torch.fx.Node) -> torch.fx.Node | None:
+        """The graph value an in-place node writes: its ``out=`` or its first argument."""
+        out = node.kwargs.get("out") if node.op == "call_function" else None
+        first = out if isinstance(out, torch.fx.Node) else (node.args[0] if node.args else None)
+        return first if isinstance(first, torch.fx.Node) else None
+
+    def _guard_view(self, named: torch.fx.Node | None, node: torch.fx.Node, name: str, loc: SourceLocation) -> None:
+        """Decline when the variable the edit rebinds is a view whose base (or another view of it) is read after
+        the write: the write must reach them, and rebinding or cloning the view alone does not."""
+        if named is None:
+            return
+        base = named
+        while _is_view(base):
+            base = base.args[0]  # type: ignore[assignment]
+        if base is named:
+            return
+        at = self.index[node]
+        aliases, stack = [], [base]
+        while stack:
+            a = stack.pop()
+            if a is named:
+                continue
+            aliases.append(a)
+            stack += [u for u in a.users if _is_view(u) and self.index.get(u, at + 1) < at]
+        if any(self.index.get(u, -1) > at for a in aliases for u in a.users):
+            made = node_origin(base).location
+            what = f"the tensor of line {made.line} (`{made.code}`)" if made is not None else f"`{base.name}`"
+            raise _Decline(f"`{name}` is a view of {what}, which is read after the write: the write must reach it, "
+                           "and an edit of this line alone does not do that. Change it by hand (take the view from a "
+                           "`.clone()` of that tensor and use the clone from there on), or use the fixed GraphModule",
+                           loc)
 
     def _read_later(self, node: torch.fx.Node) -> bool:
         """Whether a node after ``node`` reads the tensor it wrote through another name than its result."""
@@ -532,6 +571,21 @@ class _Planner:
             except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as e:
                 raise _Decline(_library_reason(owner, f"the module `{path}`")) from e
         return self.source(file)
+
+
+def _is_view(node: torch.fx.Node) -> bool:
+    """``node`` may share memory with its first argument: a view op, or ``t[...]`` with a basic index."""
+    if not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    if node.op == "call_function" and node.target is operator.getitem:
+        index = node.args[1] if len(node.args) > 1 else None
+        items = index if isinstance(index, tuple) else (index,)
+        return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
+    if node.op == "call_method":
+        return ops.is_view_op(str(node.target))
+    if node.op == "call_function":
+        return ops.is_view_op(getattr(node.target, "__name__", ""))
+    return False
 
 
 def _class_file(cls: type) -> str:

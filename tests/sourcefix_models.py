@@ -145,3 +145,30 @@ class Clean(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.lin(x))
+
+
+class ViewThenBase(nn.Module):
+    """``first = h[:, 0]; first.mul_(2.0)`` with ``h`` read after: the write must reach ``h``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sigmoid(self.lin(x))
+        first = h[:, 0]
+        first.mul_(2.0)
+        return h
+
+
+class ViewStatement(nn.Module):
+    """``h[:, 0].mul_(2.0)`` on sigmoid's output: the base is cloned, and the write still reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sigmoid(self.lin(x))
+        h[:, 0].mul_(2.0)
+        return h

@@ -22,9 +22,11 @@ from torch import nn
 
 import fxgrad
 from fxgrad import sourcefix
+from fxgrad.capture import node_origin
 from fxgrad.cli import main
 from fxgrad.errors import VerificationError
 from fxgrad.examples import EXAMPLES, Example
+from fxgrad.rewrite import Rewrite
 from fxgrad.sourcefix import SourceEdit
 
 from .oracle import INPLACE_ERROR
@@ -433,3 +435,61 @@ def test_apply_rolls_back_on_an_error(tmp_path: Path) -> None:
     with pytest.raises(VerificationError, match=r"rolled back \S*m.py: outputs differ\. Hint:"):
         sourcefix.apply(edits, failing)
     assert path.read_text() == "a = 1\nb = 2  # keep\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writes through views (the rewrite that makes them out of place is being added to fix; the planner is ready)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _plan_mul_(model: nn.Module) -> tuple[tuple[SourceEdit, ...], tuple[sourcefix.SourceDecline, ...]]:
+    """Plan the source edit of the model's ``mul_`` as if ``fix`` had rewritten and verified it."""
+    traced = fxgrad.trace(model)
+    node = next(n for n in traced.graph.nodes if n.target == "mul_")
+    rewrite = Rewrite(node.name, "mul", "method", "", "", node_origin(node).location)
+    return sourcefix.plan(model, traced, [rewrite], verified=True)
+
+
+def test_a_write_through_a_named_view_whose_base_is_read_later_is_declined(tmp_path: Path) -> None:
+    path = tmp_path / "models.py"
+    shutil.copy(MODELS, path)
+    model = _import(path).ViewThenBase()
+    x = torch.randn(3, 4)
+    _original_raises(model, x)
+    edits, declined = _plan_mul_(model)
+    assert edits == ()
+    (d,) = declined
+    assert d.location is not None and d.location.code == "first.mul_(2.0)"
+    assert d.reason.startswith("`first` is a view of the tensor of line ")
+    assert "(`h = torch.sigmoid(self.lin(x))`), which is read after the write" in d.reason
+
+
+def test_a_write_into_a_view_expression_clones_the_base(tmp_path: Path) -> None:
+    path = tmp_path / "models.py"
+    shutil.copy(MODELS, path)
+    model = _import(path).ViewStatement()
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    _original_raises(model, x)
+    edits, declined = _plan_mul_(model)
+    assert declined == ()
+    want = ("        h[:, 0].mul_(2.0)", "        h = h.clone(); h[:, 0].mul_(2.0)")
+    assert [(e.old, e.new) for e in edits] == [want]
+    path.write_text(sourcefix.edited_texts(edits)[str(path)][1])
+    edited = _import(path).ViewStatement()
+    edited.load_state_dict(model.state_dict())
+
+    class Reference(nn.Module):  # what the original means, out of place
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = model.lin
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            scale = torch.ones(4)
+            scale[0] = 2.0
+            return torch.sigmoid(self.lin(x)) * scale
+
+    want_out, want = _run(Reference(), x)
+    got_out, got = _run(edited, x)  # the edited file trains
+    torch.testing.assert_close(got_out, want_out)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, msg=name)
