@@ -94,12 +94,12 @@ class FixRecord:
                 lines.append(f"    unsafe: {r.unsafe_change}")
         for lf in self.left:
             lines.append(f"  left {lf}")
+        lines += [f"  source edit {e}" for e in self.source_edits]
+        lines += [f"  source {d}" for d in self.source_declined]
         if self.verification is not None:
             lines.append(str(self.verification))
         else:
             lines.append("not verified")
-        lines += [f"  source edit {e}" for e in self.source_edits]
-        lines += [f"  source {d}" for d in self.source_declined]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

@@ -143,10 +143,11 @@ def _display(path: str) -> str:
     return path if rel.startswith(".." + os.sep + "..") else rel
 
 
-def _library_reason(owner: str, what: str) -> str:
+def _library_reason(owner: str, what: str, *, module: bool = False) -> str:
+    instead = ("build that module yourself without inplace=True (replace it on your model, or subclass the "
+               "library's class)") if module else "override that forward in a subclass, out of place"
     return (f"{what} is in {owner}, which fxgrad never edits. Hint: use the fixed GraphModule "
-            "(fxgrad.fix(model, inputs), or `fxgrad fix --out FILE`), or change that line in your copy of the library "
-            "(a subclass that builds the module differently)")
+            f"(fxgrad.fix(model, inputs), or `fxgrad fix --out FILE`), or {instead}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -254,7 +255,7 @@ class _Planner:
         self.index = {n: i for i, n in enumerate(traced.graph.nodes)}
         self.sources: dict[str, _Source] = {}
         #: (file, line, spelling) -> how many rewrites of that spelling the line had so far (loops repeat it)
-        self.seen: dict[tuple[str, int, str], list[str]] = {}
+        self.seen: dict[tuple[str, int, str], int] = {}
 
     def source(self, file: str) -> _Source:
         if file not in self.sources:
@@ -270,8 +271,6 @@ class _Planner:
         node = self.nodes.get(rewrite.node)
         if node is None:
             raise _Decline("the rewritten node is not in the captured graph")
-        if rewrite.unsafe_change and node.op == "call_method":
-            pass  # a write to a graph input: the caller's tensor is no longer modified, as unsafe=True announced
         if rewrite.kind == "module":
             return self._module(node)
         loc = rewrite.location
@@ -289,7 +288,7 @@ class _Planner:
             return self._inplace_kwarg(src, node, loc)
         if rewrite.kind == "out":
             return self._out(src, node, loc)
-        if node.op == "call_method":
+        if node.op == "call_method" and rewrite.kind in ("method", "function", "clone-write"):
             return self._method(src, node, loc)
         if node.op == "call_function" and rewrite.kind == "function":
             return self._function(src, node, loc)
@@ -302,9 +301,10 @@ class _Planner:
         if not found:
             raise _Decline(f"fxgrad cannot find `{what}` on this line", loc)
         key = (src.file, loc.line, what)
-        count = len(self.seen.setdefault(key, []))
-        self.seen[key].append(what)
-        # a line run once per loop iteration or module instance repeats its ops: the same span again
+        count = self.seen.get(key, 0)
+        self.seen[key] = count + 1
+        # the n-th rewrite of this spelling on the line is its n-th occurrence, in evaluation (source) order; a
+        # line run once per loop iteration or module instance repeats them: the same spans again
         return found[count % len(found)]
 
     # -- in-place ops at their own line ----------------------------------------------------------------------------
@@ -383,9 +383,10 @@ class _Planner:
         return self._clone_base(src, stmt, target, loc)
 
     def _setitem(self, src: _Source, node: torch.fx.Node, loc: SourceLocation) -> list[_Span]:
-        stmt = self._pick(src, loc, ast.Assign,
-                          lambda s: len(s.targets) == 1 and isinstance(s.targets[0], ast.Subscript), "[...] =")
-        target = stmt.targets[0]
+        # `x[i] = v`, or the write-back of `x[i] += v`
+        stmt = self._pick(src, loc, ast.stmt, lambda s: isinstance(_item_target(s), ast.Subscript), "[...] =")
+        target = _item_target(stmt)
+        assert isinstance(target, ast.Subscript)
         if isinstance(target.value, ast.Name):
             self._guard_view(self._written(node), node, target.value.id, loc)
         return self._clone_base(src, stmt, target, loc)
@@ -554,7 +555,8 @@ class _Planner:
             owner_lib = library_owner(file)
             if owner_lib is not None:
                 first = found[0]
-                raise _Decline(_library_reason(owner_lib, f"the module `{path}`, built by `{src.segment(first)}`,"),
+                raise _Decline(_library_reason(owner_lib, f"the module `{path}`, built by `{src.segment(first)}`,",
+                                               module=True),
                                _loc(src, first))
             return [(src, e) for e in found]
         raise _Decline(f"fxgrad cannot find where `{path}` is built: no `self.{attr} = ...` in the `__init__` of "
@@ -569,8 +571,15 @@ class _Planner:
             try:
                 return _Source(file)
             except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as e:
-                raise _Decline(_library_reason(owner, f"the module `{path}`")) from e
+                raise _Decline(_library_reason(owner, f"the module `{path}`", module=True)) from e
         return self.source(file)
+
+
+def _item_target(stmt: ast.AST) -> ast.expr | None:
+    """The target of ``x[i] = v`` or ``x[i] += v``."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+        return stmt.targets[0]
+    return stmt.target if isinstance(stmt, ast.AugAssign) else None
 
 
 def _is_view(node: torch.fx.Node) -> bool:

@@ -172,3 +172,27 @@ class ViewStatement(nn.Module):
         h = torch.sigmoid(self.lin(x))
         h[:, 0].mul_(2.0)
         return h
+
+
+class Spellings(nn.Module):
+    """More spellings: an op without an out-of-place method, ``F.relu_``, ``*=`` of a sum, ``x[i] += v``, ``out=``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.add_module("c", nn.Linear(4, 4))
+        self.add_module("act", nn.Hardtanh(-1.0, 1.0, True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.sigmoid(self.a(x))
+        a.fill_(0.5)
+        b = torch.tanh(self.b(x))
+        F.relu_(b)
+        c = torch.exp(self.c(x))
+        c *= b + 1.0
+        s = torch.sigmoid(x)
+        s[:, 0] += 1.0
+        o = torch.empty(3, 4)
+        torch.sin(s, out=o)
+        return a + b + c + self.act(torch.tanh(o))

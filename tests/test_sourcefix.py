@@ -43,7 +43,10 @@ BROKEN = {
     "Functional": (3, 4),
     "Augmented": (3, 4),
     "Expressions": (3, 4),
+    "Spellings": (3, 4),
 }
+#: models whose test runs `fix --only all` (every safe in-place op, so that every spelling in them is edited)
+ONLY_ALL = {"Spellings"}
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +130,8 @@ def test_diff_applies_with_patch_and_the_file_trains(name: str, tmp_path: Path, 
     original = getattr(_import(work / "src" / "models.py"), name)()
     _original_raises(original, x)
 
-    assert main(["fix", f"src/models.py:{name}", "--input", _shape(BROKEN[name]), "--diff"]) == 0
+    only = ["--only", "all"] if name in ONLY_ALL else []
+    assert main(["fix", f"src/models.py:{name}", "--input", _shape(BROKEN[name]), *only, "--diff"]) == 0
     captured = capsys.readouterr()
     diff = captured.out
     assert diff.startswith("--- a/src/models.py\n+++ b/src/models.py\n"), diff
@@ -138,7 +142,7 @@ def test_diff_applies_with_patch_and_the_file_trains(name: str, tmp_path: Path, 
     (applied / "src").mkdir(parents=True)
     shutil.copy(MODELS, applied / "src" / "models.py")
     _patch(diff, applied)
-    gm = fxgrad.fix(original, (x,))
+    gm = fxgrad.fix(original, (x,), only="all" if only else None)
     assert gm.meta["fxgrad"].verified
     _check_edited(applied / "src" / "models.py", name, original, gm, x)
 
@@ -180,6 +184,24 @@ def test_only_all_edits_every_safe_op(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "z = self.head(e := e.mul(2.0)) + e.sum()\n" in text  # e is read again after the write
     assert "return t.sigmoid()\n" in text
     _check_edited(path, "Expressions", original, gm, x)
+
+
+def test_every_spelling_is_edited_as_documented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "models.py"
+    shutil.copy(MODELS, path)
+    monkeypatch.chdir(tmp_path)
+    before = path.read_text().splitlines()
+    assert main(["fix", "models.py:Spellings", "--input", "3x4", "--only", "all", "--write"]) == 0
+    after = path.read_text().splitlines()
+    changed = sorted((b.strip(), a.strip()) for b, a in zip(before, after, strict=True) if b != a)
+    assert changed == sorted([
+        ('self.add_module("act", nn.Hardtanh(-1.0, 1.0, True))', 'self.add_module("act", nn.Hardtanh(-1.0, 1.0))'),
+        ("a.fill_(0.5)", "a = a.clone().fill_(0.5)"),
+        ("F.relu_(b)", "b = F.relu(b)"),
+        ("c *= b + 1.0", "c = c * (b + 1.0)"),
+        ("s[:, 0] += 1.0", "s = s.clone(); s[:, 0] += 1.0"),
+        ("torch.sin(s, out=o)", "o = torch.sin(s)"),
+    ])
 
 
 def test_comments_and_formatting_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
