@@ -167,6 +167,10 @@ class _Span:
     text: str
 
 
+#: the node types :meth:`_Source.nodes_at` finds
+_LOOKED_UP = (ast.Call, ast.Assign, ast.AugAssign)
+
+
 class _Source:
     """One file: its text, its lines and its ``ast``, with byte-column -> character-column conversion."""
 
@@ -176,9 +180,19 @@ class _Source:
         self.lines = self.text.splitlines(keepends=True)
         self.tree = ast.parse(self.text, filename=file)
         self.parents: dict[ast.AST, ast.AST] = {}
+        #: the calls and assignments that span each line, and each function by (name, def or decorator line):
+        #: one walk of the tree, so finding an op's node costs the nodes on its line
+        self.by_line: dict[int, list[ast.AST]] = {}
+        self.functions: dict[tuple[str, int], ast.FunctionDef] = {}
         for parent in ast.walk(self.tree):
             for child in ast.iter_child_nodes(parent):
                 self.parents[child] = parent
+            if isinstance(parent, _LOOKED_UP):
+                for line in range(parent.lineno, (parent.end_lineno or parent.lineno) + 1):
+                    self.by_line.setdefault(line, []).append(parent)
+            elif isinstance(parent, ast.FunctionDef):
+                for line in (parent.lineno, *(d.lineno for d in parent.decorator_list)):
+                    self.functions[(parent.name, line)] = parent
 
     def col(self, line: int, byte_col: int) -> int:
         raw = self.lines[line - 1].encode("utf-8")
@@ -204,8 +218,7 @@ class _Source:
 
     def nodes_at(self, line: int, kind: type[ast.AST]) -> list[ast.AST]:
         """Nodes of ``kind`` whose lines include ``line``, in source order (those that start on it first)."""
-        found = [n for n in ast.walk(self.tree) if isinstance(n, kind)
-                 and n.lineno <= line <= (n.end_lineno or n.lineno)]  # type: ignore[attr-defined]
+        found = [n for n in self.by_line.get(line, ()) if isinstance(n, kind)]
         return sorted(found, key=lambda n: (n.lineno != line, n.lineno, n.col_offset))  # type: ignore[attr-defined]
 
 
@@ -546,7 +559,7 @@ class _Planner:
             if file.startswith(_TORCH_DIR):
                 continue  # torch.nn's own classes build no user submodules
             src = self._owner_source(init, path)
-            fn = _function_at(src.tree, "__init__", init.__code__.co_firstlineno)
+            fn = src.functions.get(("__init__", init.__code__.co_firstlineno))
             if fn is None:
                 continue
             found = [e for e in _assigned(fn, attr)]
@@ -666,15 +679,6 @@ def _element(expr: ast.expr, index: int) -> ast.expr | None:
     elif isinstance(expr, (ast.ListComp, ast.GeneratorExp)):
         return expr.elt
     return items[index] if index < len(items) else None
-
-
-def _function_at(tree: ast.AST, name: str, first_line: int) -> ast.FunctionDef | None:
-    for n in ast.walk(tree):
-        if isinstance(n, ast.FunctionDef) and n.name == name:
-            lines = {n.lineno, *(d.lineno for d in n.decorator_list)}
-            if first_line in lines:
-                return n
-    return None
 
 
 def _assigned(fn: ast.FunctionDef, attr: str) -> Iterator[ast.expr]:
