@@ -719,6 +719,11 @@ def plan(model: nn.Module, traced: torch.fx.GraphModule, rewrites: Sequence[Rewr
         except _Decline as d:
             declined.append(SourceDecline(r.node, d.location or r.location, d.reason))
             continue
+        except Exception as e:  # a bug here must not cost the user the verified GraphModule
+            log.debug("source edit of %s failed", r.node, exc_info=True)
+            declined.append(SourceDecline(r.node, r.location, f"fxgrad failed to work out the source edit "
+                                          f"({type(e).__name__}: {e}); please report it as an fxgrad bug"))
+            continue
         taken = spans.setdefault(found[0].file, [])
         clash = [s for s in found for t in taken if s != t and _overlap(s, t)]
         if clash:

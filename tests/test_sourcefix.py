@@ -515,3 +515,20 @@ def test_a_write_into_a_view_expression_clones_the_base(tmp_path: Path) -> None:
     torch.testing.assert_close(got_out, want_out)
     for name, g in want.items():
         torch.testing.assert_close(got[name], g, msg=name)
+
+
+def test_a_failure_in_the_planner_is_a_decline_not_a_lost_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "models.py"
+    shutil.copy(MODELS, path)
+
+    def broken(self: Any, rewrite: Rewrite) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sourcefix._Planner, "spans", broken)
+    x = torch.randn(3, 4)
+    gm = fxgrad.fix(_import(path).Augmented(), (x,))
+    record = gm.meta["fxgrad"]
+    assert record.verified and record.source_edits == ()
+    assert [d.reason for d in record.source_declined] == [
+        "fxgrad failed to work out the source edit (RuntimeError: boom); please report it as an fxgrad bug"] * 2
+    gm(x).sum().backward()  # the GraphModule is still the verified fix
