@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import importlib.util
 import inspect
 import itertools
@@ -110,6 +111,7 @@ _EXAMPLES = os.path.join(_FXGRAD_DIR, "examples.py")
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
+@functools.cache
 def _library_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     dirs = {os.path.abspath(paths[k]) + os.sep for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
@@ -206,7 +208,11 @@ class _Source:
         return end_line, self.col(end_line, node.end_col_offset)  # type: ignore[attr-defined]
 
     def segment(self, node: ast.AST) -> str:
-        return ast.get_source_segment(self.text, node) or ""
+        """The node's exact source text (``ast.get_source_segment`` splits the whole file on every call)."""
+        (line, col), (end_line, end_col) = self.start(node), self.end(node)
+        if line == end_line:
+            return self.lines[line - 1][col:end_col]
+        return self.lines[line - 1][col:] + "".join(self.lines[line:end_line - 1]) + self.lines[end_line - 1][:end_col]
 
     def span(self, a: tuple[int, int], b: tuple[int, int], text: str) -> _Span:
         return _Span(self.file, a[0], a[1], b[0], b[1], text)
