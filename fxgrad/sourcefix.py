@@ -548,6 +548,11 @@ class _Planner:
                 element = _element(built[1], int(part))
                 if element is not None:
                     sites = [(built[0], element)]
+            if not sites and built is not None and isinstance(owner, (nn.Sequential, nn.ModuleList)):
+                src, expr = built
+                raise _Decline(f"`{path}` is built inside `{_shorten(src.segment(expr))}`, which fxgrad does not "
+                               "follow (a helper function, a loop or *args); remove `inplace=True` where that module "
+                               "is made", _loc(src, expr))
             if not sites:
                 sites = self._assignments(owner, part, path)
             built = sites[0]
@@ -626,6 +631,11 @@ def _class_file(cls: type) -> str:
 def _loc(src: _Source, node: ast.AST) -> SourceLocation:
     line = node.lineno  # type: ignore[attr-defined]
     return SourceLocation(src.file, line, "", src.lines[line - 1].strip())
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 
 def _callee(call: ast.Call) -> str:
