@@ -249,10 +249,12 @@ def _apply_spans(source: _Source, spans: Sequence[_Span]) -> str:
 class _Decline(Exception):
     """A rewrite that cannot be a source edit: the reason, and the line that needs the change."""
 
-    def __init__(self, reason: str, location: SourceLocation | None = None) -> None:
+    def __init__(self, reason: str, location: SourceLocation | None = None, *, library: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.location = location
+        #: the change is needed in library code
+        self.library = library
 
 
 _AUG_SYMBOL: dict[type[ast.operator], str] = {
@@ -518,8 +520,23 @@ class _Planner:
             raise _Decline(f"`{path}` is not a submodule of the model") from e
         parent_path, _, attr = path.rpartition(".")
         parent = self.model.get_submodule(parent_path)
-        if library_owner(_class_file(type(parent))) not in (None, "torch"):
-            self._assignments(parent, attr, path)  # a library class built it: the decline names its line
+        lib = library_owner(_class_file(type(parent)))
+        if lib not in (None, "torch"):
+            # a library class built it: the decline names the line that builds it, or else the class
+            try:
+                self._assignments(parent, attr, path)
+            except _Decline as d:
+                if d.library:
+                    raise
+            cls = type(parent)
+            where = None
+            try:
+                lines, first = inspect.getsourcelines(cls)
+                where = SourceLocation(_class_file(cls), first, "", lines[0].strip())
+            except (OSError, TypeError):
+                pass
+            raise _Decline(_library_reason(str(lib), f"the module `{path}`, built by {cls.__name__},", module=True),
+                           where)
         sites = self._construction(path)
         spans = []
         for src, expr in sites:
@@ -579,9 +596,8 @@ class _Planner:
             owner_lib = library_owner(file)
             if owner_lib is not None:
                 first = found[0]
-                raise _Decline(_library_reason(owner_lib, f"the module `{path}`, built by `{src.segment(first)}`,",
-                                               module=True),
-                               _loc(src, first))
+                what = f"the module `{path}`, built by `{_shorten(src.segment(first))}`,"
+                raise _Decline(_library_reason(owner_lib, what, module=True), _loc(src, first), library=True)
             return [(src, e) for e in found]
         raise _Decline(f"fxgrad cannot find where `{path}` is built: no `self.{attr} = ...` in the `__init__` of "
                        f"{type(owner).__name__} or its base classes (a helper function or a loop builds it); remove "
