@@ -375,6 +375,13 @@ def test_source_fix_edits_the_users_file_and_declines_torchvision(tmp_path: Path
     assert (resnet, lines.index("        self.relu = nn.ReLU(inplace=True)") + 1) in declined
     assert (resnet, lines.index("        out += identity") + 1) in declined
     assert all("is in torchvision, which fxgrad never edits" in d.reason for d in record.source_declined)
+    # modules that torchvision's own classes build (Conv2dNormActivation's activation) are library code too
+    mnv3 = tv.models.mobilenet_v3_small(weights=None, num_classes=4)
+    record = fxgrad.fix(mnv3, (x,), only="all").meta["fxgrad"]
+    assert record.verified and len(record.source_declined) == len(record.rewrites) > 0
+    assert record.source_edits == ()
+    assert all("is in torchvision, which fxgrad never edits" in d.reason for d in record.source_declined)
+    assert any("built by Conv2dNormActivation" in d.reason for d in record.source_declined)
 
 
 # ----------------------------------------------------------------------------------------------------------------
