@@ -161,8 +161,8 @@ def _dtypes(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> dict[str, torch.
 
 
 def _repair_dtypes(fixed: torch.fx.GraphModule, before: dict[str, torch.dtype], pass_: OutOfPlace,
-                   args: tuple[Any, ...]) -> list[str]:
-    """Step 5: cast out-of-place results back to the dtype their in-place op kept."""
+                   args: tuple[Any, ...], cast_back: set[str] | None = None) -> list[str]:
+    """Step 5: cast out-of-place results back to the dtype their in-place op kept (their names into ``cast_back``)."""
     after = _dtypes(fixed, args)
     if after is None:
         return []
@@ -176,6 +176,8 @@ def _repair_dtypes(fixed: torch.fx.GraphModule, before: dict[str, torch.dtype], 
         cast.meta = dict(new.meta)
         new.replace_all_uses_with(cast, delete_user_cb=functools.partial(operator.is_not, cast))
         notes.append(f"`{old}`: the out-of-place result is {have}; cast back to {want} as the in-place op kept it")
+        if cast_back is not None:
+            cast_back.add(old)
     if notes:
         fixed.graph.lint()
         fixed.recompile()
@@ -252,10 +254,11 @@ def fix(
                           "in-place ops; only='all' rewrites it")
         pass_(fixed)
         # Step 5: dtypes.
+        cast_back: set[str] = set()
         if args is not None and pass_.rewrites:
             before = _dtypes(traced, args)
             if before is not None:
-                notes += _repair_dtypes(fixed, before, pass_, args)
+                notes += _repair_dtypes(fixed, before, pass_, args, cast_back)
         elif pass_.rewrites:
             notes.append("no example inputs: rewrites assume the operands of each in-place op have its dtype "
                          "(h_f16 += x_f32 keeps float16, h_f16 + x_f32 does not); pass example inputs to check")
@@ -273,7 +276,7 @@ def fix(
         elif verify:
             notes.append("not verified: pass example inputs to compare outputs and gradients with the original")
         # Step 7: source edits, only where the rewrites were verified.
-        edits, declined = plan_source(model, traced, pass_.rewrites,
+        edits, declined = plan_source(model, traced, pass_.rewrites, cast_back=cast_back,
                                       verified=verification is not None and verification.ok)
     # Step 8: the record.
     record = FixRecord(name, mode, unsafe, tuple(pass_.rewrites), tuple(pass_.left), verification, tuple(notes),

@@ -48,7 +48,7 @@ import re
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,8 +270,9 @@ _CONTAINERS = ("Sequential", "ModuleList")
 class _Planner:
     """Turns rewrites into spans; one parsed :class:`_Source` per file."""
 
-    def __init__(self, model: nn.Module, traced: torch.fx.GraphModule) -> None:
+    def __init__(self, model: nn.Module, traced: torch.fx.GraphModule, cast_back: frozenset[str]) -> None:
         self.model = model
+        self.cast_back = cast_back
         self.nodes = {n.name: n for n in traced.graph.nodes}
         self.index = {n: i for i, n in enumerate(traced.graph.nodes)}
         self.sources: dict[str, _Source] = {}
@@ -301,6 +302,9 @@ class _Planner:
         if owner is not None:
             raise _Decline(_library_reason(owner, f"`{loc.code}`"), loc)
         src = self.source(loc.file)
+        if node.name in self.cast_back and rewrite.kind not in ("augmented", "method", "function", "clone-write"):
+            raise _Decline("fix cast the out-of-place result back to the in-place op's dtype, which fxgrad does not "
+                           "write for this spelling; add `.to(<the old dtype>)` by hand", loc)
         if rewrite.kind == "augmented":
             return self._augmented(src, node, loc)
         if node.op == "call_function" and node.target is operator.setitem:
@@ -346,7 +350,7 @@ class _Planner:
         else:
             # no out-of-place method: the op writes into a fresh copy, `t.clone().fill_(v)`
             spans = [src.span(src.end(receiver), src.end(receiver), ".clone()")]
-        return spans + self._rebind(src, call, receiver, node, loc)
+        return spans + self._rebind(src, call, receiver, node, loc) + self._cast(src, call, receiver, node, loc)
 
     def _function(self, src: _Source, node: torch.fx.Node, loc: SourceLocation) -> list[_Span]:
         fn = node.target
@@ -360,7 +364,8 @@ class _Planner:
         if view is not None:
             return view
         end = src.end(call.func)
-        return [src.span((end[0], end[1] - 1), end, ""), *self._rebind(src, call, call.args[0], node, loc)]
+        return [src.span((end[0], end[1] - 1), end, ""), *self._rebind(src, call, call.args[0], node, loc),
+                *self._cast(src, call, call.args[0], node, loc)]
 
     def _view_write(self, src: _Source, call: ast.Call, written: ast.expr, loc: SourceLocation) -> list[_Span] | None:
         """A statement that writes into a view, ``h[:, 0].mul_(2)``: the base is cloned first and keeps the write."""
@@ -400,7 +405,11 @@ class _Planner:
             value = src.segment(stmt.value)
             if not isinstance(stmt.value, _ATOMS):
                 value = f"({value})"
-            return [src.span(src.start(stmt), src.end(stmt), f"{target.id} = {target.id} {symbol} {value}")]
+            n = target.id
+            text = f"{n} = {n} {symbol} {value}"
+            if node.name in self.cast_back:  # `h16 += x32` kept float16
+                text = f"{n} = ({n} {symbol} {value}).to({n}.dtype)"
+            return [src.span(src.start(stmt), src.end(stmt), text)]
         return self._clone_base(src, stmt, target, loc)
 
     def _setitem(self, src: _Source, node: torch.fx.Node, loc: SourceLocation) -> list[_Span]:
@@ -454,6 +463,17 @@ class _Planner:
         if isinstance(parent, ast.Call) and any(a is call for a in parent.args):
             return [src.span(src.start(call), src.start(call), f"{name} := ")]  # f(e := e.mul(2)) needs no parentheses
         return [src.span(src.start(call), src.start(call), f"({name} := "), src.span(src.end(call), src.end(call), ")")]
+
+    def _cast(self, src: _Source, call: ast.Call, written: ast.expr, node: torch.fx.Node, loc: SourceLocation
+              ) -> list[_Span]:
+        """``.to(t.dtype)`` after the out-of-place call, where ``fix`` cast its result back (after the rebinding
+        spans in the list: at the same position, the cast goes inside a closing walrus parenthesis)."""
+        if node.name not in self.cast_back:
+            return []
+        if not isinstance(written, ast.Name):
+            raise _Decline("fix cast the out-of-place result back to the in-place op's dtype, and the written tensor "
+                           "has no name to take the dtype from; add `.to(<the old dtype>)` by hand", loc)
+        return [src.span(src.end(call), src.end(call), f".to({written.id}.dtype)")]
 
     @staticmethod
     def _written(node: torch.fx.Node) -> torch.fx.Node | None:
@@ -733,15 +753,19 @@ def _assigned(fn: ast.FunctionDef, attr: str) -> Iterator[ast.expr]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def plan(model: nn.Module, traced: torch.fx.GraphModule, rewrites: Sequence[Rewrite], *, verified: bool
-         ) -> tuple[tuple[SourceEdit, ...], tuple[SourceDecline, ...]]:
-    """The source edits that make ``model``'s own code do what the verified rewrites do, and the declines."""
+def plan(model: nn.Module, traced: torch.fx.GraphModule, rewrites: Sequence[Rewrite], *, verified: bool,
+         cast_back: Collection[str] = ()) -> tuple[tuple[SourceEdit, ...], tuple[SourceDecline, ...]]:
+    """The source edits that make ``model``'s own code do what the verified rewrites do, and the declines.
+
+    ``cast_back``: the rewritten nodes whose out-of-place result ``fix`` cast back to the in-place op's dtype
+    (``h16 += x32``); their edits cast too (``h16 = (h16 + x32).to(h16.dtype)``).
+    """
     # Step 1: verified rewrites only.
     if not verified:
         reason = ("the fix was not verified (pass example inputs with values, and verify=True): fxgrad edits source "
                   "only where it proved the rewrite")
         return (), tuple(SourceDecline(r.node, r.location, reason) for r in rewrites)
-    planner = _Planner(model, traced)
+    planner = _Planner(model, traced, frozenset(cast_back))
     spans: dict[str, list[_Span]] = {}
     declined: list[SourceDecline] = []
     for r in rewrites:
@@ -852,7 +876,8 @@ def apply(edits: Sequence[SourceEdit], verify_edited: Callable[[dict[str, str]],
         reason = _reason(e)
         raise VerificationError(f"The edited source does not behave as the verified fix, so fxgrad rolled back "
                                 f"{shown}: {reason}. Hint: use the fixed GraphModule (`fxgrad fix --out FILE`), or "
-                                "apply the --diff by hand and check it; please report this as an fxgrad bug."
+                                "make the change by hand from `fxgrad fix --diff` (two names for one tensor, such as "
+                                "`identity = out` before `out += x`, need it)."
                                 ) from e
     return result
 
@@ -958,7 +983,14 @@ def check(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], build: Callab
             raise VerificationError(f"the rebuilt model lacks the parameters {sorted(ref_params - new_params)[:3]} "
                                     "of the fixed module")
         # Step 3: the verified GraphModule is the reference.
-        return verify(gm, rebuilt, tuple(example_inputs), model_name=type(model).__name__)
+        try:
+            return verify(gm, rebuilt, tuple(example_inputs), model_name=type(model).__name__)
+        except VerificationError as e:
+            # verify's words are "fixed" (here: the edited source) and "original" (here: the verified fix)
+            text = str(e).split(" Rewrites involved:")[0].split(" Hint:")[0]
+            detail = text.split("computes: ", 1)[1] if "computes: " in text else text
+            raise VerificationError(f"the model rebuilt from the edited source differs from the verified fix: "
+                                    f"{detail}") from e
 
 
 # --------------------------------------------------------------------------------------------------------------

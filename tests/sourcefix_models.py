@@ -196,3 +196,33 @@ class Spellings(nn.Module):
         o = torch.empty(3, 4)
         torch.sin(s, out=o)
         return a + b + c + self.act(torch.tanh(o))
+
+
+class Promotes(nn.Module):
+    """``t += x`` and ``u.add_(x)`` on float16 tensors that sigmoid saved: in place keeps float16, ``t + x`` is
+    float32, so the fix casts back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.sigmoid(self.a(x).half())
+        t += x
+        u = torch.sigmoid(self.a(x).half())
+        u.add_(x)
+        return (t * u).float()
+
+
+class TwoNames(nn.Module):
+    """``identity = out`` before ``out += x``: one tensor, two names; the edit of ``out`` alone changes ``identity``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.sigmoid(self.lin(x))
+        identity = out
+        out += x
+        return identity * 2

@@ -44,6 +44,7 @@ BROKEN = {
     "Augmented": (3, 4),
     "Expressions": (3, 4),
     "Spellings": (3, 4),
+    "Promotes": (3, 4),
 }
 #: models whose test runs `fix --only all` (every safe in-place op, so that every spelling in them is edited)
 ONLY_ALL = {"Spellings"}
@@ -202,6 +203,14 @@ def test_every_spelling_is_edited_as_documented(tmp_path: Path, monkeypatch: pyt
         ("s[:, 0] += 1.0", "s = s.clone(); s[:, 0] += 1.0"),
         ("torch.sin(s, out=o)", "o = torch.sin(s)"),
     ])
+
+
+def test_a_result_fix_cast_back_is_cast_in_the_source_too(tmp_path: Path) -> None:
+    path = tmp_path / "models.py"
+    shutil.copy(MODELS, path)
+    record = fxgrad.fix(_import(path).Promotes(), (torch.randn(3, 4),)).meta["fxgrad"]
+    assert len([n for n in record.notes if "cast back to torch.float16" in n]) == 2
+    assert [e.new.strip() for e in record.source_edits] == ["t = (t + x).to(t.dtype)", "u = u.add(x).to(u.dtype)"]
 
 
 def test_comments_and_formatting_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -428,9 +437,25 @@ def test_write_rolls_back_when_the_edited_source_differs(tmp_path: Path, monkeyp
     assert main(["fix", "models.py:Augmented", "--input", "3x4", "--write"]) == 1
     err = capsys.readouterr().err
     assert "The edited source does not behave as the verified fix, so fxgrad rolled back models.py" in err
-    assert "does not compute what the original computes" in err and "Hint:" in err
+    assert "the model rebuilt from the edited source differs from the verified fix: " in err and "Hint:" in err
     assert path.read_text() == MODELS.read_text()
     assert not any(name.startswith("_fxgrad_edited_") for name in sys.modules)
+
+
+def test_two_names_for_one_tensor_are_caught_by_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "models.py"
+    shutil.copy(MODELS, path)
+    monkeypatch.chdir(tmp_path)
+    x = torch.randn(3, 4)
+    model = _import(path).TwoNames()
+    _original_raises(model, x)
+    assert fxgrad.fix(model, (x,)).meta["fxgrad"].source_edits  # planned: `out = out + x` ...
+    assert main(["fix", "models.py:TwoNames", "--input", "3x4", "--write"]) == 1  # ... which changes `identity`
+    err = capsys.readouterr().err
+    assert "rolled back models.py: the model rebuilt from the edited source differs from the verified fix: " \
+           "output" in err
+    assert path.read_text() == MODELS.read_text()
 
 
 def test_diff_shows_nothing_when_the_edited_copy_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
