@@ -211,6 +211,13 @@ def _parser() -> _Parser:
     fix.add_argument("--no-verify", dest="verify", action="store_false",
                      help="do not run the fixed module against the original")
     fix.add_argument("--out", type=Path, metavar="FILE", help="write the fixed GraphModule's Python code here")
+    source = fix.add_mutually_exclusive_group()
+    source.add_argument("--diff", action="store_true",
+                        help="print the verified fix as a unified diff of your own source files (apply it with "
+                             "patch -p1 from this directory); the report goes to stderr")
+    source.add_argument("--write", action="store_true",
+                        help="edit your source files in place, then re-import them and check they compute the "
+                             "verified fix's outputs and gradients (rolled back if not)")
     _add_common(fix)
 
     demo = sub.add_parser("demo", help="analyse the bundled example models", description="Analyse (and fix) the "
@@ -639,19 +646,26 @@ def _cmd_fix(args: argparse.Namespace) -> int:
         return EXIT_FINDINGS
     _err(note)
     record = gm.meta["fxgrad"]
-    _say(_render_fix(record))
+    err = _stderr[-1] if _stderr else sys.stderr
+    report = err if args.diff else _out()  # --diff: stdout is the patch
+    print(_render_fix(record), file=report)
     if args.out is not None:
         try:
             args.out.write_text(_gm_source(gm, args))
         except OSError as e:
             raise InputError(f"Cannot write --out {args.out} ({e.strerror}). Hint: check that its directory "
                              "exists.") from e
-        _say(f"\nwrote the fixed module's code to {args.out}")
+        print(f"\nwrote the fixed module's code to {args.out}", file=report)
+    if args.diff or args.write:
+        from .sourcefix import run_command
+
+        if not run_command(gm, model, inputs, args.target, write=args.write, out=_out(), err=err):
+            return EXIT_FINDINGS
     # what is left: the fixed graph, analysed like the original
     after = _analyze(gm, inputs, args)
     if after.errors:
-        _say(f"\nstill failing after the fix: {', '.join(sorted({f.code for f in after.errors}))} "
-              f"(`fxgrad check {args.target}` shows where)")
+        print(f"\nstill failing after the fix: {', '.join(sorted({f.code for f in after.errors}))} "
+              f"(`fxgrad check {args.target}` shows where)", file=report)
         return EXIT_FINDINGS
     return EXIT_OK if record.verification is None or record.verification.ok else EXIT_FINDINGS
 

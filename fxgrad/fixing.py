@@ -11,7 +11,8 @@ Algorithm of :func:`fix`:
 5. With example inputs: where the out-of-place result has another dtype than the in-place one had (type
    promotion: ``h_f16 += x_f32`` stays float16, ``h_f16 + x_f32`` is float32), cast it back.
 6. With example inputs and ``verify=True``: prove the result against the original (:func:`fxgrad.verify.verify`).
-7. Store the frozen :class:`FixRecord` in ``result.meta["fxgrad"]``.
+7. For a verified fix: the same rewrites as edits of the user's own source (:func:`fxgrad.sourcefix.plan`).
+8. Store the frozen :class:`FixRecord` in ``result.meta["fxgrad"]``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from .errors import InputError
 from .inputs import Spec, as_args, bind_keywords, has_real_tensors, map_inputs
 from .report import Report
 from .rewrite import Left, OutOfPlace, Rewrite
+from .sourcefix import SourceDecline, SourceEdit
+from .sourcefix import plan as plan_source
 from .verify import Verification, flatten
 from .verify import verify as run_verification
 
@@ -60,6 +63,10 @@ class FixRecord:
     notes: tuple[str, ...] = ()
     #: how the model was captured: "trace" or "run" (for the branches the example inputs took)
     capture: str = "trace"
+    #: the verified rewrites as edits of the user's own files (``fxgrad fix --diff``), and the ones fxgrad did not
+    #: turn into edits, with the reason (library code, a line it cannot find ...)
+    source_edits: tuple[SourceEdit, ...] = ()
+    source_declined: tuple[SourceDecline, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -71,7 +78,7 @@ class FixRecord:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for group in ("rewrites", "left"):
+        for group in ("rewrites", "left", "source_declined"):
             for item in d[group]:
                 loc = item.get("location")
                 item["location"] = None if loc is None else {k: loc[k] for k in ("file", "line", "function", "code")}
@@ -87,6 +94,8 @@ class FixRecord:
                 lines.append(f"    unsafe: {r.unsafe_change}")
         for lf in self.left:
             lines.append(f"  left {lf}")
+        lines += [f"  source edit {e}" for e in self.source_edits]
+        lines += [f"  source {d}" for d in self.source_declined]
         if self.verification is not None:
             lines.append(str(self.verification))
         else:
@@ -152,8 +161,8 @@ def _dtypes(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> dict[str, torch.
 
 
 def _repair_dtypes(fixed: torch.fx.GraphModule, before: dict[str, torch.dtype], pass_: OutOfPlace,
-                   args: tuple[Any, ...]) -> list[str]:
-    """Step 5: cast out-of-place results back to the dtype their in-place op kept."""
+                   args: tuple[Any, ...], cast_back: set[str] | None = None) -> list[str]:
+    """Step 5: cast out-of-place results back to the dtype their in-place op kept (their names into ``cast_back``)."""
     after = _dtypes(fixed, args)
     if after is None:
         return []
@@ -167,6 +176,8 @@ def _repair_dtypes(fixed: torch.fx.GraphModule, before: dict[str, torch.dtype], 
         cast.meta = dict(new.meta)
         new.replace_all_uses_with(cast, delete_user_cb=functools.partial(operator.is_not, cast))
         notes.append(f"`{old}`: the out-of-place result is {have}; cast back to {want} as the in-place op kept it")
+        if cast_back is not None:
+            cast_back.add(old)
     if notes:
         fixed.graph.lint()
         fixed.recompile()
@@ -243,10 +254,11 @@ def fix(
                           "in-place ops; only='all' rewrites it")
         pass_(fixed)
         # Step 5: dtypes.
+        cast_back: set[str] = set()
         if args is not None and pass_.rewrites:
             before = _dtypes(traced, args)
             if before is not None:
-                notes += _repair_dtypes(fixed, before, pass_, args)
+                notes += _repair_dtypes(fixed, before, pass_, args, cast_back)
         elif pass_.rewrites:
             notes.append("no example inputs: rewrites assume the operands of each in-place op have its dtype "
                          "(h_f16 += x_f32 keeps float16, h_f16 + x_f32 does not); pass example inputs to check")
@@ -263,9 +275,12 @@ def fix(
                                             left=breaking_left, model_name=name)
         elif verify:
             notes.append("not verified: pass example inputs to compare outputs and gradients with the original")
-    # Step 7: the record.
+        # Step 7: source edits, only where the rewrites were verified.
+        edits, declined = plan_source(model, traced, pass_.rewrites, cast_back=cast_back,
+                                      verified=verification is not None and verification.ok)
+    # Step 8: the record.
     record = FixRecord(name, mode, unsafe, tuple(pass_.rewrites), tuple(pass_.left), verification, tuple(notes),
-                       captured.how)
+                       captured.how, edits, declined)
     fixed.meta[META_KEY] = record
     log.debug("fixed %s: %d rewrites", name, len(record.rewrites))
     return fixed

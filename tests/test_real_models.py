@@ -296,6 +296,94 @@ def test_healthy_torchvision_classifiers_report_nothing_by_default(name: str) ->
     assert [f.code for f in fxgrad.analyze(broken, inputs).findings] == ["FXG102"]
 
 
+_TV_USER = """
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = resnet18(weights=None, num_classes=16)
+        self.squash = nn.Tanh()
+        self.act = nn.ReLU(inplace=True)  # after tanh: backward raises
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.act(self.squash(self.backbone(x))))
+"""
+
+
+def test_source_fix_edits_the_users_file_and_declines_torchvision(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fxgrad fix --write` on a user's model around a torchvision backbone: the user's `nn.ReLU(inplace=True)` is
+    edited where it is built and the file then trains with the verified fix's gradients; a bug inside torchvision's
+    own code is declined with torchvision's line, and no torchvision file changes."""
+    tv = _torchvision()
+    import importlib.util
+    import sys
+
+    from fxgrad.cli import main
+
+    path = tmp_path / "net.py"
+    path.write_text(_TV_USER)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+
+    def load() -> Any:
+        spec = importlib.util.spec_from_file_location(f"_tv_user_{len(sys.modules)}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    torch.manual_seed(0)
+    model = load().Classifier()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert INPLACE_ERROR in (eager_truth(model, (x,)).backward_error or "")
+    gm = fxgrad.fix(model, (x,))
+    assert main(["fix", "net.py:Classifier", "--input", "2x3x32x32", "--write"]) == 0
+    assert "        self.act = nn.ReLU()  # after tanh: backward raises\n" in path.read_text()
+    edited = load().Classifier()
+    edited.load_state_dict(model.state_dict())
+    cot = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
+    for m in (gm, edited):
+        for p in m.parameters():
+            p.grad = None
+    want_out, got_out = gm(x), edited(x)
+    want_out.backward(cot)
+    got_out.backward(cot)  # the edited file trains
+    torch.testing.assert_close(got_out, want_out)
+    want = dict(gm.named_parameters())
+    for name, p in edited.named_parameters():
+        torch.testing.assert_close(p.grad, want[name].grad, msg=name)
+
+    # a bug inside torchvision: tanh before the block's in-place ReLU and before `out += identity`
+    block = tv.models.resnet18(weights=None, num_classes=4)
+    first = block.layer1[0]
+    first.bn1 = nn.Sequential(first.bn1, nn.Tanh())
+    first.bn2 = nn.Sequential(first.bn2, nn.Tanh())
+    assert INPLACE_ERROR in (eager_truth(block, (x,)).backward_error or "")
+    record = fxgrad.fix(block, (x,)).meta["fxgrad"]
+    assert record.verified and record.rewrites and record.source_edits == ()
+    resnet = inspect.getsourcefile(tv.models.resnet)
+    assert resnet is not None
+    lines = Path(resnet).read_text().splitlines()
+    declined = {(d.location.file, d.location.line) for d in record.source_declined if d.location is not None}
+    assert (resnet, lines.index("        self.relu = nn.ReLU(inplace=True)") + 1) in declined
+    assert (resnet, lines.index("        out += identity") + 1) in declined
+    assert all("is in torchvision, which fxgrad never edits" in d.reason for d in record.source_declined)
+    # modules that torchvision's own classes build (Conv2dNormActivation's activation) are library code too
+    mnv3 = tv.models.mobilenet_v3_small(weights=None, num_classes=4)
+    record = fxgrad.fix(mnv3, (x,), only="all").meta["fxgrad"]
+    assert record.verified and len(record.source_declined) == len(record.rewrites) > 0
+    assert record.source_edits == ()
+    assert all("is in torchvision, which fxgrad never edits" in d.reason for d in record.source_declined)
+    assert any("built by Conv2dNormActivation" in d.reason for d in record.source_declined)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # timm
 # ----------------------------------------------------------------------------------------------------------------
