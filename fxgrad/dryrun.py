@@ -54,8 +54,21 @@ from .facts import GraphFacts, ParamFacts
 from .gcpause import gc_paused
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .metarun import MetaMode, meta_twin
-from .report import Finding, ParamStatus, Related, Report
-from .rules import AUTOGRAD_ERRORS, LEAF_ERRORS, OVERLAP_ERROR, RULES_BY_CODE, inplace_warning, without_counterfactuals
+from .report import Finding, ParamStatus, Report
+from .rules import (
+    AUTOGRAD_ERRORS,
+    LEAF_ERRORS,
+    OVERLAP_ERROR,
+    PARAM_CODES,
+    RULE_FOR_FACT,
+    RULES_BY_CODE,
+    Proof,
+    inplace_warning,
+    param_findings,
+    proved_finding,
+    without_counterfactuals,
+    without_refuted,
+)
 
 __all__ = ["DryRun", "prove", "run_dryrun"]
 
@@ -82,11 +95,12 @@ class DryRun:
     """What the dry-run proved."""
 
     mode: str  # "meta" | "real"
-    #: (mutating node or None, saving node, the error backward raises)
-    conflicts: list[tuple[torch.fx.Node | None, torch.fx.Node | None, str]] = field(default_factory=list)
-    #: (writing node, saving node): storage written behind the version counter, saver's backward will run
-    silent: list[tuple[torch.fx.Node, torch.fx.Node]] = field(default_factory=list)
-    #: node -> (code, the error eager forward raises there)
+    #: (mutating node or None, saving node, the saved argument, the error backward raises)
+    conflicts: list[tuple[torch.fx.Node | None, torch.fx.Node | None, str, str]] = field(default_factory=list)
+    #: (writing node, saving node, the saved argument): storage written behind the version counter, saver's
+    #: backward will run
+    silent: list[tuple[torch.fx.Node, torch.fx.Node, str]] = field(default_factory=list)
+    #: node -> (the node fact it proves: leaf_write | forward_error | overlap_write, the error eager forward raises)
     forward_errors: dict[torch.fx.Node, tuple[str, str]] = field(default_factory=dict)
     reached_params: set[str] = field(default_factory=set)
     any_output_requires_grad: bool = False
@@ -246,20 +260,20 @@ class _Runner:
         if isinstance(writes, torch.fx.Node) and writes in self.env and any(
                 torch._debug_has_internal_overlap(t) == 1 for t in _tensors(self.env[writes])):
             # Meta (and fake) tensors skip the overlap check eager makes before writing an expanded view.
-            self.forward_errors[n] = ("FXG107", OVERLAP_ERROR)
+            self.forward_errors[n] = ("overlap_write", OVERLAP_ERROR)
             self.mode.written.clear()
             return self.env[writes]
         try:
             result = self._exec(n)
         except Exception as e:
-            code = ("FXG103" if any(msg in str(e) for msg in LEAF_ERRORS)
-                    else "FXG010" if any(msg in str(e) for msg in AUTOGRAD_ERRORS) else None)
-            if code is None:
+            fact = ("leaf_write" if any(msg in str(e) for msg in LEAF_ERRORS)
+                    else "forward_error" if any(msg in str(e) for msg in AUTOGRAD_ERRORS) else None)
+            if fact is None:
                 e.fxgrad_node = n  # type: ignore[attr-defined]
                 raise
             # Forward raises here in eager; record it and go on (as if under no_grad, or skipping the call) to
             # prove the rest.
-            self.forward_errors[n] = (code, str(e).splitlines()[0])
+            self.forward_errors[n] = (fact, str(e).splitlines()[0])
             self.mode.written.clear()
             try:
                 with torch.no_grad():
@@ -414,6 +428,11 @@ class _Twins:
         return twin
 
 
+def _arg(attr: str) -> str:
+    """The saved argument's schema name: ``_saved_self`` -> ``self``, ``_saved_result`` -> ``result``."""
+    return attr.removeprefix("_saved_")
+
+
 def _backend_nodes(gm: torch.fx.GraphModule, facts: GraphFacts) -> set[torch.fx.Node]:
     from ._saved_table import BACKEND_DEPENDENT
 
@@ -494,13 +513,13 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
                     if _INPLACE_ERROR in str(e):
                         rec = runner.saved.get((id(g), attr))
                         saver = runner.node_of.get(g)
-                        result.conflicts.append((rec.changed_at if rec else None, saver,
+                        result.conflicts.append((rec.changed_at if rec else None, saver, _arg(attr),
                                                  _eager_text(str(e).split(" Hint:")[0], input_device)))
         frontier.extend(nxt for nxt, _ in g.next_functions if nxt is not None and nxt not in seen)
     for rec in runner.saved.values():
         if (rec.silent_at is not None and rec.saver is not None and rec.grad_fn in seen
                 and rec.tensor is not None and rec.tensor._version == rec.version):
-            result.silent.append((rec.silent_at, rec.saver))
+            result.silent.append((rec.silent_at, rec.saver, _arg(rec.attr)))
     result.backend_nodes = _backend_nodes(gm, facts)
     for nf in facts:
         if nf.alias_seen is not None and nf.target is not None and (
@@ -567,97 +586,51 @@ def _input_error(e: BaseException) -> InputError:
                       "tensors); if they are right, this line fails in eager PyTorch too.")
 
 
-def _related(node: torch.fx.Node | None, role: str) -> tuple[Related, ...]:
-    if node is None:
-        return ()
-    return (Related(role, node.name, node_origin(node).location),)
-
-
 def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
+    """Replace the static findings of every rule the dry-run decides (:attr:`Rule.dryrun`) by the rules' findings
+    from the dry-run's proofs."""
     backend_names = {n.name for n in result.backend_nodes}
-    by_node: dict[str, list[Finding]] = {}
-    for f in report.findings:
-        by_node.setdefault(f.node, []).append(f)
-    kept = [f for f in report.findings if f.code not in ("FXG009", "FXG010", "FXG101", "FXG102", "FXG103", "FXG104",
-                                                         "FXG106", "FXG107", "FXG201", "FXG202", "FXG203")]
+    kept = [f for f in report.findings if not RULES_BY_CODE[f.code].dryrun]
     # FXG104: the static alias is proved when the two tensors really share a storage (reshape may copy).
+    aliased = {n.name for n in result.aliased_writes}
     kept += [f._replace(verdict="dry-run") for f in report.findings
-             if f.code == "FXG104" and any(n.name == f.node for n in result.aliased_writes)]
+             if f.node in aliased and RULES_BY_CODE[f.code].when == "alias_read_after"]
     new: list[Finding] = []
     conflicted: set[torch.fx.Node] = set()
+    legal = RULE_FOR_FACT["target_live"].code
 
-    # FXG102: proved conflicts, one finding per mutating node.
-    groups: dict[torch.fx.Node | None, list[tuple[torch.fx.Node | None, str]]] = {}
-    for mutator, saver, text in result.conflicts:
+    # Backward raises: proved conflicts, one finding per mutating node.
+    groups: dict[torch.fx.Node | None, list[tuple[torch.fx.Node | None, str, str]]] = {}
+    for mutator, saver, arg, text in result.conflicts:
         if mutator in result.forward_errors:
             continue  # forward already raised there; the write only happened because we went on
-        groups.setdefault(mutator, []).append((saver, text))
+        groups.setdefault(mutator, []).append((saver, arg, text))
     for mutator, items in groups.items():
         anchor = mutator or items[0][0]
         if anchor is None:
             continue
         conflicted.add(anchor)
-        nf = facts[anchor]
-        savers = [s for s, _ in items if s is not None]
-        saver_txt = "; ".join(
-            f"`{s.name}`{f' at {node_origin(s).location}' if node_origin(s).location else ''} saved it for backward"
-            for s in dict.fromkeys(savers))
-        origin = node_origin(anchor)
-        backend = anchor.name in backend_names or any(s.name in backend_names for s in savers)
-        rule = RULES_BY_CODE["FXG102"]
-        spelling = nf.view.spelling or nf.view.name
-        new.append(Finding(
-            code="FXG102", severity=rule.severity, node=anchor.name, target=spelling,
-            message=(f"In-place `{spelling}` overwrites a tensor that an earlier op saved for backward: {saver_txt}. "
-                     f"backward() will raise: \"RuntimeError: {items[0][1]}\" Use the out-of-place form."),
-            module=origin.module, location=origin.location, fixable=rule.fixable, verdict="dry-run",
-            backend_dependent=backend,
-            related=tuple(r for s in dict.fromkeys(savers) for r in _related(s, "saved by"))))
+        savers = tuple((s, arg) for s, arg, _ in items if s is not None)
+        backend = anchor.name in backend_names or any(s.name in backend_names for s, _ in savers)
+        new.append(proved_finding(Proof("overwritten", anchor, savers, items[0][2], backend), facts[anchor]))
 
-    # FXG106: storage writes behind the version counter into saved tensors.
-    silent: dict[torch.fx.Node, list[torch.fx.Node]] = {}
-    for writer, saver in result.silent:
-        silent.setdefault(writer, []).append(saver)
-    rule106 = RULES_BY_CODE["FXG106"]
-    for writer, savers in silent.items():
+    # Storage writes behind the version counter into saved tensors.
+    silent: dict[torch.fx.Node, list[tuple[torch.fx.Node, str]]] = {}
+    for writer, saver, arg in result.silent:
+        silent.setdefault(writer, []).append((saver, arg))
+    for writer, savers_of in silent.items():
         if writer in conflicted:
             continue
-        nf = facts[writer]
-        origin = node_origin(writer)
-        spelling = nf.view.spelling or nf.view.name
-        saver_txt = "; ".join(f"`{s.name}`" for s in dict.fromkeys(savers))
-        new.append(Finding(
-            code="FXG106", severity=rule106.severity, node=writer.name, target=spelling,
-            message=(f"In-place `{spelling}` writes, behind autograd's version counter (through `.data`), into a "
-                     f"tensor that {saver_txt} saved for backward: backward() will not raise but computes gradients "
-                     "from the overwritten values."),
-            module=origin.module, location=origin.location, verdict="dry-run",
-            related=tuple(r for s in dict.fromkeys(savers) for r in _related(s, "saved by"))))
+        new.append(proved_finding(Proof("silently_written", writer, tuple(savers_of)), facts[writer]))
         conflicted.add(writer)
 
-    # FXG009: an op without a derivative on the gradient path.
-    rule009 = RULES_BY_CODE["FXG009"]
+    # An op without a derivative on the gradient path.
     for node in result.no_derivative:
-        origin = node_origin(node)
-        spelling = facts[node].view.spelling or facts[node].view.name
-        new.append(Finding(code="FXG009", severity=rule009.severity, node=node.name, target=spelling,
-                           message=f"`{spelling}` has no derivative and the gradient reaches it: backward() will "
-                           "raise \"RuntimeError: the derivative for this op is not implemented\". Detach its input "
-                           "if no gradient is meant to flow, or use a differentiable op.",
-                           module=origin.module, location=origin.location, verdict="dry-run"))
+        new.append(proved_finding(Proof("no_derivative", node), facts[node]))
 
-    # FXG103 / FXG010 / FXG107: forward raised here in the run.
-    texts = {"FXG103": "on a leaf that requires grad: forward raises", "FXG010": "is rejected by autograd: forward "
-             "raises", "FXG107": "writes into an expanded view whose elements share memory: forward raises"}
-    for node, (code, text) in result.forward_errors.items():
-        origin = node_origin(node)
-        spelling = facts[node].view.spelling or facts[node].view.name
-        rule = RULES_BY_CODE[code]
-        hint = (" Wrap a deliberate update in torch.no_grad(), else use the out-of-place form." if code == "FXG103"
-                else "")
-        new.append(Finding(code=code, severity=rule.severity, node=node.name, target=spelling,
-                           message=f"`{spelling}` {texts[code]} \"RuntimeError: {text}\"{hint}",
-                           module=origin.module, location=origin.location, fixable=rule.fixable, verdict="dry-run"))
+    # Forward raised here in the run.
+    for node, (fact, text) in result.forward_errors.items():
+        new.append(proved_finding(Proof(fact, node, error=text), facts[node]))
         conflicted.add(node)
 
     # FXG101: every in-place write on an activation that requires grad and that the dry-run found harmless.
@@ -666,14 +639,15 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
                 or not nf.target_live or nf.node in conflicted):
             continue
         warning = inplace_warning(nf, proved=True) if nf.grad_on else next(
-            (f for f in report.findings if f.code == "FXG101" and f.node == nf.node.name), None)
+            (f for f in report.findings if f.code == legal and f.node == nf.node.name), None)
         if warning is not None:
             new.append(warning._replace(verdict="dry-run", backend_dependent=nf.node.name in backend_names))
 
+    static_params = [f for f in report.findings if f.code in PARAM_CODES]
     if result.forward_errors:
-        kept = [f for f in kept if not (f.code == "FXG104" and any(n.name == f.node for n in result.forward_errors))]
-        report.findings = without_counterfactuals(
-            kept + new + [f for f in report.findings if f.code in ("FXG201", "FXG202", "FXG203")])
+        errored = {n.name for n in result.forward_errors}
+        kept = [f for f in kept if not (f.node in errored and RULES_BY_CODE[f.code].when == "alias_read_after")]
+        report.findings = without_counterfactuals(without_refuted(kept + new + static_params))
         report.mode = "dry-run"
         first = next(iter(result.forward_errors))
         report.notes.append(f"forward raises at `{first.name}`: parameter verdicts are static (eager never reaches "
@@ -693,8 +667,6 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
             status = "no-grad"
         params[name] = ParamFacts(name, status, cause, pf.uses)
     proved = GraphFacts(facts.gm, facts.nodes, params, facts.param_names)
-    from .rules import param_findings
-
     for f in param_findings(proved):
         new.append(f._replace(verdict="dry-run"))
     statuses: dict[str, ParamStatus] = {}
@@ -710,7 +682,7 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
         statuses[name] = ParamStatus(name, proved_pf.status, text,
                                      ps.location if proved_pf.status == ps.status else None, verdict="dry-run")
     report.params = statuses
-    report.findings = kept + new
+    report.findings = without_refuted(kept + new)
     report.mode = "dry-run"
     if result.mode == "real" and "real inputs" not in " ".join(report.notes):
         report.notes.append("dry-run executed on the real example inputs")

@@ -156,6 +156,9 @@ class NodeFacts:
     #: the first alias of the written tensor read after the write (what makes FXG104 true)
     alias_seen: torch.fx.Node | None = None
     unknown_savers: list[torch.fx.Node] = _NONE  # type: ignore[assignment]
+    #: an in-place activation whose backward autograd computes from its output, with a negative slope it cannot
+    #: invert: (the kind of backward, ``leaky_relu`` or ``elu``; the slope). See :func:`_result_slopes`.
+    result_slope: tuple[str, float] | None = None
 
     def __init__(self, node: torch.fx.Node, index: int, view: OpView, grad_on: bool = True) -> None:
         self.node, self.index, self.view = node, index, view
@@ -1402,5 +1405,44 @@ def compute_facts(gm: torch.fx.GraphModule, *, inputs_require_grad: frozenset[st
         p = _Pass(gm, inputs_require_grad, model)
         p.forward()
         p.backward()
+        _result_slopes(gm, p.flagged)
         return GraphFacts(gm, p.nodes, p.parameters(), p.param_names, p.flagged)
+
+
+#: in-place activations whose backward reads their output (``LeakyReluBackward1``, ``EluBackward1``): op view name
+#: -> (the kind of backward, the argument or module attribute that holds the slope, its default)
+_SLOPES: dict[str, tuple[str, str, float]] = {
+    "leaky_relu": ("leaky_relu", "negative_slope", 0.01),
+    "elu": ("elu", "alpha", 1.0),  # nn.CELU's view is elu too; nn.SELU has no alpha (its constant is positive)
+    "celu": ("elu", "alpha", 1.0),  # celu_(x, alpha) is elu_(x, alpha, 1, 1 / alpha)
+}
+#: ``rrelu_`` in eval mode is ``leaky_relu_`` with the mean of its bounds as slope; in training it draws a
+#: positive-or-not slope per element and keeps it (backward reads the noise, not the sign): no error
+_RRELU = ("rrelu", "RReLU")
+
+
+def _result_slopes(gm: torch.fx.GraphModule, flagged: list[NodeFacts]) -> None:
+    """Set ``result_slope`` on the in-place activations that autograd will refuse to differentiate: their backward
+    is computed from their output, and a negative slope makes the output's sign ambiguous (``leaky_relu_backward``
+    and ``elu_backward`` check ``!is_result || slope >= 0``). A slope fxgrad cannot read (a tensor, a computed
+    value) decides nothing. One look per flagged write: linear."""
+    for nf in flagged:
+        name = nf.view.name
+        if nf.target is None or (name not in _SLOPES and name not in _RRELU):
+            continue
+        node = nf.node
+        module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        # a module holds its settings as attributes, a call as arguments (by schema name)
+        settings = vars(module) if module is not None else nf.view.args_of(node)
+        if name in _RRELU:
+            kind, training = "leaky_relu", settings.get("training", False)
+            lower, upper = settings.get("lower", 1 / 8), settings.get("upper", 1 / 3)
+            if training is not False or not all(isinstance(b, (int, float)) for b in (lower, upper)):
+                continue
+            slope = (lower + upper) / 2
+        else:
+            kind, key, default = _SLOPES[name]
+            slope = settings.get(key, default if module is None else None)
+        if isinstance(slope, (int, float)) and not isinstance(slope, bool) and slope < 0:
+            nf.result_slope = (kind, float(slope))
 

@@ -28,7 +28,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from . import capturing
+from . import capturing, rules
 from .analysis import analyze, preserved
 from .errors import InputError
 from .inputs import Spec, as_args, bind_keywords, has_real_tensors, map_inputs
@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 
 META_KEY = "fxgrad"
 
-#: findings whose ops ``only="breaking"`` rewrites: backward raises (FXG102) or forward raises (FXG103).
-BREAKING = ("FXG102", "FXG103")
+#: findings whose ops ``only="breaking"`` rewrites: the fixable codes whose op makes backward or forward raise
+#: (FXG102, FXG103, FXG108), as the rules declare them
+BREAKING = rules.BREAKING
 
 
 @dataclass(frozen=True)
@@ -239,8 +240,8 @@ def fix(
         pass_ = OutOfPlace(
             select=select, unsafe=unsafe, codes=codes, model=model,
             inputs_require_grad=_inputs_require_grad(traced, args) if args is not None else frozenset(),
-            select_reason="it breaks nothing (no FXG102/FXG103 finding), and only='breaking' keeps harmless "
-                          "in-place ops; only='all' rewrites it")
+            select_reason=f"it breaks nothing (no {'/'.join(sorted(BREAKING))} finding), and only='breaking' keeps "
+                          "harmless in-place ops; only='all' rewrites it")
         pass_(fixed)
         # Step 5: dtypes.
         if args is not None and pass_.rewrites:

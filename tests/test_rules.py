@@ -171,31 +171,21 @@ _SIGNALS: dict[str, Callable[[Truth, Truth | None], bool]] = {
     "unused": lambda t, r: t.clean_run and bool(t.unused_params),
     "no_derivative": lambda t, r: t.backward_error is not None and "not implemented" in t.backward_error,
     "forward_error": lambda t, r: t.forward_error is not None and not t.leaf_error,
+    "slope_error": lambda t, r: t.backward_error is not None and "with a negative slope" in t.backward_error,
 }
 
-#: code -> (flagged case, clean case, the eager signal that tells them apart)
-PAIRS: dict[str, tuple[str, str, str]] = {
-    "FXG001": ("Detach", "DictOutputOneDetached", "cut"),
-    "FXG002": ("DataRead", "DataWriteUnsaved", "cut"),
-    "FXG003": ("NoGradBlock", "BufferUpdateNoGrad", "cut"),
-    "FXG004": ("ItemRetensor", "ItemOfInputForScale", "cut"),
-    "FXG005": ("RequiresGradFalseFunctional", "RequiresGradFalseOnInput", "cut"),
-    "FXG006": ("ArgmaxBeforeOutput", "ArgmaxGather", "cut"),
-    "FXG007": ("RoundZeroGrad", "StraightThroughEstimator", "zero"),
-    "FXG008": ("NewTensorRebuild", "NewTensorOfInput", "cut"),
-    "FXG009": ("FloorDivideNoDerivative", "FloorZeroGrad", "no_derivative"),
-    "FXG010": ("ChunkViewInplace", "ChunkThenOutOfPlace", "forward_error"),
-    "FXG101": ("Ex3InplaceMulScalar", "Ex2MulScalar", "activation"),
-    "FXG102": ("SigmoidMul_", "EluThenAdd_", "inplace_error"),
-    "FXG103": ("ParamInplaceGradEnabled", "ParamInplaceNoGrad", "leaf_error"),
-    "FXG104": ("AliasReadAfterWrite", "ViewWriteReadView", "alias"),
-    "FXG105": ("InputInplaceMul_", "LinearOutputAdd_", "input"),
-    "FXG106": ("DataWriteIntoSaved", "DataWriteUnsaved", "silent"),
-    "FXG107": ("ExpandedViewInplace", "ExpandedCloneInplace", "forward_error"),
-    "FXG201": ("Detach", "DictOutputOneDetached", "cut"),
-    "FXG202": ("RoundZeroGrad", "StraightThroughEstimator", "zero"),
-    "FXG203": ("UnusedSubmodule", "UnusedTupleOutputBranch", "unused"),
+#: code -> the eager signal that tells its rule's flagged case (``Rule.flagged``) from its clean case
+SIGNAL_OF: dict[str, str] = {
+    "FXG001": "cut", "FXG002": "cut", "FXG003": "cut", "FXG004": "cut", "FXG005": "cut", "FXG006": "cut",
+    "FXG007": "zero", "FXG008": "cut", "FXG009": "no_derivative", "FXG010": "forward_error",
+    "FXG101": "activation", "FXG102": "inplace_error", "FXG103": "leaf_error", "FXG104": "alias", "FXG105": "input",
+    "FXG106": "silent", "FXG107": "forward_error", "FXG108": "slope_error",
+    "FXG201": "cut", "FXG202": "zero", "FXG203": "unused",
 }
+#: code -> (flagged case, clean case, the eager signal that tells them apart); the optimizer codes' cases are run
+#: against eager by tests/test_step.py
+PAIRS: dict[str, tuple[str, str, str]] = {r.code: (r.flagged, r.clean, SIGNAL_OF[r.code]) for r in RULES
+                                          if r.code not in OPTIMIZER_PAIRS}
 
 
 @pytest.mark.parametrize("code", sorted(PAIRS))
@@ -211,16 +201,75 @@ def test_rule_flagged_and_clean(code: str) -> None:
         assert (code in found) is expected, f"{code} on {name}:\n{report}"
 
 
+@pytest.mark.parametrize("code", sorted(r.code for r in RULES if r.check is not None))
+def test_every_fact_a_rule_reads_reaches_it(code: str) -> None:
+    """The gates are derived from the rules: a node reaches a rule's check only if the forward pass flagged it and
+    it sets the rule's first fact. On the rule's flagged example (eager shows the problem: the test above) the node
+    it reports must be flagged and set every fact the rule reads; on its clean example the rule finds nothing."""
+    from fxgrad.facts import compute_facts
+    from fxgrad.rules import RULES_BY_CODE, run_rules
+
+    rule = RULES_BY_CODE[code]
+    for name, expected in ((rule.flagged, True), (rule.clean, False)):
+        c = CASES[name]
+        assert _SIGNALS[SIGNAL_OF[code]](_truth(c), _truth(c, reference=True) if c.reference else None) is expected
+        model = build(c)
+        facts = compute_facts(fxgrad.trace(model), model=model)
+        mine = [f for f in run_rules(facts) if f.code == code]
+        assert bool(mine) is expected, f"{code} on {name}: {mine}"
+        flagged = {nf.node.name: nf for nf in facts.flagged or ()}
+        for f in mine:
+            nf = flagged.get(f.node)
+            assert nf is not None, f"{code} reported `{f.node}`, a node the forward pass did not flag"
+            unset = [fact for fact in rule.reads if not getattr(nf, fact)]
+            assert not unset, f"{code} on {name}: `{f.node}` does not set {unset}, which the rule says it reads"
+
+
 def test_every_rule_has_a_flagged_and_a_clean_case() -> None:
     codes = [r.code for r in RULES]
     assert len(codes) == len(set(codes)), "rule codes must be unique"
-    assert sorted(codes) == sorted({**PAIRS, **OPTIMIZER_PAIRS}), (
-        "every rule needs a flagged/clean pair (and no pair without a rule)")
+    assert sorted(codes) == sorted(SIGNAL_OF.keys() | OPTIMIZER_PAIRS.keys()), (
+        "every rule needs an eager signal here or an optimizer pair in tests/test_step.py")
+    for r in RULES:
+        assert r.flagged and r.clean and r.flagged != r.clean, r.code
+        assert r.code[:4] == {"cut": "FXG0", "write": "FXG1", "param": "FXG2"}[r.family], r.code
+        assert r.fix in ("safe", "unsafe", "none") and r.severity in ("error", "warning", "info"), r.code
+        assert "" in r.messages and r.example and r.use_instead, f"{r.code} needs a message, an example, a fix"
     for code, (flagged, clean) in OPTIMIZER_PAIRS.items():  # run by tests/test_step.py against eager
+        rule = next(r for r in RULES if r.code == code)
+        assert (rule.flagged, rule.clean) == (flagged, clean), code
         assert code in STEP_CASES[flagged][2] and code not in STEP_CASES[clean][2], code
     for code, (flagged, clean, signal) in PAIRS.items():
-        assert flagged in CASES and clean in CASES and flagged != clean, code
+        assert flagged in CASES and clean in CASES, code
         assert signal in _SIGNALS, code
+
+
+#: every spelling of an in-place activation whose backward reads its output, with slopes on both sides of zero
+SLOPE_CASES = ("LeakyReluInplaceNegativeSlope", "LeakyReluModuleNegativeSlope", "LeakyReluInplaceZeroSlope",
+               "LeakyReluInplaceNegativeSlopeNoGradNeeded", "LeakyReluNegativeSlope", "EluInplaceNegativeAlpha",
+               "CeluInplaceNegativeAlpha", "RReLUEvalInplaceNegative", "RReLUTrainInplaceNegative")
+
+
+@pytest.mark.parametrize("name", SLOPE_CASES)
+def test_negative_slope_in_place_is_predicted_and_fixed(name: str) -> None:
+    """FXG108 exactly where eager backward raises the negative-slope error, statically and in the dry-run; and
+    ``fxgrad.fix`` repairs it: the fixed module's backward runs, with the gradients of the out-of-place program."""
+    c = CASES[name]
+    truth = _truth(c)
+    raises = _SIGNALS["slope_error"](truth, None)
+    assert raises or truth.clean_run, truth
+    for report in (fxgrad.analyze(build(c)), fxgrad.analyze(build(c), build_inputs(c))):
+        assert ("FXG108" in report.codes()) is raises, f"{name}:\n{report}"
+        assert report.ok is not raises
+    if not raises:
+        return
+    assert c.reference is not None
+    fixed = fxgrad.fix(build(c), build_inputs(c))
+    record = fixed.meta["fxgrad"]
+    assert len(record.rewrites) == 1 and record.verification is not None
+    got, ref = eager_truth(fixed, build_inputs(c)), _truth(c, reference=True)
+    assert got.clean_run and ref.clean_run
+    assert set(got.grads) == set(ref.grads) and not grads_differ(got.grads, ref.grads)
 
 
 def test_findings_name_the_users_line() -> None:
