@@ -54,6 +54,7 @@ from .facts import GraphFacts, ParamFacts
 from .gcpause import gc_paused
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .metarun import MetaMode, meta_twin
+from .ops import NO_DERIVATIVE_GRAD_FNS
 from .report import Finding, ParamStatus, Report
 from .rules import (
     AUTOGRAD_ERRORS,
@@ -499,7 +500,9 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
         if g in seen:
             continue
         seen.add(g)
-        if type(g).__name__ in ("NotImplemented", "Error") and g in runner.node_of:
+        kind = type(g).__name__
+        if g in runner.node_of and (kind in ("NotImplemented", "Error") or (
+                kind in NO_DERIVATIVE_GRAD_FNS and g.next_functions[NO_DERIVATIVE_GRAD_FNS[kind]][0] is not None)):
             result.no_derivative.add(runner.node_of[g])
         variable = getattr(g, "variable", None)
         name = twins.name(variable) if variable is not None else None

@@ -159,6 +159,8 @@ class NodeFacts:
     #: an in-place activation whose backward autograd computes from its output, with a negative slope it cannot
     #: invert: (the kind of backward, ``leaky_relu`` or ``elu``; the slope). See :func:`_result_slopes`.
     result_slope: tuple[str, float] | None = None
+    #: an in-place form without a derivative whose out-of-place form has one (``acosh_``)
+    inplace_no_derivative: bool = False
 
     def __init__(self, node: torch.fx.Node, index: int, view: OpView, grad_on: bool = True) -> None:
         self.node, self.index, self.view = node, index, view
@@ -363,7 +365,8 @@ def _traits(name: str) -> _OpTraits:
         before, after = _inplace_phases(name)
         entry = _table_entry(name, False)
         traits = _TRAITS[name] = _OpTraits(_name_edge(name), _alias_kind(name), name in ops.META_WRITES,
-                                           name in ops.NO_DERIVATIVE, before, after, entry,
+                                           name in ops.NO_DERIVATIVE or name in ops.NO_DERIVATIVE_FOR, before,
+                                           after, entry,
                                            _possible_saves(name, entry) if entry is not None else frozenset(),
                                            _table_entry(name, True))
     return traits
@@ -760,7 +763,7 @@ class _Pass:
                 self._general(nf, node, view, traits, args, states)
             return
         live_in, _ = self._differentiable(nf, node, args, states)
-        if live_in is not None and traits.no_derivative:
+        if live_in is not None and traits.no_derivative and self._underivable(nf, args, states):
             nf.no_derivative = True
             self.flagged.append(nf)
         if nf.live and self.any_writes and not traits.meta_write:
@@ -808,7 +811,7 @@ class _Pass:
             if write_target is not None and view.spelling.endswith("(out=...)"):
                 nf.forward_error = (f"{name}(): functions with out=... arguments don't support automatic "
                                     "differentiation, but one of the arguments requires grad.")
-            if traits.no_derivative:
+            if traits.no_derivative and self._underivable(nf, args, states):
                 nf.no_derivative = True
         if is_module:
             module_params = self._module_call(nf, node)
@@ -842,6 +845,17 @@ class _Pass:
             self._write(nf, write_target, states[args.index(write_target)])  # the target is an input
             if records and traits.saves_after_write:
                 self._record_result(nf, traits)
+
+    def _underivable(self, nf: NodeFacts, args: Sequence[torch.fx.Node], states: Sequence[torch.fx.Node]) -> bool:
+        """Backward will ask this op (which has a live input) for a derivative it lacks: always for an op without
+        one; for an op without one for a single argument (``igamma``'s ``self``), when that argument is live."""
+        arg = ops.NO_DERIVATIVE_FOR.get(nf.view.name)
+        if arg is None:
+            return True
+        a = nf.view.args_of(nf.node).get(arg)
+        if not isinstance(a, Node) or a not in args:
+            return False
+        return self.nodes[states[args.index(a)]].live
 
     def _differentiable(self, nf: NodeFacts, node: torch.fx.Node, args: Sequence[torch.fx.Node],
                         states: Sequence[torch.fx.Node]) -> tuple[torch.fx.Node | None, bool]:
@@ -881,7 +895,7 @@ class _Pass:
             if nf.view.spelling.endswith("(out=...)"):
                 nf.forward_error = (f"{nf.view.name}(): functions with out=... arguments don't support automatic "
                                     "differentiation, but one of the arguments requires grad.")
-            if traits.no_derivative:
+            if traits.no_derivative and self._underivable(nf, args, states):
                 nf.no_derivative = True
         if args and not value_result:  # an in-place op returns its target: the same tensor
             _same_tensor(nf, nodes[target])  # (the target is an input: it has its facts)
@@ -1405,7 +1419,7 @@ def compute_facts(gm: torch.fx.GraphModule, *, inputs_require_grad: frozenset[st
         p = _Pass(gm, inputs_require_grad, model)
         p.forward()
         p.backward()
-        _result_slopes(gm, p.flagged)
+        _inplace_backward_errors(gm, p.flagged)
         return GraphFacts(gm, p.nodes, p.parameters(), p.param_names, p.flagged)
 
 
@@ -1421,14 +1435,23 @@ _SLOPES: dict[str, tuple[str, str, float]] = {
 _RRELU = ("rrelu", "RReLU")
 
 
-def _result_slopes(gm: torch.fx.GraphModule, flagged: list[NodeFacts]) -> None:
-    """Set ``result_slope`` on the in-place activations that autograd will refuse to differentiate: their backward
-    is computed from their output, and a negative slope makes the output's sign ambiguous (``leaky_relu_backward``
-    and ``elu_backward`` check ``!is_result || slope >= 0``). A slope fxgrad cannot read (a tensor, a computed
-    value) decides nothing. One look per flagged write: linear."""
+def _inplace_backward_errors(gm: torch.fx.GraphModule, flagged: list[NodeFacts]) -> None:
+    """The in-place ops whose backward raises where the out-of-place form's would not (every write is flagged):
+
+    * ``inplace_no_derivative``: the in-place form has no derivative (``acosh_``, :data:`ops.INPLACE_NO_DERIVATIVE`);
+    * ``result_slope``: an in-place activation whose backward is computed from its output, with a negative slope
+      that makes the output's sign ambiguous (``leaky_relu_backward`` and ``elu_backward`` check
+      ``!is_result || slope >= 0``). A slope fxgrad cannot read (a tensor, a computed value) decides nothing.
+
+    One look per flagged write: linear."""
     for nf in flagged:
         name = nf.view.name
-        if nf.target is None or (name not in _SLOPES and name not in _RRELU):
+        if nf.target is None or nf.view.writes is None:
+            continue
+        if name in ops.INPLACE_NO_DERIVATIVE:
+            nf.inplace_no_derivative = True
+            continue
+        if name not in _SLOPES and name not in _RRELU:
             continue
         node = nf.node
         module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None

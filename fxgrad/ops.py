@@ -163,6 +163,18 @@ VALUES_INDICES = frozenset({"topk", "sort", "max", "min", "kthvalue", "mode", "m
                             "cummin"})
 #: ops whose derivative autograd does not implement: backward raises if it reaches them.
 NO_DERIVATIVE = frozenset({"floor_divide", "rfloor_divide"})
+#: ops whose derivative autograd implements for some arguments only (derivatives.yaml: ``self:
+#: not_implemented("igamma: input")``): op -> the argument without one. Backward raises when a gradient must flow
+#: into that argument, and only then (``torch.igamma(a, x)`` is differentiable in ``x``).
+NO_DERIVATIVE_FOR: dict[str, str] = {"igamma": "self", "igammac": "self", "special_gammainc": "self",
+                                     "special_gammaincc": "self", "special_zeta": "self"}
+#: ...the autograd nodes of those ops, by class name -> the position of that argument in ``next_functions``
+#: (what the dry-run asks: a ``None`` there means no gradient flows into it)
+NO_DERIVATIVE_GRAD_FNS: dict[str, int] = {"IgammaBackward0": 0, "IgammacBackward0": 0, "SpecialZetaBackward0": 0,
+                                          "SpecialZetaBackward2": 0}
+#: in-place forms without a derivative whose out-of-place form has one (derivatives.yaml: ``acosh_: self:
+#: not_implemented("inplace version of acosh")``), by the op view's name (an in-place op is named as its base)
+INPLACE_NO_DERIVATIVE = frozenset({"acosh", "asinh", "atanh"})
 #: dropout variants: ``inplace=True`` writes only while training.
 DROPOUTS = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"})
 #: reflected operators (``2.0 ** h``, ``1.0 / h``): what they save, in the generated table's format. ``1.0 / h``

@@ -14,6 +14,8 @@ per-parameter verdicts.
 
 from __future__ import annotations
 
+import operator
+import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -88,8 +90,22 @@ class Rule:
     def when(self) -> str:
         return self.reads[0] if self.reads else ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_renderers", {v: _compile(t) for v, t in self.messages.items()})
+
     def render(self, variant: str = "", **fields: object) -> str:
-        return self.messages[variant].format(**fields)
+        """The message ``variant`` with ``fields`` filled in (fields a template does not name are ignored)."""
+        return self._renderers[variant](**fields)  # type: ignore[attr-defined,no-any-return]
+
+
+def _compile(template: str) -> Callable[..., str]:
+    """``template.format`` as an f-string function: the rules render a message per in-place op, and ``str.format``
+    costs twenty times an f-string. The source is the template's own ``repr``: a ``{name}`` field is the same in
+    both syntaxes, and nothing but the named fields is evaluated."""
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    if any(not name.isidentifier() for name in names):
+        raise ValueError(f"message template fields must be plain names: {template!r}")
+    return eval(f"lambda {''.join(n + ', ' for n in dict.fromkeys(names))}**_: f{template!r}")
 
 
 #: ``Finding(...)`` without the named tuple's generated ``__new__`` (a Python function that fills in defaults):
@@ -209,7 +225,7 @@ def _saver_text(savers: Iterable[tuple[torch.fx.Node, str]]) -> tuple[str, tuple
         what = "its output" if arg == "result" else "a tensor" if arg in ("", "saved_tensors") else f"its `{arg}`"
         parts.append(f"`{saver.name}`{where} saved {what} for backward")
         related.append(Related("saved by", saver.name, origin.location))
-    return "; ".join(parts), tuple(dict.fromkeys(related))
+    return "; ".join(parts), tuple(related)
 
 
 def _check_overwrites_saved(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
@@ -256,9 +272,10 @@ def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | Non
             u for u in (*nf.overwritten, *nf.silently_written) if facts[u.saver].reach]:
         return None
     rule = RULES_BY_CODE["FXG101"]
+    op, target = nf.view.spelling or nf.view.name, f"`{nf.target.name}`"  # (once per in-place op: inlined)
     if not nf.grad_on:
-        return _finding(rule, nf, rule.render("no_grad", op=_op(nf), target=_target(nf, "its target")))
-    msg = rule.render(op=_op(nf), target=_target(nf, "its target"))
+        return _finding(rule, nf, rule.render("no_grad", op=op, target=target))
+    msg = rule.render(op=op, target=target)
     if nf.unknown_savers:
         msg += rule.render("unknown", savers=", ".join(f"`{n.name}`" for n in nf.unknown_savers[:3]))
     return _finding(rule, nf, msg)
@@ -298,6 +315,13 @@ def _check_negative_slope(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
     kind, slope = nf.result_slope  # type: ignore[misc]
     rule = RULES_BY_CODE["FXG108"]
     return _finding(rule, nf, rule.render(op=_op(nf), slope=f"{slope:g}", error=SLOPE_ERRORS[kind]))
+
+
+def _check_inplace_no_derivative(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
+    if not (nf.grad_on and nf.target_live and nf.reach) or nf.leaf_write or nf.forward_error:
+        return None
+    rule = RULES_BY_CODE["FXG109"]
+    return _finding(rule, nf, rule.render(op=_op(nf), name=nf.view.name))
 
 
 RULES: tuple[Rule, ...] = (
@@ -443,6 +467,15 @@ RULES: tuple[Rule, ...] = (
          flagged="LeakyReluInplaceNegativeSlope", clean="LeakyReluNegativeSlope",
          example="h = F.leaky_relu(self.linear(x), -0.1, inplace=True)  # or nn.LeakyReLU(-0.1, inplace=True)",
          use_instead="h = F.leaky_relu(self.linear(x), -0.1)"),
+    Rule("FXG109", "inplace-no-derivative", "error", "write", "in-place `acosh_` / `asinh_` / `atanh_` on a tensor "
+         "that needs a gradient: the in-place form has no derivative, `backward()` raises",
+         "Autograd implements the derivative of the out-of-place op only; the in-place form's backward raises.",
+         {"": "In-place `{op}` has no derivative (only the out-of-place `{name}` has one): backward() will raise "
+              "\"RuntimeError: the derivative for 'inplace version of {name}' is not implemented.\" Use the "
+              "out-of-place form."},
+         ("inplace_no_derivative", "target_live", "grad_on", "reach"), _check_inplace_no_derivative,
+         raises="backward", fix="safe", flagged="AsinhInplace", clean="AsinhOutOfPlace",
+         example="h = torch.asinh_(self.linear(x))", use_instead="h = torch.asinh(self.linear(x))"),
     Rule("FXG201", "param-no-grad", "error", "param", "parameter gets no gradient: every path to the output is cut",
          "Its `.grad` stays None and the optimizer never updates it.",
          {"": "{params} {verb} no gradient: {why}."}, dryrun=True, flagged="Detach", clean="DictOutputOneDetached",
@@ -543,12 +576,21 @@ PARAM_CODES = frozenset(r.code for r in RULE_FOR_STATUS.values())
 #: the parameter verdicts that describe a gradient lost on the way (counterfactual when forward raises)
 _CUT_OFF = frozenset((RULE_FOR_STATUS["no-grad"].code, RULE_FOR_STATUS["zero-grad"].code))
 
-#: the node checks, in catalog order, each with the fact that must be set for it to have something to say
-_NODE_RULES: tuple[tuple[str, Check], ...] = tuple((r.when, r.check) for r in RULES if r.check is not None)
+#: the facts that gate the node checks (each rule's first fact), read from a node in one C-level call, and the
+#: checks each gates, in catalog order
+_GATES: tuple[str, ...] = tuple(dict.fromkeys(r.when for r in RULES if r.check is not None))
+_READ_GATES = operator.attrgetter(*_GATES)
+_GATED: tuple[tuple[Check, ...], ...] = tuple(tuple(r.check for r in RULES if r.check is not None and r.when == g)
+                                              for g in _GATES)
+
+
+def _code(f: Finding) -> str:
+    return f.code
 
 
 def run_rules(facts: GraphFacts) -> list[Finding]:
-    """Every finding of every rule, in graph order, then the per-parameter verdicts.
+    """Every finding of every rule, in graph order (at one node, in catalog order), then the per-parameter
+    verdicts.
 
     Most nodes are plain differentiable ops that no rule is about: only the nodes the forward pass flagged are
     looked at, and each is shown to the rules whose first fact (:attr:`Rule.reads`) it sets.
@@ -556,11 +598,18 @@ def run_rules(facts: GraphFacts) -> list[Finding]:
     with gc_paused():  # (see fxgrad.gcpause)
         findings: list[Finding] = []
         for nf in facts.flagged if facts.flagged is not None else facts:
-            for when, check in _NODE_RULES:
-                if getattr(nf, when):
-                    f = check(nf, facts)
-                    if f is not None:
-                        findings.append(f)
+            gates = _READ_GATES(nf)
+            if not any(gates):
+                continue
+            start = len(findings)
+            for gate, checks in zip(gates, _GATED, strict=True):
+                if gate:
+                    for check in checks:
+                        f = check(nf, facts)
+                        if f is not None:
+                            findings.append(f)
+            if len(findings) - start > 1:  # two gates set: keep catalog order (codes sort as the catalog)
+                findings[start:] = sorted(findings[start:], key=_code)
         findings.extend(param_findings(facts))
         return without_counterfactuals(without_refuted(findings))
 
@@ -570,9 +619,13 @@ FORWARD_ERRORS = frozenset(r.code for r in RULES if r.raises == "forward")
 _LEGAL = RULE_FOR_FACT["target_live"].code
 
 
+#: in-place codes whose op is an error: an op with one of them is not a legal in-place op
+_WRITE_ERRORS = frozenset(r.code for r in RULES if r.family == "write" and r.severity == "error")
+
+
 def without_refuted(findings: list[Finding]) -> list[Finding]:
     """FXG101 says backward stays correct: not where another in-place rule finds an error at the same op."""
-    broken = {f.node for f in findings if f.severity == "error" and RULES_BY_CODE[f.code].family == "write"}
+    broken = {f.node for f in findings if f.code in _WRITE_ERRORS}
     if not broken:
         return findings
     return [f for f in findings if not (f.code == _LEGAL and f.node in broken)]

@@ -2022,4 +2022,70 @@ class RReLUEvalNegative(Ex1Linear):
         return F.rrelu(self.linear(x), -0.3, -0.1, training=False)
 
 
+@case(reference="AsinhOutOfPlace")
+class AsinhInplace(Ex1Linear):
+    """`torch.asinh_(h)`: the in-place form has no derivative ('inplace version of asinh'); backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.asinh_(self.linear(x))
+
+
+@case()
+class AsinhOutOfPlace(Ex1Linear):
+    """`torch.asinh(h)` out of place: differentiable."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.asinh(self.linear(x))
+
+
+@case(reference="AcoshAtanhOutOfPlace")
+class AcoshAtanhInplace(Ex1Linear):
+    """`h.acosh_()` and `h.atanh_()` as methods: neither in-place form has a derivative; backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)
+        return (h.abs() + 1.5).acosh_() + (h.tanh() * 0.5).atanh_()
+
+
+@case()
+class AcoshAtanhOutOfPlace(Ex1Linear):
+    """`h.acosh()` and `h.atanh()` out of place: differentiable."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)
+        return (h.abs() + 1.5).acosh() + (h.tanh() * 0.5).atanh()
+
+
+@case()
+class AsinhInplaceNoGradNeeded(Ex1Linear):
+    """`torch.asinh_(x.clone())` on a tensor that does not require grad: autograd records no backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + torch.asinh_(x.clone())[:, :4]
+
+
+@case()
+class IgammaOfActivation(Ex1Linear):
+    """`torch.igamma(h, x)`: no derivative for its first argument; backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.igamma(self.linear(x).abs() + 0.5, x[:, :4].abs() + 0.5)
+
+
+@case()
+class IgammaOfInputAtActivation(Ex1Linear):
+    """`torch.igamma(x, h)`: differentiable in its second argument; backward runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.igamma(x[:, :4].abs() + 0.5, self.linear(x).abs() + 0.5)
+
+
+@case()
+class ZetaOfActivation(Ex1Linear):
+    """`torch.special.zeta(h, 2.0)`: no derivative for its first argument; backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.zeta(self.linear(x).abs() + 1.5, 2.0)
+
+
 from . import corpus_forum  # noqa: E402,F401

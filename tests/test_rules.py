@@ -172,6 +172,7 @@ _SIGNALS: dict[str, Callable[[Truth, Truth | None], bool]] = {
     "no_derivative": lambda t, r: t.backward_error is not None and "not implemented" in t.backward_error,
     "forward_error": lambda t, r: t.forward_error is not None and not t.leaf_error,
     "slope_error": lambda t, r: t.backward_error is not None and "with a negative slope" in t.backward_error,
+    "inplace_no_derivative": lambda t, r: t.backward_error is not None and "'inplace version of" in t.backward_error,
 }
 
 #: code -> the eager signal that tells its rule's flagged case (``Rule.flagged``) from its clean case
@@ -179,7 +180,7 @@ SIGNAL_OF: dict[str, str] = {
     "FXG001": "cut", "FXG002": "cut", "FXG003": "cut", "FXG004": "cut", "FXG005": "cut", "FXG006": "cut",
     "FXG007": "zero", "FXG008": "cut", "FXG009": "no_derivative", "FXG010": "forward_error",
     "FXG101": "activation", "FXG102": "inplace_error", "FXG103": "leaf_error", "FXG104": "alias", "FXG105": "input",
-    "FXG106": "silent", "FXG107": "forward_error", "FXG108": "slope_error",
+    "FXG106": "silent", "FXG107": "forward_error", "FXG108": "slope_error", "FXG109": "inplace_no_derivative",
     "FXG201": "cut", "FXG202": "zero", "FXG203": "unused",
 }
 #: code -> (flagged case, clean case, the eager signal that tells them apart); the optimizer codes' cases are run
@@ -244,32 +245,73 @@ def test_every_rule_has_a_flagged_and_a_clean_case() -> None:
         assert signal in _SIGNALS, code
 
 
-#: every spelling of an in-place activation whose backward reads its output, with slopes on both sides of zero
-SLOPE_CASES = ("LeakyReluInplaceNegativeSlope", "LeakyReluModuleNegativeSlope", "LeakyReluInplaceZeroSlope",
-               "LeakyReluInplaceNegativeSlopeNoGradNeeded", "LeakyReluNegativeSlope", "EluInplaceNegativeAlpha",
-               "CeluInplaceNegativeAlpha", "RReLUEvalInplaceNegative", "RReLUTrainInplaceNegative")
+#: backward errors fxgrad predicts from forward, every spelling, with close misses: case -> the code that must be
+#: reported exactly when eager backward raises that code's error (its signal)
+BACKWARD_ERROR_CASES: dict[str, str] = {
+    "LeakyReluInplaceNegativeSlope": "FXG108", "LeakyReluModuleNegativeSlope": "FXG108",
+    "LeakyReluInplaceZeroSlope": "FXG108", "LeakyReluInplaceNegativeSlopeNoGradNeeded": "FXG108",
+    "LeakyReluNegativeSlope": "FXG108", "EluInplaceNegativeAlpha": "FXG108", "CeluInplaceNegativeAlpha": "FXG108",
+    "RReLUEvalInplaceNegative": "FXG108", "RReLUTrainInplaceNegative": "FXG108",
+    "AsinhInplace": "FXG109", "AcoshAtanhInplace": "FXG109", "AsinhOutOfPlace": "FXG109",
+    "AsinhInplaceNoGradNeeded": "FXG109",
+    "IgammaOfActivation": "FXG009", "IgammaOfInputAtActivation": "FXG009", "ZetaOfActivation": "FXG009",
+}
 
 
-@pytest.mark.parametrize("name", SLOPE_CASES)
-def test_negative_slope_in_place_is_predicted_and_fixed(name: str) -> None:
-    """FXG108 exactly where eager backward raises the negative-slope error, statically and in the dry-run; and
-    ``fxgrad.fix`` repairs it: the fixed module's backward runs, with the gradients of the out-of-place program."""
-    c = CASES[name]
+@pytest.mark.parametrize("name", sorted(BACKWARD_ERROR_CASES))
+def test_backward_errors_visible_in_forward_are_predicted_and_fixed(name: str) -> None:
+    """The code exactly where eager backward raises its error, statically and in the dry-run; where the rule's fix
+    is safe, ``fxgrad.fix`` repairs it: the fixed module's backward runs, with the out-of-place program's
+    gradients."""
+    from fxgrad.rules import RULES_BY_CODE
+
+    c, code = CASES[name], BACKWARD_ERROR_CASES[name]
     truth = _truth(c)
-    raises = _SIGNALS["slope_error"](truth, None)
+    raises = _SIGNALS[SIGNAL_OF[code]](truth, None)
     assert raises or truth.clean_run, truth
     for report in (fxgrad.analyze(build(c)), fxgrad.analyze(build(c), build_inputs(c))):
-        assert ("FXG108" in report.codes()) is raises, f"{name}:\n{report}"
+        assert (code in report.codes()) is raises, f"{name}:\n{report}"
         assert report.ok is not raises
-    if not raises:
+    if not raises or RULES_BY_CODE[code].fix != "safe":
         return
     assert c.reference is not None
     fixed = fxgrad.fix(build(c), build_inputs(c))
     record = fixed.meta["fxgrad"]
-    assert len(record.rewrites) == 1 and record.verification is not None
+    assert record.rewrites and not record.left and record.verification is not None
     got, ref = eager_truth(fixed, build_inputs(c)), _truth(c, reference=True)
     assert got.clean_run and ref.clean_run
     assert set(got.grads) == set(ref.grads) and not grads_differ(got.grads, ref.grads)
+
+
+def test_no_derivative_tables_are_autograd_s() -> None:
+    """The op tables behind FXG009 and FXG109 say what torch's own derivatives.yaml says (``not_implemented`` for
+    an argument of an op a model calls), and the autograd node classes the dry-run asks raise at backward exactly
+    when a gradient flows into that argument."""
+    import re
+    from pathlib import Path
+
+    import torchgen
+
+    from fxgrad import ops
+
+    yaml = (Path(torchgen.__file__).parent / "packaged" / "autograd" / "derivatives.yaml").read_text()
+    inplace = set(re.findall(r"- name: (\w+)_\(Tensor\(a!\) self\) -> Tensor\(a!\)\n  self: not_implemented\(\"inplace "
+                             r"version of \1\"\)", yaml))
+    assert inplace == set(ops.INPLACE_NO_DERIVATIVE)
+    for op, arg in ops.NO_DERIVATIVE_FOR.items():
+        aten = {"special_gammainc": "igamma", "special_gammaincc": "igammac"}.get(op, op)
+        entry = rf"- name: {aten}\(Tensor self, Tensor other\) -> Tensor\n  {arg}: '?not_implemented"
+        assert re.search(entry, yaml), op
+    h, one = torch.rand(3, requires_grad=True) + 0.5, torch.ones(3)
+    made = [torch.igamma(h, one), torch.igammac(h, one), h.clone().igamma_(one), h.clone().igammac_(one),
+            torch.special.zeta(h + 1, one), torch.special.zeta(h + 1, 2.0)]
+    assert {type(t.grad_fn).__name__ for t in made} == set(ops.NO_DERIVATIVE_GRAD_FNS)
+    for second in (torch.ones(3), torch.ones(3, requires_grad=True)):
+        with pytest.raises(RuntimeError, match="is not implemented"):
+            torch.igamma(h, second).sum().backward()
+    x = torch.ones(3, requires_grad=True)
+    torch.igamma(torch.ones(3), x + 1).sum().backward()  # the other argument has a derivative
+    assert x.grad is not None
 
 
 def test_findings_name_the_users_line() -> None:
