@@ -54,7 +54,7 @@ from .facts import GraphFacts, ParamFacts
 from .gcpause import gc_paused
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .metarun import MetaMode, meta_twin
-from .ops import NO_DERIVATIVE_GRAD_FNS
+from .ops import INPLACE_NO_DERIVATIVE_GRAD_FNS, NO_DERIVATIVE_GRAD_FNS, RESULT_SLOPE_GRAD_FNS
 from .report import Finding, ParamStatus, Report
 from .rules import (
     AUTOGRAD_ERRORS,
@@ -110,6 +110,9 @@ class DryRun:
     no_derivative: set[torch.fx.Node] = field(default_factory=set)
     #: in-place nodes whose write another tensor read later really shares memory with (FXG104 proved)
     aliased_writes: set[torch.fx.Node] = field(default_factory=set)
+    #: in-place nodes whose autograd node backward reaches and that will raise there: node -> (the node fact it
+    #: proves: result_slope | inplace_no_derivative, the kind of backward, the slope)
+    inplace_backward_errors: dict[torch.fx.Node, tuple[str, str, float]] = field(default_factory=dict)
 
 
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
@@ -429,6 +432,20 @@ class _Twins:
         return twin
 
 
+def _slope(g: Any, kind: str, attrs: tuple[str, ...]) -> float | None:
+    """The negative slope an in-place activation's autograd node will refuse at backward, or None."""
+    if kind == "RreluWithNoiseBackward1" and getattr(g, "_saved_training", True):
+        return None  # in training its backward reads the noise, not the sign of the output
+    values: list[float] = []
+    for a in attrs:
+        v = getattr(g, a, None)
+        if not isinstance(v, (int, float)):
+            return None
+        values.append(float(v))
+    slope = sum(values) / len(values)
+    return float(slope) if slope < 0 else None
+
+
 def _arg(attr: str) -> str:
     """The saved argument's schema name: ``_saved_self`` -> ``self``, ``_saved_result`` -> ``result``."""
     return attr.removeprefix("_saved_")
@@ -504,6 +521,13 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
         if g in runner.node_of and (kind in ("NotImplemented", "Error") or (
                 kind in NO_DERIVATIVE_GRAD_FNS and g.next_functions[NO_DERIVATIVE_GRAD_FNS[kind]][0] is not None)):
             result.no_derivative.add(runner.node_of[g])
+        elif kind in INPLACE_NO_DERIVATIVE_GRAD_FNS and g in runner.node_of:
+            result.inplace_backward_errors[runner.node_of[g]] = ("inplace_no_derivative", "", 0.0)
+        elif kind in RESULT_SLOPE_GRAD_FNS and g in runner.node_of:
+            slope = _slope(g, kind, RESULT_SLOPE_GRAD_FNS[kind][1])
+            if slope is not None:
+                result.inplace_backward_errors[runner.node_of[g]] = ("result_slope", RESULT_SLOPE_GRAD_FNS[kind][0],
+                                                                     slope)
         variable = getattr(g, "variable", None)
         name = twins.name(variable) if variable is not None else None
         if name is not None:
@@ -630,6 +654,13 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
     # An op without a derivative on the gradient path.
     for node in result.no_derivative:
         new.append(proved_finding(Proof("no_derivative", node), facts[node]))
+
+    # In-place ops whose backward raises where the out-of-place form's would not.
+    for node, (fact, kind, slope) in result.inplace_backward_errors.items():
+        if node in conflicted:
+            continue
+        new.append(proved_finding(Proof(fact, node, kind=kind, slope=slope), facts[node]))
+        conflicted.add(node)
 
     # Forward raised here in the run.
     for node, (fact, text) in result.forward_errors.items():

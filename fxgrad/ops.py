@@ -175,6 +175,17 @@ NO_DERIVATIVE_GRAD_FNS: dict[str, int] = {"IgammaBackward0": 0, "IgammacBackward
 #: in-place forms without a derivative whose out-of-place form has one (derivatives.yaml: ``acosh_: self:
 #: not_implemented("inplace version of acosh")``), by the op view's name (an in-place op is named as its base)
 INPLACE_NO_DERIVATIVE = frozenset({"acosh", "asinh", "atanh"})
+#: ...their autograd nodes, by class name (what the dry-run asks)
+INPLACE_NO_DERIVATIVE_GRAD_FNS = frozenset({"AcoshBackward1", "AsinhBackward1", "AtanhBackward1"})
+#: autograd nodes of in-place activations that compute their backward from the output, by class name -> the kind
+#: of backward (``leaky_relu_backward`` or ``elu_backward``, which refuse a negative slope) and the saved
+#: attributes that hold the slope (``rrelu_`` in eval mode: the mean of its bounds; in training it raises nothing)
+RESULT_SLOPE_GRAD_FNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "LeakyReluBackward1": ("leaky_relu", ("_saved_negative_slope",)),
+    "EluBackward1": ("elu", ("_saved_alpha",)),
+    "CeluBackward1": ("elu", ("_saved_alpha",)),
+    "RreluWithNoiseBackward1": ("leaky_relu", ("_saved_lower", "_saved_upper")),
+}
 #: dropout variants: ``inplace=True`` writes only while training.
 DROPOUTS = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"})
 #: reflected operators (``2.0 ** h``, ``1.0 / h``): what they save, in the generated table's format. ``1.0 / h``

@@ -313,14 +313,14 @@ def _check_negative_slope(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
     if not (nf.grad_on and nf.target_live and nf.reach) or nf.leaf_write or nf.forward_error:
         return None
     kind, slope = nf.result_slope  # type: ignore[misc]
-    rule = RULES_BY_CODE["FXG108"]
+    rule = RULE_FOR_FACT["result_slope"]
     return _finding(rule, nf, rule.render(op=_op(nf), slope=f"{slope:g}", error=SLOPE_ERRORS[kind]))
 
 
 def _check_inplace_no_derivative(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
     if not (nf.grad_on and nf.target_live and nf.reach) or nf.leaf_write or nf.forward_error:
         return None
-    rule = RULES_BY_CODE["FXG109"]
+    rule = RULE_FOR_FACT["inplace_no_derivative"]
     return _finding(rule, nf, rule.render(op=_op(nf), name=nf.view.name))
 
 
@@ -463,7 +463,8 @@ RULES: tuple[Rule, ...] = (
          {"": "In-place `{op}` with the negative slope {slope}: autograd computes its backward from the output, whose "
               "sign a negative slope makes ambiguous, so backward() will raise \"{error}\" Use the out-of-place "
               "form."},
-         ("result_slope", "target_live", "grad_on", "reach"), _check_negative_slope, raises="backward", fix="safe",
+         ("result_slope", "target_live", "grad_on", "reach"), _check_negative_slope, raises="backward", dryrun=True,
+         fix="safe",
          flagged="LeakyReluInplaceNegativeSlope", clean="LeakyReluNegativeSlope",
          example="h = F.leaky_relu(self.linear(x), -0.1, inplace=True)  # or nn.LeakyReLU(-0.1, inplace=True)",
          use_instead="h = F.leaky_relu(self.linear(x), -0.1)"),
@@ -474,7 +475,7 @@ RULES: tuple[Rule, ...] = (
               "\"RuntimeError: the derivative for 'inplace version of {name}' is not implemented.\" Use the "
               "out-of-place form."},
          ("inplace_no_derivative", "target_live", "grad_on", "reach"), _check_inplace_no_derivative,
-         raises="backward", fix="safe", flagged="AsinhInplace", clean="AsinhOutOfPlace",
+         raises="backward", dryrun=True, fix="safe", flagged="AsinhInplace", clean="AsinhOutOfPlace",
          example="h = torch.asinh_(self.linear(x))", use_instead="h = torch.asinh(self.linear(x))"),
     Rule("FXG201", "param-no-grad", "error", "param", "parameter gets no gradient: every path to the output is cut",
          "Its `.grad` stays None and the optimizer never updates it.",
@@ -653,13 +654,16 @@ class Proof:
     #: the error eager raises, as autograd words it
     error: str = ""
     backend_dependent: bool = False
+    #: for ``result_slope``: the kind of backward (``leaky_relu``, ``elu``) and the slope it will refuse
+    kind: str = ""
+    slope: float = 0.0
 
 
 def proved_finding(proof: Proof, nf: NodeFacts) -> Finding:
     """The finding of the rule that ``proof`` proves, rendered from the rule's template like a static one."""
     rule = RULE_FOR_FACT[proof.fact]
-    error = f"RuntimeError: {proof.error}" if proof.error else ""
-    fields: dict[str, object] = {"op": _op(nf), "name": nf.view.name, "error": error}
+    error = f"RuntimeError: {proof.error}" if proof.error else SLOPE_ERRORS.get(proof.kind, "")
+    fields: dict[str, object] = {"op": _op(nf), "name": nf.view.name, "error": error, "slope": f"{proof.slope:g}"}
     related: tuple[Related, ...] = ()
     if proof.savers:
         fields["savers"], related = _saver_text(proof.savers)

@@ -283,6 +283,38 @@ def test_backward_errors_visible_in_forward_are_predicted_and_fixed(name: str) -
     assert set(got.grads) == set(ref.grads) and not grads_differ(got.grads, ref.grads)
 
 
+def _template_pattern(template: str) -> str:
+    import re
+    import string
+
+    return "".join(re.escape(text) + (".*?" if field else "")
+                   for text, field, _, _ in string.Formatter().parse(template))
+
+
+@pytest.mark.parametrize("code", sorted(r.code for r in RULES if r.check is not None))
+def test_static_and_dry_run_findings_render_one_template(code: str) -> None:
+    """Every finding's message is its rule's template filled in, whether the static pass or the dry-run found
+    it (they used to word FXG009 and FXG103 differently)."""
+    import re
+
+    from fxgrad.rules import RULES_BY_CODE
+
+    rule = RULES_BY_CODE[code]
+    patterns = [re.compile(_template_pattern(t), re.S) for v, t in rule.messages.items() if v != "unknown"]
+    c = CASES[rule.flagged]
+    seen = set()
+    for report in (fxgrad.analyze(build(c)), fxgrad.analyze(build(c), build_inputs(c))):
+        for f in report.findings + report.suppressed:
+            r = RULES_BY_CODE[f.code]
+            texts = [t for v, t in r.messages.items() if v != "unknown"]
+            assert any(re.fullmatch(_template_pattern(t), f.message.split(" Not proved statically")[0], re.S)
+                       for t in texts), f"{f.code} ({f.verdict}) does not render its template: {f.message}"
+            if f.code == code:
+                seen.add(f.verdict)
+                assert any(p.fullmatch(f.message.split(" Not proved statically")[0]) for p in patterns)
+    assert seen == ({"static", "dry-run"} if rule.dryrun else {"static"}), f"{code}: found by {seen} on {rule.flagged}"
+
+
 def test_no_derivative_tables_are_autograd_s() -> None:
     """The op tables behind FXG009 and FXG109 say what torch's own derivatives.yaml says (``not_implemented`` for
     an argument of an op a model calls), and the autograd node classes the dry-run asks raise at backward exactly
