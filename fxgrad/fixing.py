@@ -5,7 +5,7 @@ Algorithm of :func:`fix`:
 1. Check the arguments; the user's model is only read from here on (its modules are shared by the result,
    never modified: in-place modules are replaced by copies with ``inplace=False``).
 2. Trace once (:func:`fxgrad.capture.trace`) and run :func:`fxgrad.analyze` on that same ``GraphModule``, so
-   finding and node names match; ``only="breaking"`` selects the nodes with FXG102/FXG103 findings.
+   finding and node names match; ``only="breaking"`` selects the nodes with a finding in :data:`fxgrad.rules.BREAKING`.
 3. Build the result: a new ``GraphModule`` over the traced one's modules with a copy of its graph.
 4. Run the :class:`~fxgrad.rewrite.OutOfPlace` pass on it.
 5. With example inputs: where the out-of-place result has another dtype than the in-place one had (type
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 META_KEY = "fxgrad"
 
 #: findings whose ops ``only="breaking"`` rewrites: the fixable codes whose op makes backward or forward raise
-#: (FXG102, FXG103, FXG108), as the rules declare them
+#: (FXG102, FXG103, FXG108, FXG109), as the rules declare them
 BREAKING = rules.BREAKING
 
 
@@ -191,8 +191,9 @@ def fix(
     """A new ``GraphModule`` that computes what ``model`` computes, with in-place ops made out-of-place.
 
     ``only="breaking"`` (the default with example inputs) rewrites the ops that make backward or forward raise
-    (FXG102/FXG103) and keeps harmless memory-saving in-place ops; ``only="all"`` (the default without inputs)
-    rewrites every in-place op on activations that can be rewritten safely. ``unsafe=True`` also rewrites writes
+    (:data:`fxgrad.rules.BREAKING`: FXG102, FXG103, FXG108, FXG109) and keeps harmless memory-saving in-place ops;
+    ``only="all"`` (the default without inputs) rewrites every in-place op on activations that can be rewritten
+    safely. ``unsafe=True`` also rewrites writes
     the caller sees (graph inputs) and records the change. With example inputs and ``verify=True`` the result is
     run against the original (outputs, gradients, buffers) and :class:`~fxgrad.errors.VerificationError` is
     raised on a mismatch. The result shares ``model``'s parameters; ``model`` itself is never changed. Its

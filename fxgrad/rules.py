@@ -516,7 +516,7 @@ RULES: tuple[Rule, ...] = (
 RULES_BY_CODE: dict[str, Rule] = {r.code: r for r in RULES}
 
 #: the cut warnings: an accepted one makes the parameters it cuts off frozen on purpose (fxgrad.suppress)
-CUT_CODES = frozenset(r.code for r in RULES if r.when == "cut")
+CUT_CODES = frozenset(r.code for r in RULES if r.family == "cut" and r.severity == "warning")
 
 #: node fact -> the one rule it gates (facts that gate several rules, like ``cut``, are not here)
 RULE_FOR_FACT: dict[str, Rule] = {}
