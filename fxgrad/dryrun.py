@@ -55,7 +55,7 @@ from .gcpause import gc_paused
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .metarun import MetaMode, meta_twin
 from .ops import INPLACE_NO_DERIVATIVE_GRAD_FNS, NO_DERIVATIVE_GRAD_FNS, RESULT_SLOPE_GRAD_FNS
-from .report import Finding, ParamStatus, Report
+from .report import ParamStatus, Report
 from .rules import (
     AUTOGRAD_ERRORS,
     LEAF_ERRORS,
@@ -113,6 +113,46 @@ class DryRun:
     #: in-place nodes whose autograd node backward reaches and that will raise there: node -> (the node fact it
     #: proves: result_slope | inplace_no_derivative, the kind of backward, the slope)
     inplace_backward_errors: dict[torch.fx.Node, tuple[str, str, float]] = field(default_factory=dict)
+
+    def proofs(self) -> list[Proof]:
+        """What the run proved, as facts the rules turn into findings: at most one proof per in-place node (the
+        first that applies: backward raises on a saved tensor, a storage write behind the counter, backward raises
+        in the op itself, forward raises), plus every op without a derivative that backward reaches."""
+        backend_names = {n.name for n in self.backend_nodes}
+        proofs: list[Proof] = []
+        done: set[torch.fx.Node] = set()
+        # Backward raises on a saved tensor: one proof per mutating node.
+        groups: dict[torch.fx.Node | None, list[tuple[torch.fx.Node | None, str, str]]] = {}
+        for mutator, saver, arg, text in self.conflicts:
+            if mutator in self.forward_errors:
+                continue  # forward already raised there; the write only happened because we went on
+            groups.setdefault(mutator, []).append((saver, arg, text))
+        for mutator, items in groups.items():
+            anchor = mutator or items[0][0]
+            if anchor is None:
+                continue
+            done.add(anchor)
+            savers = tuple((s, arg) for s, arg, _ in items if s is not None)
+            backend = anchor.name in backend_names or any(s.name in backend_names for s, _ in savers)
+            proofs.append(Proof("overwritten", anchor, savers, items[0][2], backend))
+        # Storage writes behind the version counter into saved tensors.
+        silent: dict[torch.fx.Node, list[tuple[torch.fx.Node, str]]] = {}
+        for writer, saver, arg in self.silent:
+            silent.setdefault(writer, []).append((saver, arg))
+        for writer, savers_of in silent.items():
+            if writer not in done:
+                proofs.append(Proof("silently_written", writer, tuple(savers_of)))
+                done.add(writer)
+        # An op without a derivative on the gradient path.
+        proofs += [Proof("no_derivative", node) for node in self.no_derivative]
+        # In-place ops whose backward raises where the out-of-place form's would not.
+        for node, (fact, kind, slope) in self.inplace_backward_errors.items():
+            if node not in done:
+                proofs.append(Proof(fact, node, kind=kind, slope=slope))
+                done.add(node)
+        # Forward raised here in the run.
+        proofs += [Proof(fact, node, error=text) for node, (fact, text) in self.forward_errors.items()]
+        return proofs
 
 
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
@@ -622,50 +662,10 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
     aliased = {n.name for n in result.aliased_writes}
     kept += [f._replace(verdict="dry-run") for f in report.findings
              if f.node in aliased and RULES_BY_CODE[f.code].when == "alias_read_after"]
-    new: list[Finding] = []
-    conflicted: set[torch.fx.Node] = set()
+    proofs = result.proofs()
+    new = [proved_finding(p, facts[p.node]) for p in proofs]
+    conflicted = {p.node for p in proofs if p.fact != "no_derivative"}
     legal = RULE_FOR_FACT["target_live"].code
-
-    # Backward raises: proved conflicts, one finding per mutating node.
-    groups: dict[torch.fx.Node | None, list[tuple[torch.fx.Node | None, str, str]]] = {}
-    for mutator, saver, arg, text in result.conflicts:
-        if mutator in result.forward_errors:
-            continue  # forward already raised there; the write only happened because we went on
-        groups.setdefault(mutator, []).append((saver, arg, text))
-    for mutator, items in groups.items():
-        anchor = mutator or items[0][0]
-        if anchor is None:
-            continue
-        conflicted.add(anchor)
-        savers = tuple((s, arg) for s, arg, _ in items if s is not None)
-        backend = anchor.name in backend_names or any(s.name in backend_names for s, _ in savers)
-        new.append(proved_finding(Proof("overwritten", anchor, savers, items[0][2], backend), facts[anchor]))
-
-    # Storage writes behind the version counter into saved tensors.
-    silent: dict[torch.fx.Node, list[tuple[torch.fx.Node, str]]] = {}
-    for writer, saver, arg in result.silent:
-        silent.setdefault(writer, []).append((saver, arg))
-    for writer, savers_of in silent.items():
-        if writer in conflicted:
-            continue
-        new.append(proved_finding(Proof("silently_written", writer, tuple(savers_of)), facts[writer]))
-        conflicted.add(writer)
-
-    # An op without a derivative on the gradient path.
-    for node in result.no_derivative:
-        new.append(proved_finding(Proof("no_derivative", node), facts[node]))
-
-    # In-place ops whose backward raises where the out-of-place form's would not.
-    for node, (fact, kind, slope) in result.inplace_backward_errors.items():
-        if node in conflicted:
-            continue
-        new.append(proved_finding(Proof(fact, node, kind=kind, slope=slope), facts[node]))
-        conflicted.add(node)
-
-    # Forward raised here in the run.
-    for node, (fact, text) in result.forward_errors.items():
-        new.append(proved_finding(Proof(fact, node, error=text), facts[node]))
-        conflicted.add(node)
 
     # FXG101: every in-place write on an activation that requires grad and that the dry-run found harmless.
     for nf in facts:

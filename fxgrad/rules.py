@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import operator
 import string
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch.fx
 
@@ -45,6 +47,9 @@ __all__ = [
 ]
 
 Check = Callable[[NodeFacts, GraphFacts], "Finding | None"]
+Severity = Literal["error", "warning", "info"]
+Family = Literal["cut", "write", "param"]
+FixSafety = Literal["safe", "unsafe", "none"]
 
 
 @dataclass(frozen=True)
@@ -53,9 +58,9 @@ class Rule:
 
     code: str
     name: str
-    severity: str  # error | warning | info
+    severity: Severity
     #: cut (FXG0xx) | write (FXG1xx) | param (FXG2xx)
-    family: str
+    family: Family
     #: one line: what it flags (the README's rule table)
     summary: str
     #: why that is bad
@@ -69,7 +74,7 @@ class Rule:
     dryrun: bool = False
     #: safe: ``fxgrad.fix`` rewrites it by default; unsafe: only with ``unsafe=True`` (the caller sees a change);
     #: none: no automatic fix
-    fix: str = "none"
+    fix: FixSafety = "none"
     #: corpus cases (tests/corpus.py, or tests/test_step.py for the optimizer codes) it flags / leaves alone
     flagged: str = ""
     clean: str = ""
@@ -79,7 +84,9 @@ class Rule:
     #: shown unless deselected; ``False``: only when selected (``--select FXG101``), because it flags correct code
     default: bool = True
     #: forward | backward: what raises on the code it flags (training stops there); "" when nothing raises
-    raises: str = ""
+    raises: Literal["forward", "backward", ""] = ""
+    #: the compiled ``messages`` (see :func:`_compile`)
+    _renderers: dict[str, Callable[..., str]] = field(init=False, repr=False, compare=False)
 
     @property
     def fixable(self) -> bool:
@@ -95,7 +102,7 @@ class Rule:
 
     def render(self, variant: str = "", **fields: object) -> str:
         """The message ``variant`` with ``fields`` filled in (fields a template does not name are ignored)."""
-        return self._renderers[variant](**fields)  # type: ignore[attr-defined,no-any-return]
+        return self._renderers[variant](**fields)
 
 
 def _compile(template: str) -> Callable[..., str]:
@@ -519,11 +526,8 @@ RULES_BY_CODE: dict[str, Rule] = {r.code: r for r in RULES}
 CUT_CODES = frozenset(r.code for r in RULES if r.family == "cut" and r.severity == "warning")
 
 #: node fact -> the one rule it gates (facts that gate several rules, like ``cut``, are not here)
-RULE_FOR_FACT: dict[str, Rule] = {}
-for _rule in RULES:
-    if _rule.when and sum(r.when == _rule.when for r in RULES) == 1:
-        RULE_FOR_FACT[_rule.when] = _rule
-del _rule
+_GATE_COUNT = Counter(r.when for r in RULES if r.when)
+RULE_FOR_FACT: dict[str, Rule] = {r.when: r for r in RULES if r.when and _GATE_COUNT[r.when] == 1}
 
 #: codes whose op makes forward or backward raise and that ``fxgrad.fix`` can rewrite (``only="breaking"``)
 BREAKING = frozenset(r.code for r in RULES if r.raises and r.fix != "none")
