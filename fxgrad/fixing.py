@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 META_KEY = "fxgrad"
 
 #: findings whose ops ``only="breaking"`` rewrites: the fixable codes whose op makes backward or forward raise
-#: (FXG102, FXG103, FXG108, FXG109), as the rules declare them
+#: (FXG102, FXG103 ...), as the rules declare them
 BREAKING = rules.BREAKING
 
 
@@ -191,13 +191,12 @@ def fix(
     """A new ``GraphModule`` that computes what ``model`` computes, with in-place ops made out-of-place.
 
     ``only="breaking"`` (the default with example inputs) rewrites the ops that make backward or forward raise
-    (:data:`fxgrad.rules.BREAKING`: FXG102, FXG103, FXG108, FXG109) and keeps harmless memory-saving in-place ops;
+    (:data:`fxgrad.rules.BREAKING`: FXG102, FXG103 ...) and keeps harmless memory-saving in-place ops;
     ``only="all"`` (the default without inputs) rewrites every in-place op on activations that can be rewritten
-    safely. ``unsafe=True`` also rewrites writes
-    the caller sees (graph inputs) and records the change. With example inputs and ``verify=True`` the result is
-    run against the original (outputs, gradients, buffers) and :class:`~fxgrad.errors.VerificationError` is
-    raised on a mismatch. The result shares ``model``'s parameters; ``model`` itself is never changed. Its
-    record is ``result.meta["fxgrad"]`` (a :class:`FixRecord`).
+    safely. ``unsafe=True`` also rewrites writes the caller sees (graph inputs) and records the change. With example
+    inputs and ``verify=True`` the result is run against the original (outputs, gradients, buffers) and
+    :class:`~fxgrad.errors.VerificationError` is raised on a mismatch. The result shares ``model``'s parameters;
+    ``model`` itself is never changed. Its record is ``result.meta["fxgrad"]`` (a :class:`FixRecord`).
 
     ``capture`` is :func:`fxgrad.analyze`'s. A model captured by running it (``"run"``, or ``"auto"`` when tracing
     fails) gives a module for the branches the example inputs took, and its record says so.
@@ -241,8 +240,8 @@ def fix(
         pass_ = OutOfPlace(
             select=select, unsafe=unsafe, codes=codes, model=model,
             inputs_require_grad=_inputs_require_grad(traced, args) if args is not None else frozenset(),
-            select_reason=f"it breaks nothing (no {'/'.join(sorted(BREAKING))} finding), and only='breaking' keeps "
-                          "harmless in-place ops; only='all' rewrites it")
+            select_reason="it breaks nothing (no finding that makes forward or backward raise), and only='breaking' "
+                          "keeps harmless in-place ops; only='all' rewrites it")
         pass_(fixed)
         # Step 5: dtypes.
         if args is not None and pass_.rewrites:
