@@ -1433,6 +1433,7 @@ _SLOPES: dict[str, tuple[str, str, float]] = {
 #: ``rrelu_`` in eval mode is ``leaky_relu_`` with the mean of its bounds as slope; in training it draws a
 #: positive-or-not slope per element and keeps it (backward reads the noise, not the sign): no error
 _RRELU = ("rrelu", "RReLU")
+_INPLACE_ERROR_OPS = frozenset((*_SLOPES, *_RRELU, *ops.INPLACE_NO_DERIVATIVE))
 
 
 def _inplace_backward_errors(gm: torch.fx.GraphModule, flagged: list[NodeFacts]) -> None:
@@ -1446,7 +1447,7 @@ def _inplace_backward_errors(gm: torch.fx.GraphModule, flagged: list[NodeFacts])
     One look per flagged write: linear."""
     for nf in flagged:
         name = nf.view.name
-        if nf.target is None or nf.view.writes is None:
+        if name not in _INPLACE_ERROR_OPS or nf.target is None or nf.view.writes is None:
             continue
         if name in ops.INPLACE_NO_DERIVATIVE:
             nf.inplace_no_derivative = True

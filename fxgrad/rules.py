@@ -19,6 +19,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Literal
 
 import torch.fx
@@ -85,19 +86,18 @@ class Rule:
     default: bool = True
     #: forward | backward: what raises on the code it flags (training stops there); "" when nothing raises
     raises: Literal["forward", "backward", ""] = ""
+    #: ``fxgrad.fix`` repairs it without ``unsafe=True`` (``fix == "safe"``; a field: every finding reads it)
+    fixable: bool = field(init=False, repr=False, compare=False)
     #: the compiled ``messages`` (see :func:`_compile`)
     _renderers: dict[str, Callable[..., str]] = field(init=False, repr=False, compare=False)
 
-    @property
-    def fixable(self) -> bool:
-        """``fxgrad.fix`` repairs it without ``unsafe=True``."""
-        return self.fix == "safe"
 
     @property
     def when(self) -> str:
         return self.reads[0] if self.reads else ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "fixable", self.fix == "safe")
         object.__setattr__(self, "_renderers", {v: _compile(t) for v, t in self.messages.items()})
 
     def render(self, variant: str = "", **fields: object) -> str:
@@ -120,8 +120,8 @@ def _compile(template: str) -> Callable[..., str]:
 _new_finding = tuple.__new__
 
 
-def _finding(rule: Rule, nf: NodeFacts, message: str, *, params: Iterable[str] = (),
-             related: tuple[Related, ...] = (), verdict: str = "static", backend: bool = False) -> Finding:
+def _finding(rule: Rule, nf: NodeFacts, message: str, params: Iterable[str] = (), related: tuple[Related, ...] = (),
+             verdict: str = "static", backend: bool = False) -> Finding:
     origin = node_origin(nf.node)
     # every field, in Finding's order
     return _new_finding(Finding, (rule.code, rule.severity, nf.node.name, nf.view.spelling or nf.view.name, message,
@@ -282,7 +282,7 @@ def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | Non
     op, target = nf.view.spelling or nf.view.name, f"`{nf.target.name}`"  # (once per in-place op: inlined)
     if not nf.grad_on:
         return _finding(rule, nf, rule.render("no_grad", op=op, target=target))
-    msg = rule.render(op=op, target=target)
+    msg = rule._renderers[""](op=op, target=target)
     if nf.unknown_savers:
         msg += rule.render("unknown", savers=", ".join(f"`{n.name}`" for n in nf.unknown_savers[:3]))
     return _finding(rule, nf, msg)
@@ -600,21 +600,22 @@ def run_rules(facts: GraphFacts) -> list[Finding]:
     Most nodes are plain differentiable ops that no rule is about: only the nodes the forward pass flagged are
     looked at, and each is shown to the rules whose first fact (:attr:`Rule.reads`) it sets.
     """
+    read_gates, gated = _READ_GATES, _GATED
     with gc_paused():  # (see fxgrad.gcpause)
         findings: list[Finding] = []
+        append = findings.append
         for nf in facts.flagged if facts.flagged is not None else facts:
-            gates = _READ_GATES(nf)
-            if not any(gates):
+            gates = read_gates(nf)
+            if not any(gates):  # (most flagged nodes: two calls in C)
                 continue
-            start = len(findings)
-            for gate, checks in zip(gates, _GATED, strict=True):
-                if gate:
-                    for check in checks:
-                        f = check(nf, facts)
-                        if f is not None:
-                            findings.append(f)
-            if len(findings) - start > 1:  # two gates set: keep catalog order (codes sort as the catalog)
-                findings[start:] = sorted(findings[start:], key=_code)
+            before = len(findings)
+            for checks in compress(gated, gates):  # the checks of the gates this node sets
+                for check in checks:
+                    f = check(nf, facts)
+                    if f is not None:
+                        append(f)
+            if len(findings) > before + 1:  # two gates set: keep catalog order (codes sort as the catalog)
+                findings[before:] = sorted(findings[before:], key=_code)
         findings.extend(param_findings(facts))
         return without_counterfactuals(without_refuted(findings))
 
