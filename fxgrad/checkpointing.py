@@ -22,16 +22,18 @@ import torch.fx
 
 from .capture import CHECKPOINT_KEY, Segment
 from .report import Finding, Report
-from .rules import RULES_BY_CODE
+from .rules import RULE_FOR_FACT
 
 __all__ = ["apply_checkpointing"]
 
 _SAVED_BY = "saved by"
+#: the rules this module re-judges: backward raises on a saved tensor, is legal, or is silently wrong
+_RAISES, _LEGAL, _SILENT = (RULE_FOR_FACT[fact] for fact in ("overwritten", "target_live", "silently_written"))
 
 
 def apply_checkpointing(report: Report, gm: torch.fx.GraphModule) -> None:
     """Correct ``report``'s FXG102 findings for the checkpoint segments of ``gm`` (see the module docstring)."""
-    if not any(f.code == "FXG102" for f in report.findings):
+    if not any(f.code == _RAISES.code for f in report.findings):
         return
     segments: dict[str, Segment] = {}
     last: dict[Segment, int] = {}
@@ -47,7 +49,7 @@ def apply_checkpointing(report: Report, gm: torch.fx.GraphModule) -> None:
     kept: list[Finding] = []
     for f in report.findings:
         savers = [r.node for r in f.related if r.role == _SAVED_BY]
-        if f.code != "FXG102" or not savers:
+        if f.code != _RAISES.code or not savers:
             kept.append(f)
             continue
         writer = segments.get(f.node)
@@ -73,17 +75,12 @@ def _verdict(saver: Segment | None, writer: Segment | None, ops_follow: bool) ->
 
 
 def _legal(f: Finding) -> Finding:
-    rule = RULES_BY_CODE["FXG101"]
-    message = (f"In-place `{f.target}` writes into a tensor that an op of a checkpointed segment saved for backward: "
-               "backward recomputes the segment instead of reading it, so backward stays correct; a later edit "
-               "that keeps the saved tensor would break.")
-    return f._replace(code="FXG101", severity=rule.severity, message=message, fixable=rule.fixable, related=())
+    rule = _LEGAL
+    message = rule.render("checkpointed", op=f.target)
+    return f._replace(code=rule.code, severity=rule.severity, message=message, fixable=rule.fixable, related=())
 
 
 def _silently_wrong(f: Finding) -> Finding:
-    rule = RULES_BY_CODE["FXG106"]
-    message = (f"In-place `{f.target}` inside a checkpointed segment (use_reentrant=False) overwrites a tensor an "
-               "earlier op of the segment saved for backward. backward() does not raise: it recomputes the segment, "
-               "runs this write again over the recomputed tensor, and computes gradients from the overwritten "
-               "values. Use the out-of-place form.")
-    return f._replace(code="FXG106", severity=rule.severity, message=message, fixable=rule.fixable)
+    rule = _SILENT
+    message = rule.render("checkpointed", op=f.target)
+    return f._replace(code=rule.code, severity=rule.severity, message=message, fixable=rule.fixable)

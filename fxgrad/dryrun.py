@@ -55,8 +55,22 @@ from .facts import GraphFacts, ParamFacts
 from .gcpause import gc_paused
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .metarun import MetaMode, TracingMetaMode, meta_twin, tensor_meta
-from .report import Finding, ParamStatus, Related, Report
-from .rules import AUTOGRAD_ERRORS, LEAF_ERRORS, OVERLAP_ERROR, RULES_BY_CODE, inplace_warning, without_counterfactuals
+from .ops import INPLACE_NO_DERIVATIVE_GRAD_FNS, NO_DERIVATIVE_GRAD_FNS, RESULT_SLOPE_GRAD_FNS
+from .report import ParamStatus, Report
+from .rules import (
+    AUTOGRAD_ERRORS,
+    LEAF_ERRORS,
+    OVERLAP_ERROR,
+    PARAM_CODES,
+    RULE_FOR_FACT,
+    RULES_BY_CODE,
+    Proof,
+    inplace_warning,
+    param_findings,
+    proved_finding,
+    without_counterfactuals,
+    without_refuted,
+)
 
 __all__ = ["DryRun", "prove", "run_dryrun"]
 
@@ -84,11 +98,12 @@ class DryRun:
     """What the dry-run proved."""
 
     mode: str  # "meta" | "real"
-    #: (mutating node or None, saving node, the error backward raises)
-    conflicts: list[tuple[torch.fx.Node | None, torch.fx.Node | None, str]] = field(default_factory=list)
-    #: (writing node, saving node): storage written behind the version counter, saver's backward will run
-    silent: list[tuple[torch.fx.Node, torch.fx.Node]] = field(default_factory=list)
-    #: node -> (code, the error eager forward raises there)
+    #: (mutating node or None, saving node, the saved argument, the error backward raises)
+    conflicts: list[tuple[torch.fx.Node | None, torch.fx.Node | None, str, str]] = field(default_factory=list)
+    #: (writing node, saving node, the saved argument): storage written behind the version counter, saver's
+    #: backward will run
+    silent: list[tuple[torch.fx.Node, torch.fx.Node, str]] = field(default_factory=list)
+    #: node -> (the node fact it proves: leaf_write | forward_error | overlap_write, the error eager forward raises)
     forward_errors: dict[torch.fx.Node, tuple[str, str]] = field(default_factory=dict)
     reached_params: set[str] = field(default_factory=set)
     any_output_requires_grad: bool = False
@@ -97,6 +112,49 @@ class DryRun:
     no_derivative: set[torch.fx.Node] = field(default_factory=set)
     #: in-place nodes whose write another tensor read later really shares memory with (FXG104 proved)
     aliased_writes: set[torch.fx.Node] = field(default_factory=set)
+    #: in-place nodes whose autograd node backward reaches and that will raise there: node -> (the node fact it
+    #: proves: result_slope | inplace_no_derivative, the kind of backward, the slope)
+    inplace_backward_errors: dict[torch.fx.Node, tuple[str, str, float]] = field(default_factory=dict)
+
+    def proofs(self) -> list[Proof]:
+        """What the run proved, as facts the rules turn into findings: at most one proof per in-place node (the
+        first that applies: backward raises on a saved tensor, a storage write behind the counter, backward raises
+        in the op itself, forward raises), plus every op without a derivative that backward reaches."""
+        backend_names = {n.name for n in self.backend_nodes}
+        proofs: list[Proof] = []
+        done: set[torch.fx.Node] = set()
+        # Backward raises on a saved tensor: one proof per mutating node.
+        groups: dict[torch.fx.Node | None, list[tuple[torch.fx.Node | None, str, str]]] = {}
+        for mutator, saver, arg, text in self.conflicts:
+            if mutator in self.forward_errors:
+                continue  # forward already raised there; the write only happened because we went on
+            groups.setdefault(mutator, []).append((saver, arg, text))
+        for mutator, items in groups.items():
+            anchor = mutator or items[0][0]
+            if anchor is None:
+                continue
+            done.add(anchor)
+            savers = tuple((s, arg) for s, arg, _ in items if s is not None)
+            backend = anchor.name in backend_names or any(s.name in backend_names for s, _ in savers)
+            proofs.append(Proof("overwritten", anchor, savers, items[0][2], backend))
+        # Storage writes behind the version counter into saved tensors.
+        silent: dict[torch.fx.Node, list[tuple[torch.fx.Node, str]]] = {}
+        for writer, saver, arg in self.silent:
+            silent.setdefault(writer, []).append((saver, arg))
+        for writer, savers_of in silent.items():
+            if writer not in done:
+                proofs.append(Proof("silently_written", writer, tuple(savers_of)))
+                done.add(writer)
+        # An op without a derivative on the gradient path.
+        proofs += [Proof("no_derivative", node) for node in self.no_derivative]
+        # In-place ops whose backward raises where the out-of-place form's would not.
+        for node, (fact, kind, slope) in self.inplace_backward_errors.items():
+            if node not in done:
+                proofs.append(Proof(fact, node, kind=kind, slope=slope))
+                done.add(node)
+        # Forward raised here in the run.
+        proofs += [Proof(fact, node, error=text) for node, (fact, text) in self.forward_errors.items()]
+        return proofs
 
 
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
@@ -252,20 +310,20 @@ class _Runner:
         if isinstance(writes, torch.fx.Node) and writes in self.env and any(
                 torch._debug_has_internal_overlap(t) == 1 for t in _tensors(self.env[writes])):
             # Meta (and fake) tensors skip the overlap check eager makes before writing an expanded view.
-            self.forward_errors[n] = ("FXG107", OVERLAP_ERROR)
+            self.forward_errors[n] = ("overlap_write", OVERLAP_ERROR)
             self.mode.written.clear()
             return self.env[writes]
         try:
             result = self._exec(n)
         except Exception as e:
-            code = ("FXG103" if any(msg in str(e) for msg in LEAF_ERRORS)
-                    else "FXG010" if any(msg in str(e) for msg in AUTOGRAD_ERRORS) else None)
-            if code is None:
+            fact = ("leaf_write" if any(msg in str(e) for msg in LEAF_ERRORS)
+                    else "forward_error" if any(msg in str(e) for msg in AUTOGRAD_ERRORS) else None)
+            if fact is None:
                 e.fxgrad_node = n  # type: ignore[attr-defined]
                 raise
             # Forward raises here in eager; record it and go on (as if under no_grad, or skipping the call) to
             # prove the rest.
-            self.forward_errors[n] = (code, str(e).splitlines()[0])
+            self.forward_errors[n] = (fact, str(e).splitlines()[0])
             self.mode.written.clear()
             try:
                 with torch.no_grad():
@@ -420,6 +478,25 @@ class _Twins:
         return twin
 
 
+def _slope(g: Any, kind: str, attrs: tuple[str, ...]) -> float | None:
+    """The negative slope an in-place activation's autograd node will refuse at backward, or None."""
+    if kind == "RreluWithNoiseBackward1" and getattr(g, "_saved_training", True):
+        return None  # in training its backward reads the noise, not the sign of the output
+    values: list[float] = []
+    for a in attrs:
+        v = getattr(g, a, None)
+        if not isinstance(v, (int, float)):
+            return None
+        values.append(float(v))
+    slope = sum(values) / len(values)
+    return float(slope) if slope < 0 else None
+
+
+def _arg(attr: str) -> str:
+    """The saved argument's schema name: ``_saved_self`` -> ``self``, ``_saved_result`` -> ``result``."""
+    return attr.removeprefix("_saved_")
+
+
 def _backend_nodes(gm: torch.fx.GraphModule, facts: GraphFacts) -> set[torch.fx.Node]:
     from ._saved_table import BACKEND_DEPENDENT
 
@@ -490,8 +567,17 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
         if g in seen:
             continue
         seen.add(g)
-        if type(g).__name__ in ("NotImplemented", "Error") and g in runner.node_of:
+        kind = type(g).__name__
+        if g in runner.node_of and (kind in ("NotImplemented", "Error") or (
+                kind in NO_DERIVATIVE_GRAD_FNS and g.next_functions[NO_DERIVATIVE_GRAD_FNS[kind]][0] is not None)):
             result.no_derivative.add(runner.node_of[g])
+        elif kind in INPLACE_NO_DERIVATIVE_GRAD_FNS and g in runner.node_of:
+            result.inplace_backward_errors[runner.node_of[g]] = ("inplace_no_derivative", "", 0.0)
+        elif kind in RESULT_SLOPE_GRAD_FNS and g in runner.node_of:
+            slope = _slope(g, kind, RESULT_SLOPE_GRAD_FNS[kind][1])
+            if slope is not None:
+                result.inplace_backward_errors[runner.node_of[g]] = ("result_slope", RESULT_SLOPE_GRAD_FNS[kind][0],
+                                                                     slope)
         variable = getattr(g, "variable", None)
         name = twins.name(variable) if variable is not None else None
         if name is not None:
@@ -504,13 +590,13 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
                     if _INPLACE_ERROR in str(e):
                         rec = runner.saved.get((id(g), attr))
                         saver = runner.node_of.get(g)
-                        result.conflicts.append((rec.changed_at if rec else None, saver,
+                        result.conflicts.append((rec.changed_at if rec else None, saver, _arg(attr),
                                                  _eager_text(str(e).split(" Hint:")[0], input_device)))
         frontier.extend(nxt for nxt, _ in g.next_functions if nxt is not None and nxt not in seen)
     for rec in runner.saved.values():
         if (rec.silent_at is not None and rec.saver is not None and rec.grad_fn in seen
                 and rec.tensor is not None and rec.tensor._version == rec.version):
-            result.silent.append((rec.silent_at, rec.saver))
+            result.silent.append((rec.silent_at, rec.saver, _arg(rec.attr)))
     result.backend_nodes = _backend_nodes(gm, facts)
     for nf in facts:
         if nf.alias_seen is not None and nf.target is not None and (
@@ -579,98 +665,19 @@ def _input_error(e: BaseException) -> InputError:
                       "tensors); if they are right, this line fails in eager PyTorch too.")
 
 
-def _related(node: torch.fx.Node | None, role: str) -> tuple[Related, ...]:
-    if node is None:
-        return ()
-    return (Related(role, node.name, node_origin(node).location),)
-
-
 def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
+    """Replace the static findings of every rule the dry-run decides (:attr:`Rule.dryrun`) by the rules' findings
+    from the dry-run's proofs."""
     backend_names = {n.name for n in result.backend_nodes}
-    by_node: dict[str, list[Finding]] = {}
-    for f in report.findings:
-        by_node.setdefault(f.node, []).append(f)
-    kept = [f for f in report.findings if f.code not in ("FXG009", "FXG010", "FXG101", "FXG102", "FXG103", "FXG104",
-                                                         "FXG106", "FXG107", "FXG201", "FXG202", "FXG203")]
+    kept = [f for f in report.findings if not RULES_BY_CODE[f.code].dryrun]
     # FXG104: the static alias is proved when the two tensors really share a storage (reshape may copy).
+    aliased = {n.name for n in result.aliased_writes}
     kept += [f._replace(verdict="dry-run") for f in report.findings
-             if f.code == "FXG104" and any(n.name == f.node for n in result.aliased_writes)]
-    new: list[Finding] = []
-    conflicted: set[torch.fx.Node] = set()
-
-    # FXG102: proved conflicts, one finding per mutating node.
-    groups: dict[torch.fx.Node | None, list[tuple[torch.fx.Node | None, str]]] = {}
-    for mutator, saver, text in result.conflicts:
-        if mutator in result.forward_errors:
-            continue  # forward already raised there; the write only happened because we went on
-        groups.setdefault(mutator, []).append((saver, text))
-    for mutator, items in groups.items():
-        anchor = mutator or items[0][0]
-        if anchor is None:
-            continue
-        conflicted.add(anchor)
-        nf = facts[anchor]
-        savers = [s for s, _ in items if s is not None]
-        saver_txt = "; ".join(
-            f"`{s.name}`{f' at {node_origin(s).location}' if node_origin(s).location else ''} saved it for backward"
-            for s in dict.fromkeys(savers))
-        origin = node_origin(anchor)
-        backend = anchor.name in backend_names or any(s.name in backend_names for s in savers)
-        rule = RULES_BY_CODE["FXG102"]
-        spelling = nf.view.spelling or nf.view.name
-        new.append(Finding(
-            code="FXG102", severity=rule.severity, node=anchor.name, target=spelling,
-            message=(f"In-place `{spelling}` overwrites a tensor that an earlier op saved for backward: {saver_txt}. "
-                     f"backward() will raise: \"RuntimeError: {items[0][1]}\" Use the out-of-place form."),
-            module=origin.module, location=origin.location, fixable=rule.fixable, verdict="dry-run",
-            backend_dependent=backend,
-            related=tuple(r for s in dict.fromkeys(savers) for r in _related(s, "saved by"))))
-
-    # FXG106: storage writes behind the version counter into saved tensors.
-    silent: dict[torch.fx.Node, list[torch.fx.Node]] = {}
-    for writer, saver in result.silent:
-        silent.setdefault(writer, []).append(saver)
-    rule106 = RULES_BY_CODE["FXG106"]
-    for writer, savers in silent.items():
-        if writer in conflicted:
-            continue
-        nf = facts[writer]
-        origin = node_origin(writer)
-        spelling = nf.view.spelling or nf.view.name
-        saver_txt = "; ".join(f"`{s.name}`" for s in dict.fromkeys(savers))
-        new.append(Finding(
-            code="FXG106", severity=rule106.severity, node=writer.name, target=spelling,
-            message=(f"In-place `{spelling}` writes, behind autograd's version counter (through `.data`), into a "
-                     f"tensor that {saver_txt} saved for backward: backward() will not raise but computes gradients "
-                     "from the overwritten values."),
-            module=origin.module, location=origin.location, verdict="dry-run",
-            related=tuple(r for s in dict.fromkeys(savers) for r in _related(s, "saved by"))))
-        conflicted.add(writer)
-
-    # FXG009: an op without a derivative on the gradient path.
-    rule009 = RULES_BY_CODE["FXG009"]
-    for node in result.no_derivative:
-        origin = node_origin(node)
-        spelling = facts[node].view.spelling or facts[node].view.name
-        new.append(Finding(code="FXG009", severity=rule009.severity, node=node.name, target=spelling,
-                           message=f"`{spelling}` has no derivative and the gradient reaches it: backward() will "
-                           "raise \"RuntimeError: the derivative for this op is not implemented\". Detach its input "
-                           "if no gradient is meant to flow, or use a differentiable op.",
-                           module=origin.module, location=origin.location, verdict="dry-run"))
-
-    # FXG103 / FXG010 / FXG107: forward raised here in the run.
-    texts = {"FXG103": "on a leaf that requires grad: forward raises", "FXG010": "is rejected by autograd: forward "
-             "raises", "FXG107": "writes into an expanded view whose elements share memory: forward raises"}
-    for node, (code, text) in result.forward_errors.items():
-        origin = node_origin(node)
-        spelling = facts[node].view.spelling or facts[node].view.name
-        rule = RULES_BY_CODE[code]
-        hint = (" Wrap a deliberate update in torch.no_grad(), else use the out-of-place form." if code == "FXG103"
-                else "")
-        new.append(Finding(code=code, severity=rule.severity, node=node.name, target=spelling,
-                           message=f"`{spelling}` {texts[code]} \"RuntimeError: {text}\"{hint}",
-                           module=origin.module, location=origin.location, fixable=rule.fixable, verdict="dry-run"))
-        conflicted.add(node)
+             if f.node in aliased and RULES_BY_CODE[f.code].when == "alias_read_after"]
+    proofs = result.proofs()
+    new = [proved_finding(p, facts[p.node]) for p in proofs]
+    conflicted = {p.node for p in proofs if p.fact != "no_derivative"}
+    legal = RULE_FOR_FACT["target_live"].code
 
     # FXG101: every in-place write on an activation that requires grad and that the dry-run found harmless.
     for nf in facts:
@@ -678,14 +685,15 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
                 or not nf.target_live or nf.node in conflicted):
             continue
         warning = inplace_warning(nf, proved=True) if nf.grad_on else next(
-            (f for f in report.findings if f.code == "FXG101" and f.node == nf.node.name), None)
+            (f for f in report.findings if f.code == legal and f.node == nf.node.name), None)
         if warning is not None:
             new.append(warning._replace(verdict="dry-run", backend_dependent=nf.node.name in backend_names))
 
+    static_params = [f for f in report.findings if f.code in PARAM_CODES]
     if result.forward_errors:
-        kept = [f for f in kept if not (f.code == "FXG104" and any(n.name == f.node for n in result.forward_errors))]
-        report.findings = without_counterfactuals(
-            kept + new + [f for f in report.findings if f.code in ("FXG201", "FXG202", "FXG203")])
+        errored = {n.name for n in result.forward_errors}
+        kept = [f for f in kept if not (f.node in errored and RULES_BY_CODE[f.code].when == "alias_read_after")]
+        report.findings = without_counterfactuals(without_refuted(kept + new + static_params))
         report.mode = "dry-run"
         first = next(iter(result.forward_errors))
         report.notes.append(f"forward raises at `{first.name}`: parameter verdicts are static (eager never reaches "
@@ -705,8 +713,6 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
             status = "no-grad"
         params[name] = ParamFacts(name, status, cause, pf.uses)
     proved = GraphFacts(facts.gm, facts.nodes, params, facts.param_names)
-    from .rules import param_findings
-
     for f in param_findings(proved):
         new.append(f._replace(verdict="dry-run"))
     statuses: dict[str, ParamStatus] = {}
@@ -722,7 +728,7 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
         statuses[name] = ParamStatus(name, proved_pf.status, text,
                                      ps.location if proved_pf.status == ps.status else None, verdict="dry-run")
     report.params = statuses
-    report.findings = kept + new
+    report.findings = without_refuted(kept + new)
     report.mode = "dry-run"
     if result.mode == "real" and "real inputs" not in " ".join(report.notes):
         report.notes.append("dry-run executed on the real example inputs")

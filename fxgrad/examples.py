@@ -153,6 +153,23 @@ class FloorDiv(_EncoderHead):
         return self.head(buckets)
 
 
+class NegativeSlope(_EncoderHead):
+    """A leaky ReLU with a negative slope, in place: the in-place form saves only its output, which a negative
+    slope leaves ambiguous."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.encoder(x), -0.1, inplace=True)
+        return self.head(h)
+
+
+class InplaceAsinh(_EncoderHead):
+    """``torch.asinh_``: the in-place form has no derivative, although ``torch.asinh`` has one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.asinh_(self.encoder(x))
+        return self.head(h)
+
+
 class Unused(nn.Module):
     """A submodule that ``__init__`` builds and ``forward`` never calls."""
 
@@ -394,6 +411,14 @@ EXAMPLES: tuple[Example, ...] = (
             Eager("loss.backward() raises RuntimeError: derivative for aten::floor_divide is not implemented",
                   raises="backward", error="derivative for aten::floor_divide is not implemented"),
             frozenset({"FXG009"})),
+    Example("negative_slope", "`F.leaky_relu(h, -0.1, inplace=True)`", NegativeSlope, _randn(8, 4),
+            Eager("loss.backward() raises RuntimeError: In-place leakyReLu backward calculation is triggered with a "
+                  "negative slope which is not supported", raises="backward",
+                  error="backward calculation is triggered with a negative slope"), frozenset({"FXG108"})),
+    Example("inplace_asinh", "`torch.asinh_(h)`", InplaceAsinh, _randn(8, 4),
+            Eager("loss.backward() raises RuntimeError: the derivative for 'inplace version of asinh' is not "
+                  "implemented", raises="backward", error="the derivative for 'inplace version of asinh'"),
+            frozenset({"FXG109"})),
     Example("unused", "a submodule that forward never calls", Unused, _randn(8, 4),
             Eager("aux_head.weight.grad is None", no_grad=("aux_head.weight", "aux_head.bias")),
             frozenset({"FXG203"})),

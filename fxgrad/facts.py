@@ -159,6 +159,11 @@ class NodeFacts:
     #: the first alias of the written tensor read after the write (what makes FXG104 true)
     alias_seen: torch.fx.Node | None = None
     unknown_savers: list[torch.fx.Node] = _NONE  # type: ignore[assignment]
+    #: an in-place activation whose backward autograd computes from its output, with a negative slope it cannot
+    #: invert: (the kind of backward, ``leaky_relu`` or ``elu``; the slope). See :func:`_result_slopes`.
+    result_slope: tuple[str, float] | None = None
+    #: an in-place form without a derivative whose out-of-place form has one (``acosh_``)
+    inplace_no_derivative: bool = False
 
     def __init__(self, node: torch.fx.Node, index: int, view: OpView, grad_on: bool = True) -> None:
         self.node, self.index, self.view = node, index, view
@@ -364,7 +369,8 @@ def _traits(name: str) -> _OpTraits:
         before, after = _inplace_phases(name)
         entry = _table_entry(name, False)
         traits = _TRAITS[name] = _OpTraits(_name_edge(name), _alias_kind(name), name in ops.META_WRITES,
-                                           name in ops.NO_DERIVATIVE, before, after, entry,
+                                           name in ops.NO_DERIVATIVE or name in ops.NO_DERIVATIVE_FOR, before,
+                                           after, entry,
                                            _possible_saves(name, entry) if entry is not None else frozenset(),
                                            _table_entry(name, True))
     return traits
@@ -761,7 +767,7 @@ class _Pass:
                 self._general(nf, node, view, traits, args, states)
             return
         live_in, _ = self._differentiable(nf, node, args, states)
-        if live_in is not None and traits.no_derivative:
+        if live_in is not None and traits.no_derivative and self._underivable(nf, args, states):
             nf.no_derivative = True
             self.flagged.append(nf)
         if nf.live and self.any_writes and not traits.meta_write:
@@ -809,7 +815,7 @@ class _Pass:
             if write_target is not None and view.spelling.endswith("(out=...)"):
                 nf.forward_error = (f"{name}(): functions with out=... arguments don't support automatic "
                                     "differentiation, but one of the arguments requires grad.")
-            if traits.no_derivative:
+            if traits.no_derivative and self._underivable(nf, args, states):
                 nf.no_derivative = True
         if is_module:
             module_params = self._module_call(nf, node)
@@ -843,6 +849,17 @@ class _Pass:
             self._write(nf, write_target, states[args.index(write_target)])  # the target is an input
             if records and traits.saves_after_write:
                 self._record_result(nf, traits)
+
+    def _underivable(self, nf: NodeFacts, args: Sequence[torch.fx.Node], states: Sequence[torch.fx.Node]) -> bool:
+        """Backward will ask this op (which has a live input) for a derivative it lacks: always for an op without
+        one; for an op without one for a single argument (``igamma``'s ``self``), when that argument is live."""
+        arg = ops.NO_DERIVATIVE_FOR.get(nf.view.name)
+        if arg is None:
+            return True
+        a = nf.view.args_of(nf.node).get(arg)
+        if not isinstance(a, Node) or a not in args:
+            return False
+        return self.nodes[states[args.index(a)]].live
 
     def _differentiable(self, nf: NodeFacts, node: torch.fx.Node, args: Sequence[torch.fx.Node],
                         states: Sequence[torch.fx.Node]) -> tuple[torch.fx.Node | None, bool]:
@@ -882,7 +899,7 @@ class _Pass:
             if nf.view.spelling.endswith("(out=...)"):
                 nf.forward_error = (f"{nf.view.name}(): functions with out=... arguments don't support automatic "
                                     "differentiation, but one of the arguments requires grad.")
-            if traits.no_derivative:
+            if traits.no_derivative and self._underivable(nf, args, states):
                 nf.no_derivative = True
         if args and not value_result:  # an in-place op returns its target: the same tensor
             _same_tensor(nf, nodes[target])  # (the target is an input: it has its facts)
@@ -1406,5 +1423,54 @@ def compute_facts(gm: torch.fx.GraphModule, *, inputs_require_grad: frozenset[st
         p = _Pass(gm, inputs_require_grad, model)
         p.forward()
         p.backward()
+        _inplace_backward_errors(gm, p.flagged)
         return GraphFacts(gm, p.nodes, p.parameters(), p.param_names, p.flagged)
+
+
+#: in-place activations whose backward reads their output (``LeakyReluBackward1``, ``EluBackward1``): op view name
+#: -> (the kind of backward, the argument or module attribute that holds the slope, its default)
+_SLOPES: dict[str, tuple[str, str, float]] = {
+    "leaky_relu": ("leaky_relu", "negative_slope", 0.01),
+    "elu": ("elu", "alpha", 1.0),  # nn.CELU's view is elu too; nn.SELU has no alpha (its constant is positive)
+    "celu": ("elu", "alpha", 1.0),  # celu_(x, alpha) is elu_(x, alpha, 1, 1 / alpha)
+}
+#: ``rrelu_`` in eval mode is ``leaky_relu_`` with the mean of its bounds as slope; in training it draws a
+#: positive-or-not slope per element and keeps it (backward reads the noise, not the sign): no error
+_RRELU = ("rrelu", "RReLU")
+_INPLACE_ERROR_OPS = frozenset((*_SLOPES, *_RRELU, *ops.INPLACE_NO_DERIVATIVE))
+
+
+def _inplace_backward_errors(gm: torch.fx.GraphModule, flagged: list[NodeFacts]) -> None:
+    """The in-place ops whose backward raises where the out-of-place form's would not (every write is flagged):
+
+    * ``inplace_no_derivative``: the in-place form has no derivative (``acosh_``, :data:`ops.INPLACE_NO_DERIVATIVE`);
+    * ``result_slope``: an in-place activation whose backward is computed from its output, with a negative slope
+      that makes the output's sign ambiguous (``leaky_relu_backward`` and ``elu_backward`` check
+      ``!is_result || slope >= 0``). A slope fxgrad cannot read (a tensor, a computed value) decides nothing.
+
+    One look per flagged write: linear."""
+    for nf in flagged:
+        name = nf.view.name
+        if name not in _INPLACE_ERROR_OPS or nf.target is None or nf.view.writes is None:
+            continue
+        if name in ops.INPLACE_NO_DERIVATIVE:
+            nf.inplace_no_derivative = True
+            continue
+        if name not in _SLOPES and name not in _RRELU:
+            continue
+        node = nf.node
+        module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        # a module holds its settings as attributes, a call as arguments (by schema name)
+        settings = vars(module) if module is not None else nf.view.args_of(node)
+        if name in _RRELU:
+            kind, training = "leaky_relu", settings.get("training", False)
+            lower, upper = settings.get("lower", 1 / 8), settings.get("upper", 1 / 3)
+            if training is not False or not all(isinstance(b, (int, float)) for b in (lower, upper)):
+                continue
+            slope = (lower + upper) / 2
+        else:
+            kind, key, default = _SLOPES[name]
+            slope = settings.get(key, default if module is None else None)
+        if isinstance(slope, (int, float)) and not isinstance(slope, bool) and slope < 0:
+            nf.result_slope = (kind, float(slope))
 

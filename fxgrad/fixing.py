@@ -5,7 +5,7 @@ Algorithm of :func:`fix`:
 1. Check the arguments; the user's model is only read from here on (its modules are shared by the result,
    never modified: in-place modules are replaced by copies with ``inplace=False``).
 2. Trace once (:func:`fxgrad.capture.trace`) and run :func:`fxgrad.analyze` on that same ``GraphModule``, so
-   finding and node names match; ``only="breaking"`` selects the nodes with FXG102/FXG103 findings.
+   finding and node names match; ``only="breaking"`` selects the nodes with a finding in :data:`fxgrad.rules.BREAKING`.
 3. Build the result: a new ``GraphModule`` over the traced one's modules with a copy of its graph.
 4. Run the :class:`~fxgrad.rewrite.OutOfPlace` pass on it.
 5. With example inputs: where the out-of-place result has another dtype than the in-place one had (type
@@ -29,7 +29,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from . import capturing
+from . import capturing, rules
 from .analysis import analyze, preserved
 from .errors import InputError
 from .inputs import Spec, as_args, bind_keywords, has_real_tensors, map_inputs
@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 
 META_KEY = "fxgrad"
 
-#: findings whose ops ``only="breaking"`` rewrites: backward raises (FXG102) or forward raises (FXG103).
-BREAKING = ("FXG102", "FXG103")
+#: findings whose ops ``only="breaking"`` rewrites: the fixable codes whose op makes backward or forward raise
+#: (FXG102, FXG103 ...), as the rules declare them
+BREAKING = rules.BREAKING
 
 
 @dataclass(frozen=True)
@@ -201,12 +202,12 @@ def fix(
     """A new ``GraphModule`` that computes what ``model`` computes, with in-place ops made out-of-place.
 
     ``only="breaking"`` (the default with example inputs) rewrites the ops that make backward or forward raise
-    (FXG102/FXG103) and keeps harmless memory-saving in-place ops; ``only="all"`` (the default without inputs)
-    rewrites every in-place op on activations that can be rewritten safely. ``unsafe=True`` also rewrites writes
-    the caller sees (graph inputs) and records the change. With example inputs and ``verify=True`` the result is
-    run against the original (outputs, gradients, buffers) and :class:`~fxgrad.errors.VerificationError` is
-    raised on a mismatch. The result shares ``model``'s parameters; ``model`` itself is never changed. Its
-    record is ``result.meta["fxgrad"]`` (a :class:`FixRecord`).
+    (:data:`fxgrad.rules.BREAKING`: FXG102, FXG103 ...) and keeps harmless memory-saving in-place ops;
+    ``only="all"`` (the default without inputs) rewrites every in-place op on activations that can be rewritten
+    safely. ``unsafe=True`` also rewrites writes the caller sees (graph inputs) and records the change. With example
+    inputs and ``verify=True`` the result is run against the original (outputs, gradients, buffers) and
+    :class:`~fxgrad.errors.VerificationError` is raised on a mismatch. The result shares ``model``'s parameters;
+    ``model`` itself is never changed. Its record is ``result.meta["fxgrad"]`` (a :class:`FixRecord`).
 
     ``capture`` is :func:`fxgrad.analyze`'s. A model captured by running it (``"run"``, or ``"auto"`` when tracing
     fails) gives a module for the branches the example inputs took, and its record says so.
@@ -250,8 +251,8 @@ def fix(
         pass_ = OutOfPlace(
             select=select, unsafe=unsafe, codes=codes, model=model,
             inputs_require_grad=_inputs_require_grad(traced, args) if args is not None else frozenset(),
-            select_reason="it breaks nothing (no FXG102/FXG103 finding), and only='breaking' keeps harmless "
-                          "in-place ops; only='all' rewrites it")
+            select_reason="it breaks nothing (no finding that makes forward or backward raise), and only='breaking' "
+                          "keeps harmless in-place ops; only='all' rewrites it")
         pass_(fixed)
         # Step 5: dtypes.
         cast_back: set[str] = set()

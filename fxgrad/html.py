@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .capture import SourceLocation
+from .rules import CUT_CODES, RULE_FOR_FACT
 
 if TYPE_CHECKING:
     from .report import Finding, ParamState, Report
@@ -64,8 +65,8 @@ _MEANING = {"ok": "gets a gradient", "no-grad": "no gradient (.grad is None)", "
 _NO_PARAMS = "#9aa3af"
 
 #: the codes whose mark is a cut, and the in-place writes over a tensor saved for backward
-_CUT_CODES = frozenset(f"FXG00{i}" for i in range(1, 9))
-_SAVED_CODES = frozenset({"FXG102", "FXG106"})
+_CUT_CODES = CUT_CODES
+_SAVED_CODES = frozenset(RULE_FOR_FACT[fact].code for fact in ("overwritten", "silently_written"))
 _SEVERITY_COLOUR = {"error": "#b71c1c", "warning": "#e65100", "info": "#455a64"}
 _CUT_RED, _INPLACE = "#c62828", "#6a1b9a"
 

@@ -164,6 +164,29 @@ VALUES_INDICES = frozenset({"topk", "sort", "max", "min", "kthvalue", "mode", "m
                             "cummin"})
 #: ops whose derivative autograd does not implement: backward raises if it reaches them.
 NO_DERIVATIVE = frozenset({"floor_divide", "rfloor_divide"})
+#: ops whose derivative autograd implements for some arguments only (derivatives.yaml: ``self:
+#: not_implemented("igamma: input")``): op -> the argument without one. Backward raises when a gradient must flow
+#: into that argument, and only then (``torch.igamma(a, x)`` is differentiable in ``x``).
+NO_DERIVATIVE_FOR: dict[str, str] = {"igamma": "self", "igammac": "self", "special_gammainc": "self",
+                                     "special_gammaincc": "self", "special_zeta": "self"}
+#: ...the autograd nodes of those ops, by class name -> the position of that argument in ``next_functions``
+#: (what the dry-run asks: a ``None`` there means no gradient flows into it)
+NO_DERIVATIVE_GRAD_FNS: dict[str, int] = {"IgammaBackward0": 0, "IgammacBackward0": 0, "SpecialZetaBackward0": 0,
+                                          "SpecialZetaBackward2": 0}
+#: in-place forms without a derivative whose out-of-place form has one (derivatives.yaml: ``acosh_: self:
+#: not_implemented("inplace version of acosh")``), by the op view's name (an in-place op is named as its base)
+INPLACE_NO_DERIVATIVE = frozenset({"acosh", "asinh", "atanh"})
+#: ...their autograd nodes, by class name (what the dry-run asks)
+INPLACE_NO_DERIVATIVE_GRAD_FNS = frozenset({"AcoshBackward1", "AsinhBackward1", "AtanhBackward1"})
+#: autograd nodes of in-place activations that compute their backward from the output, by class name -> the kind
+#: of backward (``leaky_relu_backward`` or ``elu_backward``, which refuse a negative slope) and the saved
+#: attributes that hold the slope (``rrelu_`` in eval mode: the mean of its bounds; in training it raises nothing)
+RESULT_SLOPE_GRAD_FNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "LeakyReluBackward1": ("leaky_relu", ("_saved_negative_slope",)),
+    "EluBackward1": ("elu", ("_saved_alpha",)),
+    "CeluBackward1": ("elu", ("_saved_alpha",)),
+    "RreluWithNoiseBackward1": ("leaky_relu", ("_saved_lower", "_saved_upper")),
+}
 #: dropout variants: ``inplace=True`` writes only while training.
 DROPOUTS = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"})
 #: reflected operators (``2.0 ** h``, ``1.0 / h``): what they save, in the generated table's format. ``1.0 / h``

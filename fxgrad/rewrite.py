@@ -46,6 +46,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from . import ops
 from .capture import SourceLocation, node_origin
 from .facts import GraphFacts, NodeFacts, compute_facts
+from .rules import RULE_FOR_FACT
 
 __all__ = ["Left", "OutOfPlace", "Rewrite", "render_node"]
 
@@ -286,6 +287,11 @@ def _is_clone(node: torch.fx.Node) -> bool:
         node.op == "call_function" and node.target is torch.clone)
 
 
+#: the codes a left op's record names as its reason, asked of the rules that report each fact
+_INPUT, _LEAF, _ALIAS, _SILENT, _NO_GRAD = (RULE_FOR_FACT[fact].code for fact in (
+    "target", "leaf_write", "alias_read_after", "silently_written", "target_live"))
+
+
 class OutOfPlace(PassBase):
     """Rewrite in-place ops of a ``GraphModule`` to out-of-place twins where nothing can tell the difference.
 
@@ -470,14 +476,14 @@ class OutOfPlace(PassBase):
             if isinstance(root, torch.fx.Node) and root.op == "placeholder":
                 name = root.name
             if not self.unsafe:
-                return "FXG105", (f"it modifies the graph input `{name}` (or a view of it), which the caller sees; "
+                return _INPUT, (f"it modifies the graph input `{name}` (or a view of it), which the caller sees; "
                                   "unsafe=True rewrites it and the caller's tensor is then left unchanged"), ""
             change = f"the caller's input `{name}` is no longer modified in place"
         elif role == "param":
             if nf.leaf_write and self.unsafe:
                 change = f"the parameter `{name}` is no longer modified in place (the original raised in forward)"
             elif nf.leaf_write:
-                return "FXG103", (f"it writes the parameter `{name}`, a leaf that requires grad, so forward "
+                return _LEAF, (f"it writes the parameter `{name}`, a leaf that requires grad, so forward "
                                   "raises; unsafe=True rewrites it to use an out-of-place copy instead"), ""
             else:
                 return "", f"it updates the parameter `{name}`: model state, not an activation", ""
@@ -489,13 +495,13 @@ class OutOfPlace(PassBase):
             return "", f"`{name}` is not an activation ({role})", ""
         if nf.node in aliased:
             alias, reader = aliased[nf.node]
-            return "FXG104", (f"`{alias.name}` shares memory with `{name}` and is read after the write (by "
+            return _ALIAS, (f"`{alias.name}` shares memory with `{name}` and is read after the write (by "
                               f"`{reader.name}`), so it must see the new values"), ""
         if [u for u in nf.silently_written if facts[u.saver].reach]:
-            return "FXG106", ("it writes, behind autograd's version counter, into a tensor saved for backward: "
+            return _SILENT, ("it writes, behind autograd's version counter, into a tensor saved for backward: "
                               "an out-of-place rewrite would change the gradients"), ""
         if not nf.grad_on and nf.target_live:
-            return "FXG101", (f"it runs with grad disabled on `{name}`, which requires grad: the out-of-place "
+            return _NO_GRAD, (f"it runs with grad disabled on `{name}`, which requires grad: the out-of-place "
                               "result would carry no gradient, the in-place one keeps the history"), ""
         if nf.view.name in ops.NOT_DATA_WRITES:
             return "", "it does not write tensor data", ""

@@ -18,14 +18,14 @@ from urllib.parse import quote
 from . import __version__
 from .capture import SourceLocation
 from .report import Finding, Report
-from .rules import RULES, Rule
+from .rules import PARAM_CODES, RULES, Rule
 
 __all__ = ["SARIF_SCHEMA", "SRCROOT", "to_sarif"]
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 SRCROOT = "%SRCROOT%"
 _LEVEL = {"error": "error", "warning": "warning", "info": "note"}
-_FAMILY = {"FXG0": "gradient-cut", "FXG1": "in-place", "FXG2": "parameter"}
+_FAMILY = {"cut": "gradient-cut", "write": "in-place", "param": "parameter"}
 
 
 def _rule(rule: Rule) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def _rule(rule: Rule) -> dict[str, Any]:
         "fullDescription": {"text": f"{rule.summary}. {rule.why}"},
         "help": {"text": f"{rule.why} {silence}", "markdown": f"{rule.why}\n\n{silence}"},
         "defaultConfiguration": {"level": _LEVEL[rule.severity]},
-        "properties": {"tags": ["pytorch", "autograd", _FAMILY.get(rule.code[:4], "fxgrad")],
+        "properties": {"tags": ["pytorch", "autograd", _FAMILY[rule.family]],
                        "precision": "high" if rule.severity == "error" else "medium",
                        "problem.severity": rule.severity, "fixable": rule.fixable},
     }
@@ -76,7 +76,7 @@ def _location(loc: SourceLocation | None, module: str, root: Path) -> dict[str, 
 
 def _result(f: Finding, index: dict[str, int], root: Path, fallback: SourceLocation | None) -> dict[str, Any]:
     text = f.message
-    if f.params and f.code not in ("FXG201", "FXG202", "FXG203"):
+    if f.params and f.code not in PARAM_CODES:
         text += f" (parameters: {', '.join(f.params)})"
     result: dict[str, Any] = {
         "ruleId": f.code,

@@ -143,23 +143,20 @@ def optimizer_findings(report: Report, model: nn.Module, optimizer: Any) -> list
             idle.setdefault(group, []).append(name)
     out: list[Finding] = []
     if missing:
-        out.append(_finding("FXG204", missing, f"{_names(missing)} get a gradient but {_are(missing)} in no param "
-                            "group of the optimizer: they never update. Hint: build the optimizer from "
-                            "model.parameters(), or freeze them with requires_grad_(False)."))
+        out.append(_finding("FXG204", missing, params=_names(missing), be=_are(missing)))
     for group, names in idle.items():
         causes = {report.params[n].cause for n in names if report.params[n].cause}
         why = f" ({'; '.join(sorted(causes))})" if causes else ""
-        out.append(_finding("FXG205", names, f"{_names(names)} {_are(names)} in param group {group} of the optimizer "
-                            f"but never get a gradient{why}: the optimizer never updates them."))
+        out.append(_finding("FXG205", names, params=_names(names), be=_are(names), group=group, why=why))
     for group, names in frozen.items():
-        out.append(_finding("FXG206", names, f"{_names(names)} {_are(names)} frozen (requires_grad=False) but in "
-                            f"param group {group} of the optimizer: they never update; the group can leave them "
-                            "out."))
+        out.append(_finding("FXG206", names, params=_names(names), be=_are(names), group=group))
     return out
 
 
-def _finding(code: str, names: list[str], message: str) -> Finding:
+def _finding(code: str, names: list[str], **fields: object) -> Finding:
+    """The finding of rule ``code``, its message rendered from the rule's template."""
     rule = RULES_BY_CODE[code]
+    message = rule.render("", **fields)
     owners = sorted({n.rsplit(".", 1)[0] if "." in n else "" for n in names})
     return Finding(code=code, severity=rule.severity, node="", target="optimizer", message=message,
                    module=owners[0] if len(owners) == 1 else "", location=None, params=tuple(sorted(names)))

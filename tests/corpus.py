@@ -1914,4 +1914,178 @@ class FloorDivideNoDerivative(_Two):
         return self.b(self.a(x) // 2.0)
 
 
+@case(reference="LeakyReluNegativeSlope")
+class LeakyReluInplaceNegativeSlope(Ex1Linear):
+    """`F.leaky_relu(h, -0.1, inplace=True)`: the in-place backward cannot invert a negative slope; backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.linear(x), -0.1, inplace=True)
+
+
+@case()
+class LeakyReluNegativeSlope(Ex1Linear):
+    """`F.leaky_relu(h, -0.1)` out of place: autograd saves the input, a negative slope is fine."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.linear(x), -0.1)
+
+
+@case(reference="LeakyReluNegativeSlope")
+class LeakyReluModuleNegativeSlope(Ex1Linear):
+    """`nn.LeakyReLU(-0.1, inplace=True)`: the module form of the in-place negative slope; backward raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.LeakyReLU(-0.1, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x))
+
+
+@case()
+class LeakyReluInplaceZeroSlope(Ex1Linear):
+    """`F.leaky_relu_(h, 0.0)`: a zero slope is no negative slope; backward runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu_(self.linear(x), 0.0)
+
+
+@case()
+class LeakyReluInplaceNegativeSlopeNoGradNeeded(Ex1Linear):
+    """`F.leaky_relu_(x.clone(), -0.1)` on a tensor that does not require grad: autograd records no backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + F.leaky_relu_(x.clone(), -0.1)[:, :4]
+
+
+@case(reference="EluNegativeAlpha")
+class EluInplaceNegativeAlpha(Ex1Linear):
+    """`F.elu_(h, alpha=-0.5)`: in-place elu with a negative alpha; backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu_(self.linear(x), alpha=-0.5)
+
+
+@case(reference="CeluNegativeAlpha")
+class CeluInplaceNegativeAlpha(Ex1Linear):
+    """`F.celu(h, -0.5, inplace=True)`: celu_ is elu_ with that alpha; backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.celu(self.linear(x), -0.5, inplace=True)
+
+
+@case(reference="RReLUEvalNegative")
+class RReLUEvalInplaceNegative(Ex1Linear):
+    """`nn.RReLU(-0.3, -0.1, inplace=True)` in eval mode is `leaky_relu_` with slope -0.2; backward raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.RReLU(-0.3, -0.1, inplace=True).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x))
+
+
+@case()
+class RReLUTrainInplaceNegative(Ex1Linear):
+    """`nn.RReLU(-0.3, -0.1, inplace=True)` in training keeps its random slopes: backward runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.RReLU(-0.3, -0.1, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x))
+
+
+@case()
+class EluNegativeAlpha(Ex1Linear):
+    """`F.elu(h, -0.5)` out of place: autograd saves the input, a negative alpha is fine."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(self.linear(x), -0.5)
+
+
+@case()
+class CeluNegativeAlpha(Ex1Linear):
+    """`F.celu(h, -0.5)` out of place: a negative alpha is fine."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.celu(self.linear(x), -0.5)
+
+
+@case()
+class RReLUEvalNegative(Ex1Linear):
+    """`F.rrelu(h, -0.3, -0.1)` out of place in eval mode: `leaky_relu` with slope -0.2, which is fine."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rrelu(self.linear(x), -0.3, -0.1, training=False)
+
+
+@case(reference="AsinhOutOfPlace")
+class AsinhInplace(Ex1Linear):
+    """`torch.asinh_(h)`: the in-place form has no derivative ('inplace version of asinh'); backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.asinh_(self.linear(x))
+
+
+@case()
+class AsinhOutOfPlace(Ex1Linear):
+    """`torch.asinh(h)` out of place: differentiable."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.asinh(self.linear(x))
+
+
+@case(reference="AcoshAtanhOutOfPlace")
+class AcoshAtanhInplace(Ex1Linear):
+    """`h.acosh_()` and `h.atanh_()` as methods: neither in-place form has a derivative; backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)
+        return (h.abs() + 1.5).acosh_() + (h.tanh() * 0.5).atanh_()
+
+
+@case()
+class AcoshAtanhOutOfPlace(Ex1Linear):
+    """`h.acosh()` and `h.atanh()` out of place: differentiable."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)
+        return (h.abs() + 1.5).acosh() + (h.tanh() * 0.5).atanh()
+
+
+@case()
+class AsinhInplaceNoGradNeeded(Ex1Linear):
+    """`torch.asinh_(x.clone())` on a tensor that does not require grad: autograd records no backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + torch.asinh_(x.clone())[:, :4]
+
+
+@case()
+class IgammaOfActivation(Ex1Linear):
+    """`torch.igamma(h, x)`: no derivative for its first argument; backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.igamma(self.linear(x).abs() + 0.5, x[:, :4].abs() + 0.5)
+
+
+@case()
+class IgammaOfInputAtActivation(Ex1Linear):
+    """`torch.igamma(x, h)`: differentiable in its second argument; backward runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.igamma(x[:, :4].abs() + 0.5, self.linear(x).abs() + 0.5)
+
+
+@case()
+class ZetaOfActivation(Ex1Linear):
+    """`torch.special.zeta(h, 2.0)`: no derivative for its first argument; backward raises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.zeta(self.linear(x).abs() + 1.5, 2.0)
+
+
 from . import corpus_forum  # noqa: E402,F401

@@ -171,31 +171,22 @@ _SIGNALS: dict[str, Callable[[Truth, Truth | None], bool]] = {
     "unused": lambda t, r: t.clean_run and bool(t.unused_params),
     "no_derivative": lambda t, r: t.backward_error is not None and "not implemented" in t.backward_error,
     "forward_error": lambda t, r: t.forward_error is not None and not t.leaf_error,
+    "slope_error": lambda t, r: t.backward_error is not None and "with a negative slope" in t.backward_error,
+    "inplace_no_derivative": lambda t, r: t.backward_error is not None and "'inplace version of" in t.backward_error,
 }
 
-#: code -> (flagged case, clean case, the eager signal that tells them apart)
-PAIRS: dict[str, tuple[str, str, str]] = {
-    "FXG001": ("Detach", "DictOutputOneDetached", "cut"),
-    "FXG002": ("DataRead", "DataWriteUnsaved", "cut"),
-    "FXG003": ("NoGradBlock", "BufferUpdateNoGrad", "cut"),
-    "FXG004": ("ItemRetensor", "ItemOfInputForScale", "cut"),
-    "FXG005": ("RequiresGradFalseFunctional", "RequiresGradFalseOnInput", "cut"),
-    "FXG006": ("ArgmaxBeforeOutput", "ArgmaxGather", "cut"),
-    "FXG007": ("RoundZeroGrad", "StraightThroughEstimator", "zero"),
-    "FXG008": ("NewTensorRebuild", "NewTensorOfInput", "cut"),
-    "FXG009": ("FloorDivideNoDerivative", "FloorZeroGrad", "no_derivative"),
-    "FXG010": ("ChunkViewInplace", "ChunkThenOutOfPlace", "forward_error"),
-    "FXG101": ("Ex3InplaceMulScalar", "Ex2MulScalar", "activation"),
-    "FXG102": ("SigmoidMul_", "EluThenAdd_", "inplace_error"),
-    "FXG103": ("ParamInplaceGradEnabled", "ParamInplaceNoGrad", "leaf_error"),
-    "FXG104": ("AliasReadAfterWrite", "ViewWriteReadView", "alias"),
-    "FXG105": ("InputInplaceMul_", "LinearOutputAdd_", "input"),
-    "FXG106": ("DataWriteIntoSaved", "DataWriteUnsaved", "silent"),
-    "FXG107": ("ExpandedViewInplace", "ExpandedCloneInplace", "forward_error"),
-    "FXG201": ("Detach", "DictOutputOneDetached", "cut"),
-    "FXG202": ("RoundZeroGrad", "StraightThroughEstimator", "zero"),
-    "FXG203": ("UnusedSubmodule", "UnusedTupleOutputBranch", "unused"),
+#: code -> the eager signal that tells its rule's flagged case (``Rule.flagged``) from its clean case
+SIGNAL_OF: dict[str, str] = {
+    "FXG001": "cut", "FXG002": "cut", "FXG003": "cut", "FXG004": "cut", "FXG005": "cut", "FXG006": "cut",
+    "FXG007": "zero", "FXG008": "cut", "FXG009": "no_derivative", "FXG010": "forward_error",
+    "FXG101": "activation", "FXG102": "inplace_error", "FXG103": "leaf_error", "FXG104": "alias", "FXG105": "input",
+    "FXG106": "silent", "FXG107": "forward_error", "FXG108": "slope_error", "FXG109": "inplace_no_derivative",
+    "FXG201": "cut", "FXG202": "zero", "FXG203": "unused",
 }
+#: code -> (flagged case, clean case, the eager signal that tells them apart); the optimizer codes' cases are run
+#: against eager by tests/test_step.py
+PAIRS: dict[str, tuple[str, str, str]] = {r.code: (r.flagged, r.clean, SIGNAL_OF[r.code]) for r in RULES
+                                          if r.code not in OPTIMIZER_PAIRS}
 
 
 @pytest.mark.parametrize("code", sorted(PAIRS))
@@ -211,16 +202,148 @@ def test_rule_flagged_and_clean(code: str) -> None:
         assert (code in found) is expected, f"{code} on {name}:\n{report}"
 
 
+@pytest.mark.parametrize("code", sorted(r.code for r in RULES if r.check is not None))
+def test_every_fact_a_rule_reads_reaches_it(code: str) -> None:
+    """The gates are derived from the rules: a node reaches a rule's check only if the forward pass flagged it and
+    it sets the rule's first fact. On the rule's flagged example (eager shows the problem: the test above) the node
+    it reports must be flagged and set every fact the rule reads; on its clean example the rule finds nothing."""
+    from fxgrad.facts import compute_facts
+    from fxgrad.rules import RULES_BY_CODE, run_rules
+
+    rule = RULES_BY_CODE[code]
+    for name, expected in ((rule.flagged, True), (rule.clean, False)):
+        c = CASES[name]
+        assert _SIGNALS[SIGNAL_OF[code]](_truth(c), _truth(c, reference=True) if c.reference else None) is expected
+        model = build(c)
+        facts = compute_facts(fxgrad.trace(model), model=model)
+        mine = [f for f in run_rules(facts) if f.code == code]
+        assert bool(mine) is expected, f"{code} on {name}: {mine}"
+        flagged = {nf.node.name: nf for nf in facts.flagged or ()}
+        for f in mine:
+            nf = flagged.get(f.node)
+            assert nf is not None, f"{code} reported `{f.node}`, a node the forward pass did not flag"
+            unset = [fact for fact in rule.reads if not getattr(nf, fact)]
+            assert not unset, f"{code} on {name}: `{f.node}` does not set {unset}, which the rule says it reads"
+
+
 def test_every_rule_has_a_flagged_and_a_clean_case() -> None:
     codes = [r.code for r in RULES]
     assert len(codes) == len(set(codes)), "rule codes must be unique"
-    assert sorted(codes) == sorted({**PAIRS, **OPTIMIZER_PAIRS}), (
-        "every rule needs a flagged/clean pair (and no pair without a rule)")
+    assert sorted(codes) == sorted(SIGNAL_OF.keys() | OPTIMIZER_PAIRS.keys()), (
+        "every rule needs an eager signal here or an optimizer pair in tests/test_step.py")
+    for r in RULES:
+        assert r.flagged and r.clean and r.flagged != r.clean, r.code
+        assert r.code[:4] == {"cut": "FXG0", "write": "FXG1", "param": "FXG2"}[r.family], r.code
+        assert r.fix in ("safe", "unsafe", "none") and r.severity in ("error", "warning", "info"), r.code
+        assert "" in r.messages and r.example and r.use_instead, f"{r.code} needs a message, an example, a fix"
     for code, (flagged, clean) in OPTIMIZER_PAIRS.items():  # run by tests/test_step.py against eager
+        rule = next(r for r in RULES if r.code == code)
+        assert (rule.flagged, rule.clean) == (flagged, clean), code
         assert code in STEP_CASES[flagged][2] and code not in STEP_CASES[clean][2], code
     for code, (flagged, clean, signal) in PAIRS.items():
-        assert flagged in CASES and clean in CASES and flagged != clean, code
+        assert flagged in CASES and clean in CASES, code
         assert signal in _SIGNALS, code
+
+
+#: backward errors fxgrad predicts from forward, every spelling, with close misses: case -> the code that must be
+#: reported exactly when eager backward raises that code's error (its signal)
+BACKWARD_ERROR_CASES: dict[str, str] = {
+    "LeakyReluInplaceNegativeSlope": "FXG108", "LeakyReluModuleNegativeSlope": "FXG108",
+    "LeakyReluInplaceZeroSlope": "FXG108", "LeakyReluInplaceNegativeSlopeNoGradNeeded": "FXG108",
+    "LeakyReluNegativeSlope": "FXG108", "EluInplaceNegativeAlpha": "FXG108", "CeluInplaceNegativeAlpha": "FXG108",
+    "RReLUEvalInplaceNegative": "FXG108", "RReLUTrainInplaceNegative": "FXG108",
+    "AsinhInplace": "FXG109", "AcoshAtanhInplace": "FXG109", "AsinhOutOfPlace": "FXG109",
+    "AsinhInplaceNoGradNeeded": "FXG109",
+    "IgammaOfActivation": "FXG009", "IgammaOfInputAtActivation": "FXG009", "ZetaOfActivation": "FXG009",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BACKWARD_ERROR_CASES))
+def test_backward_errors_visible_in_forward_are_predicted_and_fixed(name: str) -> None:
+    """The code exactly where eager backward raises its error, statically and in the dry-run; where the rule's fix
+    is safe, ``fxgrad.fix`` repairs it: the fixed module's backward runs, with the out-of-place program's
+    gradients."""
+    from fxgrad.rules import RULES_BY_CODE
+
+    c, code = CASES[name], BACKWARD_ERROR_CASES[name]
+    truth = _truth(c)
+    raises = _SIGNALS[SIGNAL_OF[code]](truth, None)
+    assert raises or truth.clean_run, truth
+    for report in (fxgrad.analyze(build(c)), fxgrad.analyze(build(c), build_inputs(c))):
+        assert (code in report.codes()) is raises, f"{name}:\n{report}"
+        assert report.ok is not raises
+    if not raises or RULES_BY_CODE[code].fix != "safe":
+        return
+    assert c.reference is not None
+    fixed = fxgrad.fix(build(c), build_inputs(c))
+    record = fixed.meta["fxgrad"]
+    assert record.rewrites and not record.left and record.verification is not None
+    got, ref = eager_truth(fixed, build_inputs(c)), _truth(c, reference=True)
+    assert got.clean_run and ref.clean_run
+    assert set(got.grads) == set(ref.grads) and not grads_differ(got.grads, ref.grads)
+
+
+def _template_pattern(template: str) -> str:
+    import re
+    import string
+
+    return "".join(re.escape(text) + (".*?" if field else "")
+                   for text, field, _, _ in string.Formatter().parse(template))
+
+
+@pytest.mark.parametrize("code", sorted(r.code for r in RULES if r.check is not None))
+def test_static_and_dry_run_findings_render_one_template(code: str) -> None:
+    """Every finding's message is its rule's template filled in, whether the static pass or the dry-run found
+    it (they used to word FXG009 and FXG103 differently)."""
+    import re
+
+    from fxgrad.rules import RULES_BY_CODE
+
+    rule = RULES_BY_CODE[code]
+    patterns = [re.compile(_template_pattern(t), re.S) for v, t in rule.messages.items() if v != "unknown"]
+    c = CASES[rule.flagged]
+    seen = set()
+    for report in (fxgrad.analyze(build(c)), fxgrad.analyze(build(c), build_inputs(c))):
+        for f in report.findings + report.suppressed:
+            r = RULES_BY_CODE[f.code]
+            texts = [t for v, t in r.messages.items() if v != "unknown"]
+            assert any(re.fullmatch(_template_pattern(t), f.message.split(" Not proved statically")[0], re.S)
+                       for t in texts), f"{f.code} ({f.verdict}) does not render its template: {f.message}"
+            if f.code == code:
+                seen.add(f.verdict)
+                assert any(p.fullmatch(f.message.split(" Not proved statically")[0]) for p in patterns)
+    assert seen == ({"static", "dry-run"} if rule.dryrun else {"static"}), f"{code}: found by {seen} on {rule.flagged}"
+
+
+def test_no_derivative_tables_are_autograd_s() -> None:
+    """The op tables behind FXG009 and FXG109 say what torch's own derivatives.yaml says (``not_implemented`` for
+    an argument of an op a model calls), and the autograd node classes the dry-run asks raise at backward exactly
+    when a gradient flows into that argument."""
+    import re
+    from pathlib import Path
+
+    import torchgen
+
+    from fxgrad import ops
+
+    yaml = (Path(torchgen.__file__).parent / "packaged" / "autograd" / "derivatives.yaml").read_text()
+    inplace = set(re.findall(r"- name: (\w+)_\(Tensor\(a!\) self\) -> Tensor\(a!\)\n  self: not_implemented\(\"inplace "
+                             r"version of \1\"\)", yaml))
+    assert inplace == set(ops.INPLACE_NO_DERIVATIVE)
+    for op, arg in ops.NO_DERIVATIVE_FOR.items():
+        aten = {"special_gammainc": "igamma", "special_gammaincc": "igammac"}.get(op, op)
+        entry = rf"- name: {aten}\(Tensor self, Tensor other\) -> Tensor\n  {arg}: '?not_implemented"
+        assert re.search(entry, yaml), op
+    h, one = torch.rand(3, requires_grad=True) + 0.5, torch.ones(3)
+    made = [torch.igamma(h, one), torch.igammac(h, one), h.clone().igamma_(one), h.clone().igammac_(one),
+            torch.special.zeta(h + 1, one), torch.special.zeta(h + 1, 2.0)]
+    assert {type(t.grad_fn).__name__ for t in made} == set(ops.NO_DERIVATIVE_GRAD_FNS)
+    for second in (torch.ones(3), torch.ones(3, requires_grad=True)):
+        with pytest.raises(RuntimeError, match="is not implemented"):
+            torch.igamma(h, second).sum().backward()
+    x = torch.ones(3, requires_grad=True)
+    torch.igamma(torch.ones(3), x + 1).sum().backward()  # the other argument has a derivative
+    assert x.grad is not None
 
 
 def test_findings_name_the_users_line() -> None:
