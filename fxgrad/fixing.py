@@ -30,6 +30,7 @@ from torch import nn
 
 from . import capturing
 from .analysis import analyze, preserved
+from .decoupled import decoupled
 from .errors import InputError
 from .inputs import Spec, as_args, bind_keywords, has_real_tensors, map_inputs
 from .report import Report
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 
 META_KEY = "fxgrad"
 
-#: findings whose ops ``only="breaking"`` rewrites: backward raises (FXG102) or forward raises (FXG103).
-BREAKING = ("FXG102", "FXG103")
+#: findings whose ops ``only="breaking"`` rewrites: backward raises (FXG102) or forward raises (FXG103 leaf writes,
+#: FXG107 writes into an expanded view, FXG010 other calls autograd rejects).
+BREAKING = ("FXG102", "FXG103", "FXG107", "FXG010")
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,12 @@ class FixRecord:
         for r in self.rewrites:
             codes = f" [{', '.join(r.codes)}]" if r.codes else ""
             lines.append(f"  rewrote {r}{codes}")
+            if r.replayed:
+                lines.append(f"    later reads of {', '.join(f'`{n}`' for n in r.replayed)} see the new values")
+            if r.detached:
+                lines.append("    written through a detached alias: invisible to autograd, as in eager")
             if r.unsafe_change:
-                lines.append(f"    unsafe: {r.unsafe_change}")
+                lines.append(f"    change: {r.unsafe_change}")
         for lf in self.left:
             lines.append(f"  left {lf}")
         if self.verification is not None:
@@ -259,6 +265,16 @@ def fix(
             # a run capture is the model for these inputs, in the graph's own output structure (a cache object the
             # model also returns is not part of it): the fixed graph is verified against that graph
             reference = traced if captured.how == "run" else model
+            if any(r.detached for r in pass_.rewrites):
+                # torch.func.functionalize detaches the written values from the base's history, eager does not
+                reference = decoupled(reference)
+                notes.append("verified against the original run with private saved tensors (fxgrad.decoupled): a "
+                             "write through a .detach()/.data alias means what eager computes when no op saved the "
+                             "written tensor, which torch.func.functionalize does not reproduce")
+            if any("raised in forward" in r.unsafe_change for r in pass_.rewrites):
+                notes.append("the original raises in forward, so its only meaning is the out-of-place program: the fix "
+                             "is verified against that program (torch.func.functionalize of the original), not against "
+                             "an eager run of it")
             verification = run_verification(reference, fixed, args, rtol=rtol, atol=atol, rewrites=pass_.rewrites,
                                             left=breaking_left, model_name=name)
         elif verify:

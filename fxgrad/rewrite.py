@@ -69,8 +69,13 @@ class Rewrite:
     location: SourceLocation | None = None
     #: the findings ``fxgrad.analyze`` reported on this op (``FXG102`` ...)
     codes: tuple[str, ...] = ()
-    #: for ``unsafe=True`` rewrites: what the caller sees change; empty for safe rewrites
+    #: what the caller sees change (an input or parameter no longer modified in place); empty when nothing does
     unsafe_change: str = ""
+    #: for a write through a view or alias: the tensors sharing its memory whose later reads now see the new values
+    replayed: tuple[str, ...] = ()
+    #: the write went through a ``.detach()`` / ``.data`` alias: it stays invisible to autograd (the base's gradient
+    #: flows as if nothing were written), as in eager
+    detached: bool = False
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""
@@ -268,6 +273,17 @@ class _Plan:
     kind: str
     twin: Any = None
     unsafe_change: str = ""
+    #: the write lands in memory that other tensors (its base, other views, aliases) read later: step 4b replays it
+    replay: bool = False
+
+
+#: for one in-place op: each tensor sharing its memory that is read after it -> the first node that reads it
+_Aliased = dict[torch.fx.Node, torch.fx.Node]
+
+
+def _root_key(node: torch.fx.Node) -> Any:
+    """Two ``get_attr`` nodes of one attribute are one tensor; any other root is itself."""
+    return ("attr", str(node.target)) if node.op == "get_attr" else node
 
 
 def _flat_nodes(a: Any) -> list[torch.fx.Node]:
@@ -309,6 +325,9 @@ class OutOfPlace(PassBase):
         self.left: list[Left] = []
         #: original node name -> the node holding its value now (for the dtype repair in ``fix``)
         self.replaced: dict[str, torch.fx.Node] = {}
+        self._facts: GraphFacts | None = None
+        #: nodes step 4b made that share memory with another: node -> (parent, same tensor)
+        self._made: dict[torch.fx.Node, tuple[torch.fx.Node, bool]] = {}
 
     # -- pre- and post-conditions --------------------------------------------------------------------------------
 
@@ -324,6 +343,7 @@ class OutOfPlace(PassBase):
         gm = graph_module
         # Step 1: facts.
         facts = compute_facts(gm, inputs_require_grad=self.inputs_require_grad, model=self.model)
+        self._facts, self._made = facts, {}
         writes = [nf for nf in facts if nf.view.writes is not None]
         if not writes:
             return PassResult(gm, False)
@@ -338,7 +358,11 @@ class OutOfPlace(PassBase):
         group: dict[torch.fx.Node, list[torch.fx.Node]] = {}
         canon: dict[torch.fx.Node, torch.fx.Node] = {}
         planned = {p.node: p for p in plans}
-        results: list[tuple[_Plan, str, torch.fx.Node]] = []
+        results: list[tuple[_Plan, str, torch.fx.Node, list[torch.fx.Node], tuple[str, ...], bool]] = []
+        attrs: dict[str, list[torch.fx.Node]] = {}
+        for n in gm.graph.nodes:
+            if n.op == "get_attr":
+                attrs.setdefault(str(n.target), []).append(n)
         for node in list(gm.graph.nodes):
             nf = facts.nodes.get(node)
             if nf is None or nf.view.writes is None or nf.target is None:
@@ -354,6 +378,17 @@ class OutOfPlace(PassBase):
                 continue
             origin_name = node.name
             new = self._build(gm, plan, target, order, targets_all)
+            if plan.replay:
+                # Step 4b: scatter the new values into the base; later reads of its memory see them.
+                value, shown, replayed, detached = self._replay(gm, node, target, new, order, attrs)
+                if new is not node:
+                    node.replace_all_uses_with(value)
+                    gm.graph.erase_node(node)
+                canon[value] = value
+                group[value] = [value]
+                self.replaced[origin_name] = value
+                results.append((plan, origin_name, new, shown, replayed, detached))
+                continue
             # Re-point: the in-place node's own users, then later readers of every name of the written tensor.
             if new is not node:
                 node.replace_all_uses_with(new)
@@ -367,13 +402,15 @@ class OutOfPlace(PassBase):
             canon[new] = new
             group[new] = [new]
             self.replaced[origin_name] = new
-            results.append((plan, origin_name, new))
-        for plan, origin_name, new in results:
+            results.append((plan, origin_name, new, [], (), False))
+        for plan, origin_name, new, shown, replayed, detached in results:
             origin = node_origin(new)
-            after = _with_module(self._render_result(new), new, gm)
+            after = "; ".join([_with_module(self._render_result(new), new, gm), *map(render_node, shown)])
             self.rewrites.append(Rewrite(
                 node=origin_name, new_node=new.name, kind=plan.kind, before=before[plan.node], after=after,
-                location=origin.location, codes=self.codes.get(origin_name, ()), unsafe_change=plan.unsafe_change))
+                location=origin.location, codes=self.codes.get(origin_name, ()), unsafe_change=plan.unsafe_change,
+                replayed=replayed, detached=detached))
+        self._facts, self._made = None, {}
         # Step 5: post-conditions and code.
         gm.graph.lint()
         gm.recompile()
@@ -382,14 +419,13 @@ class OutOfPlace(PassBase):
 
     # -- step 2 --------------------------------------------------------------------------------------------------
 
-    def _sweep(self, gm: torch.fx.GraphModule,
-               facts: GraphFacts) -> dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]]:
-        """In-place op -> (the alias read after it, the node that reads it): the writes that must stay."""
+    def _sweep(self, gm: torch.fx.GraphModule, facts: GraphFacts) -> dict[torch.fx.Node, _Aliased]:
+        """In-place op -> each alias read after it (a view, the base, a detached alias) and its first reader."""
         index = {n: i for i, n in enumerate(gm.graph.nodes)}
         canonical: dict[torch.fx.Node, torch.fx.Node] = {}
         root: dict[torch.fx.Node, Any] = {}
         by_root: dict[Any, list[torch.fx.Node]] = {}
-        aliased: dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]] = {}
+        aliased: dict[torch.fx.Node, _Aliased] = {}
         for node in gm.graph.nodes:
             nf = facts.nodes[node]
             reads = _flat_nodes((node.args, node.kwargs))
@@ -403,7 +439,7 @@ class OutOfPlace(PassBase):
                         break
                     t = facts.nodes[m].target
                     if t is not None and canonical.get(a, a) is not canonical.get(t, t):
-                        aliased.setdefault(m, (a, node))
+                        aliased.setdefault(m, {}).setdefault(a, node)
             if nf.target is not None and nf.view.writes is not None:
                 t = nf.target
                 if _returns_target(node):
@@ -435,7 +471,7 @@ class OutOfPlace(PassBase):
     # -- step 3 --------------------------------------------------------------------------------------------------
 
     def _decide(self, gm: torch.fx.GraphModule, facts: GraphFacts, writes: list[NodeFacts],
-                aliased: dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]]) -> list[_Plan]:
+                aliased: dict[torch.fx.Node, _Aliased]) -> list[_Plan]:
         modules = dict(gm.named_modules())
         plans: list[_Plan] = []
         for nf in writes:
@@ -444,7 +480,7 @@ class OutOfPlace(PassBase):
                 continue  # not a tensor write (``n += 1`` on a Python number)
             kind, twin, no_twin = self._kind(node, nf, modules)
             spelling = nf.view.spelling or nf.view.name
-            code, reason, unsafe_change = self._safety(nf, aliased, facts)
+            code, reason, unsafe_change, replay = self._safety(nf, aliased, facts)
             if reason is None and no_twin:
                 reason = no_twin
             elif reason is None and self.select is not None and node.name not in self.select:
@@ -454,52 +490,118 @@ class OutOfPlace(PassBase):
             if reason is not None:
                 self.left.append(Left(node.name, spelling, code, reason, node_origin(node).location))
                 continue
-            plans.append(_Plan(node, nf.target, kind, twin, unsafe_change))
+            plans.append(_Plan(node, nf.target, kind, twin, unsafe_change, replay))
         return plans
 
-    def _safety(self, nf: NodeFacts, aliased: dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]],
-                facts: GraphFacts) -> tuple[str, str | None, str]:
-        """``(code, reason, unsafe_change)``: reason ``None`` means the op may be rewritten."""
+    def _safety(self, nf: NodeFacts, aliased: dict[torch.fx.Node, _Aliased],
+                facts: GraphFacts) -> tuple[str, str | None, str, bool]:
+        """``(code, reason, change, replay)``: reason ``None`` means the op may be rewritten; ``change`` is what the
+        caller then sees differently; ``replay``: the write must be replayed into its base (step 4b)."""
         target = nf.target
         assert target is not None
-        name = target.name
+        name = str(target.target) if target.op == "get_attr" else target.name
         role = nf.target_role
+        codes = self.codes.get(nf.node.name, ())
         change = ""
         if role == "input":
             root = facts[target].vroot
             if isinstance(root, torch.fx.Node) and root.op == "placeholder":
                 name = root.name
-            if not self.unsafe:
+            if nf.leaf_write or "FXG103" in codes:
+                change = (f"the caller's input `{name}` is no longer modified in place: the original raised in forward "
+                          "(the input requires grad, and a leaf that requires grad cannot be written in place); to "
+                          "change it on purpose, do it before the call under `with torch.no_grad():`")
+            elif nf.overwritten or "FXG102" in codes:
+                change = (f"the caller's input `{name}` is no longer modified in place: the original's backward "
+                          "raised (an op had saved the input for backward before the write)")
+            elif not self.unsafe:
                 return "FXG105", (f"it modifies the graph input `{name}` (or a view of it), which the caller sees; "
-                                  "unsafe=True rewrites it and the caller's tensor is then left unchanged"), ""
-            change = f"the caller's input `{name}` is no longer modified in place"
-        elif role == "param":
-            if nf.leaf_write and self.unsafe:
-                change = f"the parameter `{name}` is no longer modified in place (the original raised in forward)"
-            elif nf.leaf_write:
-                return "FXG103", (f"it writes the parameter `{name}`, a leaf that requires grad, so forward "
-                                  "raises; unsafe=True rewrites it to use an out-of-place copy instead"), ""
+                                  "unsafe=True rewrites it and the caller's tensor is then left unchanged"), "", False
             else:
-                return "", f"it updates the parameter `{name}`: model state, not an activation", ""
+                change = f"the caller's input `{name}` is no longer modified in place"
+        elif role == "param":
+            if not (nf.leaf_write or "FXG103" in codes):
+                return "", f"it updates the parameter `{name}`: model state, not an activation", "", False
+            change = (f"the parameter `{name}` is no longer modified in place: the original raised in forward (a "
+                      "parameter is a leaf that requires grad); to change it on purpose, do it outside forward "
+                      "under `with torch.no_grad():`")
         elif role == "buffer":
-            return "", f"it updates the buffer `{name}`: model state, not an activation", ""
+            return "", f"it updates the buffer `{name}`: model state, not an activation", "", False
         elif role == "constant":
-            return "", f"it writes `{name}`, a tensor stored on the module", ""
+            return "", f"it writes `{name}`, a tensor stored on the module", "", False
         elif role != "activation":
-            return "", f"`{name}` is not an activation ({role})", ""
-        if nf.node in aliased:
-            alias, reader = aliased[nf.node]
-            return "FXG104", (f"`{alias.name}` shares memory with `{name}` and is read after the write (by "
-                              f"`{reader.name}`), so it must see the new values"), ""
+            return "", f"`{name}` is not an activation ({role})", "", False
         if [u for u in nf.silently_written if facts[u.saver].reach]:
             return "FXG106", ("it writes, behind autograd's version counter, into a tensor saved for backward: "
-                              "an out-of-place rewrite would change the gradients"), ""
+                              "an out-of-place rewrite would change the gradients"), "", False
         if not nf.grad_on and nf.target_live:
             return "FXG101", (f"it runs with grad disabled on `{name}`, which requires grad: the out-of-place "
-                              "result would carry no gradient, the in-place one keeps the history"), ""
+                              "result would carry no gradient, the in-place one keeps the history"), "", False
         if nf.view.name in ops.NOT_DATA_WRITES:
-            return "", "it does not write tensor data", ""
-        return "", None, change
+            return "", "it does not write tensor data", "", False
+        if nf.node in aliased:
+            why = self._replay_blocker(nf, name, aliased[nf.node], facts)
+            if why is not None:
+                return "FXG104", why, "", False
+            return "", None, change, True
+        return "", None, change, False
+
+    def _replay_blocker(self, nf: NodeFacts, name: str, reads: _Aliased, facts: GraphFacts) -> str | None:
+        """Why the write cannot be replayed into its base (step 4b), or None: every tensor of its memory read after
+        it must hang off one root through views and aliases fxgrad can re-make from the new base."""
+        target = nf.target
+        assert target is not None
+        if nf.overlap_write or facts[target].expanded:
+            return (f"it writes `{name}`, an `expand`ed view: several elements share one memory location, so the "
+                    "new values of its base are not defined")
+        root = _root_key(self._root(target))
+        for alias, reader in reads.items():
+            if _root_key(self._root(alias)) != root:
+                return (f"`{alias.name}` shares memory with `{name}` and is read after the write (by "
+                        f"`{reader.name}`), through an op fxgrad cannot replay on a new base")
+        base = self._root(target)
+        if base.op == "get_attr":
+            param = facts.params.get(self._param_name(base))
+            for use in param.uses if param is not None else ():
+                if use.op == "call_module" and facts.nodes[use].index > nf.index:
+                    return (f"the module `{use.target}` reads `{base.target}` inside itself after the write; "
+                            "fxgrad cannot point that read at the new values")
+        return None
+
+    def _param_name(self, node: torch.fx.Node) -> str:
+        facts = self._facts
+        assert facts is not None
+        try:
+            obj = facts.gm.get_parameter(str(node.target))
+        except AttributeError:
+            return str(node.target)
+        return facts.param_names.get(id(obj), str(node.target))
+
+    # -- alias steps: how a tensor hangs off its base (used by steps 3 and 4b) ------------------------------------
+
+    def _alias_parent(self, node: torch.fx.Node) -> tuple[torch.fx.Node, bool] | None:
+        """``(parent, same)`` when ``node`` shares ``parent``'s memory: a view, ``.detach()``/``.data`` or an
+        in-place op's result (``same``: it *is* the parent); None for a tensor with memory of its own."""
+        made = self._made.get(node)
+        if made is not None:
+            return made
+        facts = self._facts
+        nf = facts.nodes.get(node) if facts is not None else None
+        if nf is None:
+            return None
+        if nf.view.writes is not None and nf.target is not None:
+            return (self._current_target(node, nf), True) if _returns_target(node) else None
+        first = node.args[0] if node.args else None
+        if isinstance(first, torch.fx.Node) and (nf.is_view or nf.alias_of is not None):
+            return first, False
+        return None
+
+    def _root(self, node: torch.fx.Node) -> torch.fx.Node:
+        """The tensor ``node`` hangs off through alias steps (itself when it owns its memory)."""
+        seen = 0
+        while (parent := self._alias_parent(node)) is not None and seen < 10_000:
+            node, seen = parent[0], seen + 1
+        return node
 
     def _kind(self, node: torch.fx.Node, nf: NodeFacts,
               modules: dict[str, nn.Module]) -> tuple[str, Any, str | None]:
@@ -613,6 +715,113 @@ class OutOfPlace(PassBase):
             write = make("call_function", node.target, (clone, *args[1:]), kwargs, pos - 0.5)
         return clone if not _returns_target(node) else write
 
+    def _replay(self, gm: torch.fx.GraphModule, node: torch.fx.Node, target: torch.fx.Node, new: torch.fx.Node,
+                order: dict[torch.fx.Node, float],
+                attrs: dict[str, list[torch.fx.Node]]
+                ) -> tuple[torch.fx.Node, list[torch.fx.Node], tuple[str, ...], bool]:
+        """Step 4b: ``new`` holds the written tensor's new values; make its base hold them, as functionalization
+        does for this one storage: ``base_1 = base.clone()``, the chain of views from the base to the written
+        tensor re-made on ``base_1``, ``copy_`` of ``new`` into it; then every read after the write of the base
+        or of a tensor hanging off it (views, ``.detach()``/``.data`` aliases, another ``get_attr`` of the same
+        parameter) reads the same view re-made from ``base_1``.
+
+        Re-making the views on a fresh clone keeps what eager does: a ``.detach()`` or ``.data`` step in the chain
+        makes the ``copy_`` invisible to autograd (the base's gradient flows through the clone as if nothing were
+        written, the written values carry none), any other step records it (``CopySlices``: the gradient of the
+        written region goes to ``new``). Returns the node that holds the written tensor now, the nodes to show in
+        the record, the names whose later reads were re-pointed, and whether a detached alias carried the write.
+        """
+        graph = gm.graph
+        pos = order[node]
+        # Insert after the write's replacement: before the in-place node, or after a module called out of place.
+        anchor = [new if new is node else node.prev]
+        stamp = [pos if new is node else pos - 0.5]
+        limit = pos + 0.5  # later readers have a larger position; nodes made here a smaller one
+        made_here: list[torch.fx.Node] = []
+
+        def make(op: str, tgt: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 parent: tuple[torch.fx.Node, bool] | None = None) -> torch.fx.Node:
+            with graph.inserting_after(anchor[0]):
+                made = graph.create_node(op, tgt, args, kwargs)
+            made.meta = dict(node.meta)
+            stamp[0] += 1e-6
+            order[made] = stamp[0]
+            anchor[0] = made
+            made_here.append(made)
+            if parent is not None:
+                self._made[made] = parent
+            return made
+
+        # The chain from the written tensor up to its root.
+        chain: list[tuple[torch.fx.Node, bool]] = []
+        root = target
+        while (parent := self._alias_parent(root)) is not None:
+            chain.append((root, parent[1]))
+            root = parent[0]
+        shown: list[torch.fx.Node] = []
+        if all(same for _, same in chain):
+            base = value = new
+        else:
+            base = make("call_method", "clone", (root,), {})
+            view = base
+            for step, same in reversed(chain):
+                if not same:
+                    view = make(step.op, step.target, (view, *step.args[1:]), dict(step.kwargs), (view, False))
+            value = make("call_method", "copy_", (view, new), {}, (view, True))
+            shown = list(made_here)
+        # Every tensor of this memory made before the write, and every later get_attr of the same attribute.
+        regen: dict[torch.fx.Node, torch.fx.Node] = {}
+        roots = [root]
+        if root.op == "get_attr":
+            roots = attrs.get(str(root.target), [root])
+        family: list[torch.fx.Node] = []
+        for r in roots:
+            if order.get(r, -1.0) >= pos:
+                for user in [u for u in r.users if order.get(u, -1.0) > limit]:
+                    user.replace_input_with(r, base)
+                continue
+            regen[r] = base
+            family.append(r)
+        for member in family:  # (grows while it is walked: breadth-first over alias steps made before the write)
+            for user in member.users:
+                if order.get(user, -1.0) < pos and user not in regen and user is not node:
+                    parent = self._alias_parent(user)
+                    if parent is not None and parent[0] is member:
+                        regen[user] = regen[member] if parent[1] else _PENDING
+                        family.append(user)
+        for step, _ in chain:
+            regen[step] = value
+        regen[target] = value
+
+        def remake(n: torch.fx.Node) -> torch.fx.Node:
+            have = regen.get(n, _PENDING)
+            if have is not _PENDING:
+                assert isinstance(have, torch.fx.Node)
+                return have
+            parent = self._alias_parent(n)
+            assert parent is not None
+            up = remake(parent[0])
+            made = up if parent[1] else make(n.op, n.target, (up, *n.args[1:]), dict(n.kwargs), (up, False))
+            regen[n] = made
+            return made
+
+        if new is node and value is not node:  # a module called out of place: its later readers read the base
+            node.replace_all_uses_with(value, delete_user_cb=functools.partial(_later, order, limit))
+        written = {target, *(step for step, _ in chain)}
+        replayed: list[str] = []
+        for member in family:
+            later = [u for u in member.users if order.get(u, -1.0) > limit]
+            if not later:
+                continue
+            fresh = remake(member)
+            for user in later:
+                user.replace_input_with(member, fresh)
+            if member not in written:
+                replayed.append(member.name)
+        detached = any(self._facts is not None and step in self._facts.nodes
+                       and self._facts.nodes[step].alias_of is not None for step, _ in chain)
+        return value, shown, tuple(dict.fromkeys(replayed)), detached
+
     def _swap_module(self, gm: torch.fx.GraphModule, node: torch.fx.Node, targets_all: set[str]) -> None:
         """Point ``node`` at a copy of its module with ``inplace=False``; the user's module is never touched."""
         path = str(node.target)
@@ -650,6 +859,10 @@ class OutOfPlace(PassBase):
             if nxt.op == "call_function" and nxt.target is operator.setitem:
                 lines.append(render_node(nxt))
         return "; ".join(lines)
+
+
+#: a tensor of the family whose re-made view is not built yet
+_PENDING: Any = object()
 
 
 def _with_module(text: str, node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
