@@ -17,6 +17,7 @@ Algorithm of :func:`fix`:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import operator
@@ -265,18 +266,22 @@ def fix(
             # a run capture is the model for these inputs, in the graph's own output structure (a cache object the
             # model also returns is not part of it): the fixed graph is verified against that graph
             reference = traced if captured.how == "run" else model
-            if any(r.detached for r in pass_.rewrites):
-                # torch.func.functionalize detaches the written values from the base's history, eager does not
+            leaf_writes = pass_.leaf_writes
+            if pass_.detached_writes or leaf_writes:
+                # The original cannot be run as it is (or functionalize misreads it): eager with save-time values
+                # for saved tensors and stand-ins for written leaves is what the out-of-place program means.
                 reference = decoupled(reference)
-                notes.append("verified against the original run with private saved tensors (fxgrad.decoupled): a "
-                             "write through a .detach()/.data alias means what eager computes when no op saved the "
-                             "written tensor, which torch.func.functionalize does not reproduce")
-            if any("raised in forward" in r.unsafe_change for r in pass_.rewrites):
-                notes.append("the original raises in forward, so its only meaning is the out-of-place program: the fix "
-                             "is verified against that program (torch.func.functionalize of the original), not against "
-                             "an eager run of it")
+                notes.append(
+                    "verified against the original run by fxgrad.decoupled: eager, except that backward reads every "
+                    "saved tensor as it was when saved and a leaf written in place is replaced by a clone from that "
+                    "write on (what the out-of-place program means; "
+                    + ("the original raises in forward, so it cannot be its own reference; " if leaf_writes else "")
+                    + "torch.func.functionalize detaches the values written through a .detach()/.data alias from "
+                    "the base's history, eager does not)")
             verification = run_verification(reference, fixed, args, rtol=rtol, atol=atol, rewrites=pass_.rewrites,
                                             left=breaking_left, model_name=name)
+            if reference is not model and reference is not traced and verification.reference == "eager":
+                verification = dataclasses.replace(verification, reference="decoupled")
         elif verify:
             notes.append("not verified: pass example inputs to compare outputs and gradients with the original")
     # Step 7: the record.

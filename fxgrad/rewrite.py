@@ -325,6 +325,10 @@ class OutOfPlace(PassBase):
         self.left: list[Left] = []
         #: original node name -> the node holding its value now (for the dtype repair in ``fix``)
         self.replaced: dict[str, torch.fx.Node] = {}
+        #: some write of the graph goes through a ``.detach()`` / ``.data`` alias (rewritten or not)
+        self.detached_writes = False
+        #: a rewritten write went into a leaf that requires grad (forward raised: the original cannot run)
+        self.leaf_writes = False
         self._facts: GraphFacts | None = None
         #: nodes step 4b made that share memory with another: node -> (parent, same tensor)
         self._made: dict[torch.fx.Node, tuple[torch.fx.Node, bool]] = {}
@@ -478,12 +482,15 @@ class OutOfPlace(PassBase):
             node = nf.node
             if nf.target is None or nf.target_role in ("value", "control", ""):
                 continue  # not a tensor write (``n += 1`` on a Python number)
+            if not self.detached_writes:
+                self.detached_writes = self._through_alias(nf.target)
             kind, twin, no_twin = self._kind(node, nf, modules)
             spelling = nf.view.spelling or nf.view.name
             code, reason, unsafe_change, replay = self._safety(nf, aliased, facts)
             if reason is None and no_twin:
                 reason = no_twin
-            elif reason is None and self.select is not None and node.name not in self.select:
+            elif reason is None and self.select is not None and node.name not in self.select and \
+                    not _breaks(nf, facts):
                 code, reason = (self.codes.get(node.name) or ("",))[0], self.select_reason
             elif reason is None and self._private_clone(nf, facts):
                 reason = "it writes into its own fresh clone, which nothing else has read: already out-of-place"
@@ -491,6 +498,7 @@ class OutOfPlace(PassBase):
                 self.left.append(Left(node.name, spelling, code, reason, node_origin(node).location))
                 continue
             plans.append(_Plan(node, nf.target, kind, twin, unsafe_change, replay))
+            self.leaf_writes = self.leaf_writes or nf.leaf_write or "FXG103" in self.codes.get(node.name, ())
         return plans
 
     def _safety(self, nf: NodeFacts, aliased: dict[torch.fx.Node, _Aliased],
@@ -501,6 +509,11 @@ class OutOfPlace(PassBase):
         assert target is not None
         name = str(target.target) if target.op == "get_attr" else target.name
         role = nf.target_role
+        root = self._root(target)
+        if root is not target and root in facts.nodes and facts[root].role in ("input", "param", "buffer", "constant"):
+            # a write through a ``.detach()`` / ``.data`` alias lands in the input or parameter all the same
+            role = facts[root].role
+            name = str(root.target) if root.op == "get_attr" else root.name
         codes = self.codes.get(nf.node.name, ())
         change = ""
         if role == "input":
@@ -511,7 +524,7 @@ class OutOfPlace(PassBase):
                 change = (f"the caller's input `{name}` is no longer modified in place: the original raised in forward "
                           "(the input requires grad, and a leaf that requires grad cannot be written in place); to "
                           "change it on purpose, do it before the call under `with torch.no_grad():`")
-            elif nf.overwritten or "FXG102" in codes:
+            elif any(facts[u.saver].reach for u in nf.overwritten) or "FXG102" in codes:
                 change = (f"the caller's input `{name}` is no longer modified in place: the original's backward "
                           "raised (an op had saved the input for backward before the write)")
             elif not self.unsafe:
@@ -595,6 +608,17 @@ class OutOfPlace(PassBase):
         if isinstance(first, torch.fx.Node) and (nf.is_view or nf.alias_of is not None):
             return first, False
         return None
+
+    def _through_alias(self, node: torch.fx.Node) -> bool:
+        """``node`` hangs off its root through a ``.detach()`` / ``.data`` step."""
+        facts = self._facts
+        assert facts is not None
+        seen = 0
+        while (parent := self._alias_parent(node)) is not None and seen < 10_000:
+            if node in facts.nodes and facts.nodes[node].alias_of is not None:
+                return True
+            node, seen = parent[0], seen + 1
+        return False
 
     def _root(self, node: torch.fx.Node) -> torch.fx.Node:
         """The tensor ``node`` hangs off through alias steps (itself when it owns its memory)."""
@@ -759,6 +783,7 @@ class OutOfPlace(PassBase):
             chain.append((root, parent[1]))
             root = parent[0]
         shown: list[torch.fx.Node] = []
+        remade: dict[torch.fx.Node, torch.fx.Node] = {}  # each step of the chain, re-made on the new base
         if all(same for _, same in chain):
             base = value = new
         else:
@@ -767,6 +792,7 @@ class OutOfPlace(PassBase):
             for step, same in reversed(chain):
                 if not same:
                     view = make(step.op, step.target, (view, *step.args[1:]), dict(step.kwargs), (view, False))
+                remade[step] = view
             value = make("call_method", "copy_", (view, new), {}, (view, True))
             shown = list(made_here)
         # Every tensor of this memory made before the write, and every later get_attr of the same attribute.
@@ -790,7 +816,7 @@ class OutOfPlace(PassBase):
                         regen[user] = regen[member] if parent[1] else _PENDING
                         family.append(user)
         for step, _ in chain:
-            regen[step] = value
+            regen[step] = remade.get(step, value)
         regen[target] = value
 
         def remake(n: torch.fx.Node) -> torch.fx.Node:
@@ -871,6 +897,12 @@ def _with_module(text: str, node: torch.fx.Node, gm: torch.fx.GraphModule) -> st
         return text
     mod = gm.get_submodule(str(node.target))
     return f"{text}  # nn.{type(mod).__name__}(inplace={getattr(mod, 'inplace', None)})"
+
+
+def _breaks(nf: NodeFacts, facts: GraphFacts) -> bool:
+    """The facts say eager raises at this write (forward) or because of it (backward): a finding the analysis does
+    not report once an earlier op made forward raise, so ``select`` may lack it."""
+    return nf.leaf_write or nf.overlap_write or any(facts[u.saver].reach for u in nf.overwritten)
 
 
 def _later(order: dict[torch.fx.Node, float], than: float, user: torch.fx.Node) -> bool:

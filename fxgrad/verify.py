@@ -409,6 +409,9 @@ def _functionalized(original: nn.Module, args: tuple[Any, ...], names: list[str]
         return result
 
     rng.restore()
+    if not cot_names:  # no output requires grad: only the outputs are compared, and vjp needs one to differentiate
+        _, (flat, state) = outer(params, *[t.detach() for _, t in diff])
+        return _Reference("functionalize", dict(flat), {}, {k: v for k, v in state.items() if k in buffers})
     _, vjp_fn, (flat, state) = vjp(outer, params, *[t.detach() for _, t in diff], has_aux=True)  # type: ignore[misc]
     grads_p, *grads_in = vjp_fn(tuple(cots[n] for n in cot_names))
     grads: dict[str, torch.Tensor | None] = {}
