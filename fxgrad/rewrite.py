@@ -517,9 +517,9 @@ class OutOfPlace(PassBase):
         codes = self.codes.get(nf.node.name, ())
         change = ""
         if role == "input":
-            root = facts[target].vroot
-            if isinstance(root, torch.fx.Node) and root.op == "placeholder":
-                name = root.name
+            vroot = facts[target].vroot
+            if isinstance(vroot, torch.fx.Node) and vroot.op == "placeholder":
+                name = vroot.name
             if nf.leaf_write or "FXG103" in codes:
                 change = (f"the caller's input `{name}` is no longer modified in place: the original raised in forward "
                           "(the input requires grad, and a leaf that requires grad cannot be written in place); to "

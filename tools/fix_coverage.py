@@ -29,10 +29,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fxgrad.errors import FxgradError  # noqa: E402
-from fxgrad.fixing import fix  # noqa: E402
-from tests import corpus, fixgen  # noqa: E402
-from tests.oracle import eager_truth, tensor_leaves  # noqa: E402
+from fxgrad.errors import FxgradError
+from fxgrad.fixing import fix
+from tests import corpus, fixgen
+from tests.oracle import eager_truth, tensor_leaves
 
 
 def _fails(model: nn.Module, inputs: tuple[Any, ...]) -> str | None:
