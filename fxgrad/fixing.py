@@ -119,6 +119,20 @@ def _inputs_require_grad(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> fro
     return frozenset(names)
 
 
+def _python_scalar(a: Any) -> Any:
+    """``np.float64(2.8)`` -> ``2.8``: fx writes a constant into the code by its ``repr``, and ``np`` is not defined
+    there. torch promotes a numpy scalar as it promotes the Python number."""
+    if type(a).__module__ == "numpy" and callable(getattr(a, "item", None)) and getattr(a, "ndim", None) == 0:
+        return a.item()
+    return a
+
+
+def _python_scalars(graph: torch.fx.Graph) -> None:
+    for node in graph.nodes:
+        node.args = torch.fx.node.map_aggregate(node.args, _python_scalar)
+        node.kwargs = torch.fx.node.map_aggregate(node.kwargs, _python_scalar)
+
+
 def _findings(traced: torch.fx.GraphModule, args: tuple[Any, ...] | None) -> Report:
     """``analyze`` on the traced graph; proved by the dry-run when it is available and inputs are given."""
     if args is not None:
@@ -240,7 +254,9 @@ def fix(
             if report.mode != "dry-run":
                 notes.append("only='breaking' chose ops from static findings (no dry-run)")
         # Step 3: the result shares the traced module's submodules, with its own graph.
-        fixed = torch.fx.GraphModule(traced, copy.deepcopy(traced.graph), name)
+        graph = copy.deepcopy(traced.graph)
+        _python_scalars(graph)
+        fixed = torch.fx.GraphModule(traced, graph, name)
         fixed.training = model.training
         # Step 4: the pass.
         pass_ = OutOfPlace(

@@ -332,6 +332,8 @@ class OutOfPlace(PassBase):
         self._facts: GraphFacts | None = None
         #: nodes step 4b made that share memory with another: node -> (parent, same tensor)
         self._made: dict[torch.fx.Node, tuple[torch.fx.Node, bool]] = {}
+        #: in-place nodes step 4 turned out of place where they stand (in-place modules): they own their memory now
+        self._owned: set[torch.fx.Node] = set()
 
     # -- pre- and post-conditions --------------------------------------------------------------------------------
 
@@ -347,7 +349,7 @@ class OutOfPlace(PassBase):
         gm = graph_module
         # Step 1: facts.
         facts = compute_facts(gm, inputs_require_grad=self.inputs_require_grad, model=self.model)
-        self._facts, self._made = facts, {}
+        self._facts, self._made, self._owned = facts, {}, set()
         writes = [nf for nf in facts if nf.view.writes is not None]
         if not writes:
             return PassResult(gm, False)
@@ -382,6 +384,7 @@ class OutOfPlace(PassBase):
                 continue
             origin_name = node.name
             new = self._build(gm, plan, target, order, targets_all)
+            self._owned.add(new)
             if plan.replay:
                 # Step 4b: scatter the new values into the base; later reads of its memory see them.
                 value, shown, replayed, detached = self._replay(gm, node, target, new, order, attrs)
@@ -478,6 +481,9 @@ class OutOfPlace(PassBase):
                 aliased: dict[torch.fx.Node, _Aliased]) -> list[_Plan]:
         modules = dict(gm.named_modules())
         plans: list[_Plan] = []
+        #: version counters a rewritten breaking write bumped: once it is out of place, the next write into the same
+        #: counter is the one that bumps a saved tensor's version (the facts name only the first)
+        bumped: set[Any] = set()
         for nf in writes:
             node = nf.node
             if nf.target is None or nf.target_role in ("value", "control", ""):
@@ -490,7 +496,7 @@ class OutOfPlace(PassBase):
             if reason is None and no_twin:
                 reason = no_twin
             elif reason is None and self.select is not None and node.name not in self.select and \
-                    not _breaks(nf, facts):
+                    not _breaks(nf, facts) and facts[nf.target].croot not in bumped:
                 code, reason = (self.codes.get(node.name) or ("",))[0], self.select_reason
             elif reason is None and self._private_clone(nf, facts):
                 reason = "it writes into its own fresh clone, which nothing else has read: already out-of-place"
@@ -498,6 +504,8 @@ class OutOfPlace(PassBase):
                 self.left.append(Left(node.name, spelling, code, reason, node_origin(node).location))
                 continue
             plans.append(_Plan(node, nf.target, kind, twin, unsafe_change, replay))
+            if self.select is None or node.name in self.select or _breaks(nf, facts):
+                bumped.add(facts[nf.target].croot)
             self.leaf_writes = self.leaf_writes or nf.leaf_write or "FXG103" in self.codes.get(node.name, ())
         return plans
 
@@ -552,6 +560,8 @@ class OutOfPlace(PassBase):
                               "result would carry no gradient, the in-place one keeps the history"), "", False
         if nf.view.name in ops.NOT_DATA_WRITES:
             return "", "it does not write tensor data", "", False
+        if _inplace_kind(nf.view.name) == "view":
+            return "", None, change, False  # shape and strides of this tensor only: its aliases do not see it
         if nf.node in aliased:
             why = self._replay_blocker(nf, name, aliased[nf.node], facts)
             if why is not None:
@@ -598,6 +608,8 @@ class OutOfPlace(PassBase):
         made = self._made.get(node)
         if made is not None:
             return made
+        if node in self._owned:
+            return None
         facts = self._facts
         nf = facts.nodes.get(node) if facts is not None else None
         if nf is None:
@@ -639,6 +651,9 @@ class OutOfPlace(PassBase):
             method = str(node.target)
             base = method[:-1]
             if _inplace_kind(base) == "view":
+                # ``s.t_()`` changes only ``s`` itself: ``s.t()`` read by every later reader of ``s`` is the same
+                if callable(getattr(torch.Tensor, base, None)):
+                    return "method", ("method", base), None
                 return "", None, f"`{method}` changes the tensor's shape or strides in place, not its values"
             twin = _method_twin(method)
             if twin is not None:

@@ -10,7 +10,9 @@ Algorithm of :func:`verify`:
    backward must succeed.
 4. Choose the reference: the original's own results; when its backward (or forward) raised, the original run
    through ``torch.func.functionalize`` under ``torch.func.vjp`` (parameters as inputs via ``functional_call``);
-   when that fails too, float64 central finite differences of the original (small models only).
+   when that cannot run, the original run by :func:`fxgrad.decoupled.decoupled` (eager, saved tensors read as
+   saved, written leaves replaced by clones); when that fails too, float64 central finite differences of the
+   original (small models only).
 5. Compare every output, every parameter's and every requires-grad input's gradient, every buffer after the run
    and every input after the run: one :class:`TensorCheck` each, with max abs / rel error. Differences that an
    ``unsafe`` rewrite announced (the caller's input is no longer modified) are listed as changes, not errors.
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .decoupled import decoupled
 from .errors import VerificationError
 from .rewrite import Left, Rewrite
 
@@ -643,6 +646,15 @@ def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], ori
         log.debug("functionalize reference failed: %s", e)
         notes.append(f"torch.func.functionalize could not run the original ({type(e).__name__}: "
                      f"{str(e).splitlines()[0] if str(e) else ''})")
+        # Eager without its two refusals (fxgrad.decoupled): saved tensors read as saved, written leaves replaced.
+        run = _forward(_copy(decoupled(original)), args, rng)
+        if run.forward_error is None:
+            _backward(run, cots)
+        if run.forward_error is None and run.backward_error is None:
+            notes.append("reference: the original run by fxgrad.decoupled (eager, with every saved tensor read as it "
+                         "was saved and every leaf written in place replaced by a clone)")
+            return (_Reference("decoupled", dict(run.outputs), run.grads(names), dict(run.module.named_buffers())),
+                    notes, original_error)
         if orig.forward_error is not None:
             raise VerificationError(
                 f"fxgrad cannot verify the fix: the original raises in forward ({original_error}) and "
