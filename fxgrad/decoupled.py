@@ -45,6 +45,13 @@ def _unpack(packed: tuple[torch.Tensor, int, torch.Tensor]) -> torch.Tensor:
     return t if t._version == version else saved
 
 
+def _address(t: torch.Tensor) -> int:
+    try:
+        return int(t.untyped_storage().data_ptr())
+    except RuntimeError:  # a tensor without storage
+        return -1
+
+
 @functools.cache
 def _inplace_position(func: Callable[..., Any]) -> int | None:
     try:
@@ -72,6 +79,8 @@ class _StandIns(TorchFunctionMode):
         super().__init__()
         #: id of a leaf (or a view of one) that forward wrote -> (the tensor, kept so the id stays its own; stand-in)
         self.stand_ins: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        #: storage address of a written leaf -> its stand-in (for ``.detach()`` / ``.data`` aliases made before)
+        self.storages: dict[int, torch.Tensor] = {}
 
     def _sub(self, a: Any) -> Any:
         """``a`` with every written leaf, and every view of one made before the write, read from the stand-in."""
@@ -80,9 +89,12 @@ class _StandIns(TorchFunctionMode):
             if hit is not None:
                 return hit[1]
             base = self.stand_ins.get(id(a._base)) if a._is_view() else None
-            if base is None:
+            rep = base[1] if base is not None else self.storages.get(_address(a))
+            if rep is None:
                 return a
-            view = base[1].as_strided(a.size(), a.stride(), a.storage_offset())
+            view = rep.as_strided(a.size(), a.stride(), a.storage_offset())
+            if base is None and not a.requires_grad:
+                view = view.detach()  # a ``.detach()`` / ``.data`` alias of the leaf: the same memory, no history
             self.stand_ins[id(a)] = (a, view)
             return view
         if isinstance(a, (list, tuple)) and not hasattr(a, "_fields"):
@@ -99,6 +111,7 @@ class _StandIns(TorchFunctionMode):
             return t
         rep = base.clone()
         self.stand_ins[id(base)] = (base, rep)
+        self.storages[_address(base)] = rep
         if base is t:
             return rep
         view = rep.as_strided(t.size(), t.stride(), t.storage_offset())

@@ -1,11 +1,21 @@
 """In-place -> out-of-place: the graph pass behind :func:`fxgrad.fix`.
 
-An in-place op can be replaced by its out-of-place twin exactly when nothing can tell the difference: the
-written tensor is an activation (not a graph input, parameter or buffer), and no other tensor that shares its
-memory (a view, its base, a ``.detach()`` alias) is read after the write. The twin then computes the same value,
-and every later reader of the written tensor is re-pointed to it. What the pass cannot rewrite safely it leaves
-in place and records with the reason; ``unsafe=True`` also rewrites writes to graph inputs (the caller's tensor
-is then no longer modified) and to parameters whose in-place write raises in forward, and says so.
+An in-place op is replaced by its out-of-place twin, and every later read of the memory it wrote is pointed at the
+new values. Where only the written tensor is read later, that is re-pointing its readers (``t.mul_(2)`` ->
+``t.mul(2)``). Where other tensors share that memory and are read later (its base, other views, a ``.detach()``
+or ``.data`` alias, another ``get_attr`` of a parameter), the write is *replayed* as functionalization does, for that
+one storage only: the new values are scattered into a clone of the base, and the later readers of the base and of
+every tensor hanging off it read the same views re-made from that clone. Views are re-made by re-running the view
+ops themselves (``h[:, :5]``, ``y.t()[0]``, ``s.view(-1)``, ``diagonal``, ``.detach()`` ...), so a chain of views
+needs no inverse, and a ``copy_`` into a ``.detach()`` view stays invisible to autograd, as eager's write was.
+
+What changes for the caller is rewritten only where the original cannot run otherwise, and recorded: a write into a
+leaf that requires grad (a parameter, an input: forward raises, FXG103) or into a graph input that an op saved for
+backward (backward raises) is rewritten, and the record says the parameter or input is no longer modified. A write
+into a graph input that breaks nothing is left (FXG105) unless ``unsafe=True``. What cannot be rewritten is left in
+place and recorded with its reason: an alias read through an op fxgrad cannot replay, a write into an ``expand``ed
+view whose base is read, a write behind the version counter into a saved tensor (FXG106), a write under
+``no_grad`` into a tensor that requires grad (FXG101), model state (buffers, parameters under ``no_grad``).
 
 Algorithm of :class:`OutOfPlace` (run on a ``GraphModule`` that fxgrad owns; the user's modules are shared, never
 modified: in-place modules are replaced by copies with ``inplace=False``):
@@ -13,17 +23,23 @@ modified: in-place modules are replaced by copies with ``inplace=False``):
 1. Compute the facts (:func:`fxgrad.facts.compute_facts`): roles, grad mode, the target of every in-place op,
    storage roots, tensors saved for backward and overwritten behind the version counter.
 2. One forward sweep over the nodes: group each in-place result with the tensor it writes (``x.add_(y)``
-   returns ``x``), and mark an in-place op as *aliased* when a later node reads a tensor of the same storage
-   that existed before the write but is not the written tensor (a view, its base, a detached alias).
-3. Decide per in-place op: rewrite it (selected by ``only``, safe, or allowed by ``unsafe``), or leave it and
-   record why.
+   returns ``x``), and record for each in-place op every *other* tensor of the same storage, made before the
+   write, that a later node reads (a view, its base, a detached alias): the writes to replay.
+3. Decide per in-place op: rewrite it (selected by ``only``, or breaking by the facts, safe, or allowed because the
+   original raises), replay it (step 2 found aliases, and all of them hang off one root through view and alias
+   steps fxgrad can re-make), or leave it and record why.
 4. Rewrite the chosen ops in graph order: build the out-of-place twin (the aten ``foo_`` / ``foo`` schema pair,
-   the source-level table for ``+=``, ``inplace=True``, ``out=``, in-place modules, or a clone followed by the
-   write when no twin exists), re-point every later reader of the written tensor to it, erase the in-place node.
+   the source-level table for ``+=``, ``inplace=True``, ``out=``, in-place modules, the view op for ``t_()``, or a
+   clone followed by the write when no twin exists) and re-point every later reader of the written tensor to it;
+   erase the in-place node.
+   4b. For a replayed write: ``base_1 = base.clone()``, the chain of views from the base to the written tensor
+   re-made on ``base_1``, ``copy_`` of the twin's result into it; then every node after the write that reads the
+   base or a tensor hanging off it (made before the write) reads that tensor re-made from ``base_1``.
 5. Lint and recompile.
 
 Each step touches every node and edge a constant number of times, except that a read in step 2 also visits the
-in-place ops on its own storage that happened after the read tensor was created (a handful in real models).
+in-place ops on its own storage that happened after the read tensor was created, and a replay (step 4b) walks the
+tensors of one storage and their later readers: a handful in real models.
 """
 
 from __future__ import annotations
@@ -218,6 +234,10 @@ def _fmt(a: Any) -> str:
     return repr(a)
 
 
+def _index(index: Any) -> str:
+    return ", ".join(_fmt(i) for i in index) if isinstance(index, tuple) and index else _fmt(index)
+
+
 def _call_args(args: Iterable[Any], kwargs: dict[str, Any]) -> str:
     return ", ".join([_fmt(a) for a in args] + [f"{k}={_fmt(v)}" for k, v in kwargs.items()])
 
@@ -245,9 +265,9 @@ def render_node(node: torch.fx.Node) -> str:
     elif node.op == "call_function":
         target = node.target
         if target is operator.setitem:
-            index = args[1]
-            shown = ", ".join(_fmt(i) for i in index) if isinstance(index, tuple) and index else _fmt(index)
-            return f"{_fmt(args[0])}[{shown}] = {_fmt(args[2])}"
+            return f"{_fmt(args[0])}[{_index(args[1])}] = {_fmt(args[2])}"
+        if target is operator.getitem and len(args) == 2 and not kwargs:
+            return f"{node.name} = {_fmt(args[0])}[{_index(args[1])}]"
         if target in _AUGMENTED_SYMBOL and len(args) == 2:
             return f"{_fmt(args[0])} {_AUGMENTED_SYMBOL[target]} {_fmt(args[1])}"
         if target in _INFIX and len(args) == 2 and not kwargs:
