@@ -283,7 +283,7 @@ def fix(
             # model also returns is not part of it): the fixed graph is verified against that graph
             reference = traced if captured.how == "run" else model
             leaf_writes = pass_.leaf_writes
-            if pass_.detached_writes or leaf_writes:
+            if pass_.detached_aliases or leaf_writes:
                 # The original cannot be run as it is (or functionalize misreads it): eager with save-time values
                 # for saved tensors and stand-ins for written leaves is what the out-of-place program means.
                 reference = decoupled(reference)
@@ -293,7 +293,7 @@ def fix(
                     "write on (what the out-of-place program means; "
                     + ("the original raises in forward, so it cannot be its own reference; " if leaf_writes else "")
                     + "torch.func.functionalize detaches the values written through a .detach()/.data alias from "
-                    "the base's history, eager does not)")
+                    "the base's history and does not cut the gradient at a .data read, eager does)")
             verification = run_verification(reference, fixed, args, rtol=rtol, atol=atol, rewrites=pass_.rewrites,
                                             left=breaking_left, model_name=name)
             if reference is not model and reference is not traced and verification.reference == "eager":

@@ -345,10 +345,12 @@ class OutOfPlace(PassBase):
         self.left: list[Left] = []
         #: original node name -> the node holding its value now (for the dtype repair in ``fix``)
         self.replaced: dict[str, torch.fx.Node] = {}
-        #: some write of the graph goes through a ``.detach()`` / ``.data`` alias (rewritten or not)
-        self.detached_writes = False
+        #: the graph writes through a ``.detach()`` / ``.data`` alias or reads ``.data`` (rewritten or not): where
+        #: ``torch.func.functionalize`` and eager disagree (:mod:`fxgrad.decoupled` is then the reference)
+        self.detached_aliases = False
         #: a rewritten write went into a leaf that requires grad (forward raised: the original cannot run)
         self.leaf_writes = False
+        self._silent: dict[Any, int] = {}
         self._facts: GraphFacts | None = None
         #: nodes step 4b made that share memory with another: node -> (parent, same tensor)
         self._made: dict[torch.fx.Node, tuple[torch.fx.Node, bool]] = {}
@@ -456,6 +458,8 @@ class OutOfPlace(PassBase):
         for node in gm.graph.nodes:
             nf = facts.nodes[node]
             reads = _flat_nodes((node.args, node.kwargs))
+            if node.op == "call_function" and node.target is getattr and node.args[1:2] == ("data",):
+                self.detached_aliases = True
             root[node] = self._storage_root(nf, reads, root, facts)
             for a in reads:
                 muts = by_root.get(root.get(a, a))
@@ -504,12 +508,15 @@ class OutOfPlace(PassBase):
         #: version counters a rewritten breaking write bumped: once it is out of place, the next write into the same
         #: counter is the one that bumps a saved tensor's version (the facts name only the first)
         bumped: set[Any] = set()
+        #: storage -> the last write into it behind the version counter that a saved tensor sees (FXG106)
+        self._silent = {facts[w.target].sroot: w.index for w in writes if w.target is not None
+                        and any(facts[u.saver].reach for u in w.silently_written)}
         for nf in writes:
             node = nf.node
             if nf.target is None or nf.target_role in ("value", "control", ""):
                 continue  # not a tensor write (``n += 1`` on a Python number)
-            if not self.detached_writes:
-                self.detached_writes = self._through_alias(nf.target)
+            if not self.detached_aliases:
+                self.detached_aliases = self._through_alias(nf.target)
             kind, twin, no_twin = self._kind(node, nf, modules)
             spelling = nf.view.spelling or nf.view.name
             code, reason, unsafe_change, replay = self._safety(nf, aliased, facts)
@@ -578,6 +585,11 @@ class OutOfPlace(PassBase):
         if not nf.grad_on and nf.target_live:
             return "FXG101", (f"it runs with grad disabled on `{name}`, which requires grad: the out-of-place "
                               "result would carry no gradient, the in-place one keeps the history"), "", False
+        if self._silent.get(facts[target].sroot, -1) > nf.index and not change and not _breaks(nf, facts) and \
+                "FXG102" not in codes:
+            return "FXG106", ("a later write behind the version counter (`.data`) lands in this memory, where the "
+                              "tensors this op saves live: eager's (wrong) gradients depend on it, and the rewrite "
+                              "would move them"), "", False
         if nf.view.name in ops.NOT_DATA_WRITES:
             return "", "it does not write tensor data", "", False
         if _inplace_kind(nf.view.name) == "view":
