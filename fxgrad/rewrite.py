@@ -579,7 +579,8 @@ class OutOfPlace(PassBase):
             return "", f"it writes `{name}`, a tensor stored on the module", "", False
         elif role != "activation":
             return "", f"`{name}` is not an activation ({role})", "", False
-        if [u for u in nf.silently_written if facts[u.saver].reach]:
+        forward_raises = nf.leaf_write or "FXG103" in codes  # no gradients to keep: the original never gets there
+        if [u for u in nf.silently_written if facts[u.saver].reach] and not forward_raises:
             return "FXG106", ("it writes, behind autograd's version counter, into a tensor saved for backward: "
                               "an out-of-place rewrite would change the gradients"), "", False
         if not nf.grad_on and nf.target_live:
