@@ -262,6 +262,8 @@ def _getattr(self: torch.fx.Proxy, k: str) -> Any:
     pending = getattr(tracer, "_fxgrad_attr_lines", None)
     if pending is not None:
         pending[(self.node, k)] = user_frame_location(getattr(tracer, "_fxgrad_extra_files", ()))
+    if isinstance(attr, torch.fx.Proxy):  # ``h.data *= 2``, ``h.data[i] = v``: fx makes the Attribute itself
+        attr.__class__ = _faithful_proxy_class(type(attr))
     return attr
 
 

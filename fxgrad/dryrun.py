@@ -212,6 +212,15 @@ def _grad_fn(t: torch.Tensor) -> Any:
         return None
 
 
+def _is_leaf(t: torch.Tensor) -> bool:
+    """``t.is_leaf``, or False where autograd refuses to answer (a view made under no_grad whose base was then
+    written with grad enabled: what the run leaves behind after an op that raised in forward)."""
+    try:
+        return bool(t.is_leaf)
+    except RuntimeError:
+        return False
+
+
 def _key(t: torch.Tensor) -> Any:
     """The identity of ``t``'s storage, as ``torch.fx.passes.reinplace`` keys storages (the tensors compared are
     alive, so the storage is not freed and its address not reused)."""
@@ -559,7 +568,7 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
     seen: set[Any] = set()
     frontier = [g for g in map(_grad_fn, roots) if g is not None]
     for t in roots:
-        name = twins.name(t) if t.is_leaf else None
+        name = twins.name(t) if _is_leaf(t) else None
         if name is not None:
             result.reached_params.add(name)
     while frontier:

@@ -18,6 +18,7 @@ Algorithm of :func:`fix`:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import operator
@@ -31,6 +32,7 @@ from torch import nn
 
 from . import capturing, rules
 from .analysis import analyze, preserved
+from .decoupled import decoupled
 from .errors import InputError
 from .inputs import Spec, as_args, bind_keywords, has_real_tensors, map_inputs
 from .report import Report
@@ -46,9 +48,10 @@ log = logging.getLogger(__name__)
 
 META_KEY = "fxgrad"
 
-#: findings whose ops ``only="breaking"`` rewrites: the fixable codes whose op makes backward or forward raise
-#: (FXG102, FXG103 ...), as the rules declare them
-BREAKING = rules.BREAKING
+#: findings whose ops ``only="breaking"`` rewrites: the fixable codes whose op makes backward or forward raise, as
+#: the rules declare them, and the forward errors the rewrite also repairs (a write into an expanded view, other
+#: calls autograd rejects)
+BREAKING = rules.BREAKING | {rules.RULE_FOR_FACT["overlap_write"].code, rules.RULE_FOR_FACT["forward_error"].code}
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,12 @@ class FixRecord:
         for r in self.rewrites:
             codes = f" [{', '.join(r.codes)}]" if r.codes else ""
             lines.append(f"  rewrote {r}{codes}")
+            if r.replayed:
+                lines.append(f"    later reads of {', '.join(f'`{n}`' for n in r.replayed)} see the new values")
+            if r.detached:
+                lines.append("    written through a detached alias: invisible to autograd, as in eager")
             if r.unsafe_change:
-                lines.append(f"    unsafe: {r.unsafe_change}")
+                lines.append(f"    change: {r.unsafe_change}")
         for lf in self.left:
             lines.append(f"  left {lf}")
         lines += [f"  source edit {e}" for e in self.source_edits]
@@ -120,6 +127,20 @@ def _inputs_require_grad(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> fro
         if any(t.requires_grad for _, t in flatten(a) if isinstance(t, torch.Tensor)):
             names.add(str(node.target))
     return frozenset(names)
+
+
+def _python_scalar(a: Any) -> Any:
+    """``np.float64(2.8)`` -> ``2.8``: fx writes a constant into the code by its ``repr``, and ``np`` is not defined
+    there. torch promotes a numpy scalar as it promotes the Python number."""
+    if type(a).__module__ == "numpy" and callable(getattr(a, "item", None)) and getattr(a, "ndim", None) == 0:
+        return a.item()
+    return a
+
+
+def _python_scalars(graph: torch.fx.Graph) -> None:
+    for node in graph.nodes:
+        node.args = torch.fx.node.map_aggregate(node.args, _python_scalar)
+        node.kwargs = torch.fx.node.map_aggregate(node.kwargs, _python_scalar)
 
 
 def _findings(traced: torch.fx.GraphModule, args: tuple[Any, ...] | None) -> Report:
@@ -245,7 +266,9 @@ def fix(
             if report.mode != "dry-run":
                 notes.append("only='breaking' chose ops from static findings (no dry-run)")
         # Step 3: the result shares the traced module's submodules, with its own graph.
-        fixed = torch.fx.GraphModule(traced, copy.deepcopy(traced.graph), name)
+        graph = copy.deepcopy(traced.graph)
+        _python_scalars(graph)
+        fixed = torch.fx.GraphModule(traced, graph, name)
         fixed.training = model.training
         # Step 4: the pass.
         pass_ = OutOfPlace(
@@ -272,8 +295,22 @@ def fix(
             # a run capture is the model for these inputs, in the graph's own output structure (a cache object the
             # model also returns is not part of it): the fixed graph is verified against that graph
             reference = traced if captured.how == "run" else model
+            leaf_writes = pass_.leaf_writes
+            if pass_.detached_aliases or leaf_writes:
+                # The original cannot be run as it is (or functionalize misreads it): eager with save-time values
+                # for saved tensors and stand-ins for written leaves is what the out-of-place program means.
+                reference = decoupled(reference)
+                notes.append(
+                    "verified against the original run by fxgrad.decoupled: eager, except that backward reads every "
+                    "saved tensor as it was when saved and a leaf written in place is replaced by a clone from that "
+                    "write on (what the out-of-place program means; "
+                    + ("the original raises in forward, so it cannot be its own reference; " if leaf_writes else "")
+                    + "torch.func.functionalize detaches the values written through a .detach()/.data alias from "
+                    "the base's history and does not cut the gradient at a .data read, eager does)")
             verification = run_verification(reference, fixed, args, rtol=rtol, atol=atol, rewrites=pass_.rewrites,
                                             left=breaking_left, model_name=name)
+            if reference is not model and reference is not traced and verification.reference == "eager":
+                verification = dataclasses.replace(verification, reference="decoupled")
         elif verify:
             notes.append("not verified: pass example inputs to compare outputs and gradients with the original")
         # Step 7: source edits, only where the rewrites were verified.

@@ -10,7 +10,9 @@ Algorithm of :func:`verify`:
    backward must succeed.
 4. Choose the reference: the original's own results; when its backward (or forward) raised, the original run
    through ``torch.func.functionalize`` under ``torch.func.vjp`` (parameters as inputs via ``functional_call``);
-   when that fails too, float64 central finite differences of the original (small models only).
+   when that cannot run, the original run by :func:`fxgrad.decoupled.decoupled` (eager, saved tensors read as
+   saved, written leaves replaced by clones); when that fails too, float64 central finite differences of the
+   original (small models only).
 5. Compare every output, every parameter's and every requires-grad input's gradient, every buffer after the run
    and every input after the run: one :class:`TensorCheck` each, with max abs / rel error. Differences that an
    ``unsafe`` rewrite announced (the caller's input is no longer modified) are listed as changes, not errors.
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from .decoupled import decoupled
 from .errors import VerificationError
 from .rewrite import Left, Rewrite
 
@@ -403,6 +406,9 @@ def _functionalized(original: nn.Module, args: tuple[Any, ...], names: list[str]
         return result
 
     rng.restore()
+    if not cot_names:  # no output requires grad: only the outputs are compared, and vjp needs one to differentiate
+        _, (flat, state) = outer(params, *[t.detach() for _, t in diff])
+        return _Reference("functionalize", dict(flat), {}, {k: v for k, v in state.items() if k in buffers})
     _, vjp_fn, (flat, state) = vjp(outer, params, *[t.detach() for _, t in diff], has_aux=True)  # type: ignore[misc]
     grads_p, *grads_in = vjp_fn(tuple(cots[n] for n in cot_names))
     grads: dict[str, torch.Tensor | None] = {}
@@ -576,7 +582,7 @@ def verify(original: nn.Module, fixed: nn.Module, example_inputs: Sequence[Any],
             fix = _forward(_copy(fixed), args, rng)
             if fix.forward_error is not None:
                 error = f"{type(fix.forward_error).__name__}: {_first_line(fix.forward_error)}"
-                if orig.forward_error is not None and left:
+                if left:  # ops whose findings say eager raises were left: the original raises there too
                     raise VerificationError(
                         f"The fixed {name} still raises in forward, like the original ({error}): fxgrad left "
                         f"{_breaking_left(left)}. Hint: pass unsafe=True to rewrite it, or fix that line by hand."
@@ -637,6 +643,15 @@ def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], ori
         log.debug("functionalize reference failed: %s", e)
         notes.append(f"torch.func.functionalize could not run the original ({type(e).__name__}: "
                      f"{str(e).splitlines()[0] if str(e) else ''})")
+        # Eager without its two refusals (fxgrad.decoupled): saved tensors read as saved, written leaves replaced.
+        run = _forward(_copy(decoupled(original)), args, rng)
+        if run.forward_error is None:
+            _backward(run, cots)
+        if run.forward_error is None and run.backward_error is None:
+            notes.append("reference: the original run by fxgrad.decoupled (eager, with every saved tensor read as it "
+                         "was saved and every leaf written in place replaced by a clone)")
+            return (_Reference("decoupled", dict(run.outputs), run.grads(names), dict(run.module.named_buffers())),
+                    notes, original_error)
         if orig.forward_error is not None:
             raise VerificationError(
                 f"fxgrad cannot verify the fix: the original raises in forward ({original_error}) and "

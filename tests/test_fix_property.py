@@ -235,10 +235,12 @@ def test_fix_all_is_equivalent_to_eager(case: Case) -> None:
     assert isinstance(record, FixRecord)
     after = _run(gm, x, case.seed)
 
-    # Forward: same outputs, same write (or none) into the caller's tensor.
+    # Forward: same outputs, same write (or none) into the caller's tensor, unless the record says that a write
+    # into it, which broke backward, was rewritten (the caller's tensor is then no longer modified).
     for a, b in zip(before.outputs, after.outputs, strict=True):
         assert _close(b, a), (case, str(gm.code))
-    assert _close(after.x_after, before.x_after)
+    announced = [r for r in record.rewrites if "input `x` is no longer modified" in r.unsafe_change]
+    assert _close(after.x_after, before.x_after) or (announced and before.error is not None), (case, record)
 
     event(f"rewrites: {min(len(record.rewrites), 3)}{'+' if len(record.rewrites) >= 3 else ''}")
     event(f"left: {', '.join(sorted({lf.code or 'other' for lf in record.left})) or 'none'}")
