@@ -216,8 +216,8 @@ def _dry(c: Case, *, memo: bool) -> tuple[list[Any], Any]:
     def name(n: torch.fx.Node | None) -> str | None:
         return None if n is None else n.name
 
-    return trace, (sorted((name(a), name(b), msg) for a, b, msg in r.conflicts),
-                   sorted((a.name, b.name) for a, b in r.silent),
+    return trace, (sorted((name(t[0]), name(t[1]), *t[2:]) for t in r.conflicts),
+                   sorted((t[0].name, t[1].name, *t[2:]) for t in r.silent),
                    sorted((n.name, v) for n, v in r.forward_errors.items()),
                    sorted(r.reached_params), r.any_output_requires_grad, sorted(n.name for n in r.no_derivative),
                    sorted(n.name for n in r.aliased_writes))
