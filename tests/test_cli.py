@@ -851,6 +851,7 @@ def test_fix_exits_1_when_the_verification_fails_and_says_why(tmp_path: Path, ca
     """A missed FXG102 (simulated: the analysis fix relies on reports nothing): nothing is rewritten, eager backward
     of the 'fixed' module still raises, fix says so without pointing at a list that is empty, and exits 1."""
     import fxgrad.fixing
+    import fxgrad.rewrite
 
     path = _write(tmp_path)
     truth = eager_truth(_import(path).Breaks(), (torch.randn(3, 4),))
@@ -863,6 +864,7 @@ def test_fix_exits_1_when_the_verification_fails_and_says_why(tmp_path: Path, ca
         return report
 
     monkeypatch.setattr(fxgrad.fixing, "_findings", missed)
+    monkeypatch.setattr(fxgrad.rewrite, "_breaks", lambda nf, facts: False)  # the rewrite's own view of the facts
     monkeypatch.chdir(tmp_path)
     assert main(["fix", "nets.py:Breaks", "--input", "3x4"]) == 1
     out = capsys.readouterr().out
