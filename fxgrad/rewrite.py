@@ -324,8 +324,8 @@ def _is_clone(node: torch.fx.Node) -> bool:
 
 
 #: the codes a left op's record names as its reason, asked of the rules that report each fact
-_INPUT, _LEAF, _ALIAS, _SILENT, _NO_GRAD = (RULE_FOR_FACT[fact].code for fact in (
-    "target", "leaf_write", "alias_read_after", "silently_written", "target_live"))
+_INPUT, _LEAF, _ALIAS, _SILENT, _NO_GRAD, _SAVED = (RULE_FOR_FACT[fact].code for fact in (
+    "target", "leaf_write", "alias_read_after", "silently_written", "target_live", "overwritten"))
 
 
 class OutOfPlace(PassBase):
@@ -539,7 +539,7 @@ class OutOfPlace(PassBase):
             plans.append(_Plan(node, nf.target, kind, twin, unsafe_change, replay))
             if self.select is None or node.name in self.select or _breaks(nf, facts):
                 bumped.add(facts[nf.target].croot)
-            self.leaf_writes = self.leaf_writes or nf.leaf_write or "FXG103" in self.codes.get(node.name, ())
+            self.leaf_writes = self.leaf_writes or nf.leaf_write or _LEAF in self.codes.get(node.name, ())
         return plans
 
     def _safety(self, nf: NodeFacts, aliased: dict[torch.fx.Node, _Aliased],
@@ -561,11 +561,11 @@ class OutOfPlace(PassBase):
             vroot = facts[target].vroot
             if isinstance(vroot, torch.fx.Node) and vroot.op == "placeholder":
                 name = vroot.name
-            if nf.leaf_write or "FXG103" in codes:
+            if nf.leaf_write or _LEAF in codes:
                 change = (f"the caller's input `{name}` is no longer modified in place: the original raised in forward "
                           "(the input requires grad, and a leaf that requires grad cannot be written in place); to "
                           "change it on purpose, do it before the call under `with torch.no_grad():`")
-            elif any(facts[u.saver].reach for u in nf.overwritten) or "FXG102" in codes:
+            elif any(facts[u.saver].reach for u in nf.overwritten) or _SAVED in codes:
                 change = (f"the caller's input `{name}` is no longer modified in place: the original's backward "
                           "raised (an op had saved the input for backward before the write)")
             elif not self.unsafe:
@@ -574,7 +574,7 @@ class OutOfPlace(PassBase):
             else:
                 change = f"the caller's input `{name}` is no longer modified in place"
         elif role == "param":
-            if not (nf.leaf_write or "FXG103" in codes):
+            if not (nf.leaf_write or _LEAF in codes):
                 return "", f"it updates the parameter `{name}`: model state, not an activation", "", False
             change = (f"the parameter `{name}` is no longer modified in place: the original raised in forward (a "
                       "parameter is a leaf that requires grad); to change it on purpose, do it outside forward "
@@ -585,7 +585,7 @@ class OutOfPlace(PassBase):
             return "", f"it writes `{name}`, a tensor stored on the module", "", False
         elif role != "activation":
             return "", f"`{name}` is not an activation ({role})", "", False
-        forward_raises = nf.leaf_write or "FXG103" in codes  # no gradients to keep: the original never gets there
+        forward_raises = nf.leaf_write or _LEAF in codes  # no gradients to keep: the original never gets there
         if [u for u in nf.silently_written if facts[u.saver].reach] and not forward_raises:
             return _SILENT, ("it writes, behind autograd's version counter, into a tensor saved for backward: "
                               "an out-of-place rewrite would change the gradients"), "", False
@@ -593,7 +593,7 @@ class OutOfPlace(PassBase):
             return _NO_GRAD, (f"it runs with grad disabled on `{name}`, which requires grad: the out-of-place "
                               "result would carry no gradient, the in-place one keeps the history"), "", False
         if self._silent.get(facts[target].sroot, -1) > nf.index and not change and not _breaks(nf, facts) and \
-                "FXG102" not in codes:
+                _SAVED not in codes:
             return _SILENT, ("a later write behind the version counter (`.data`) lands in this memory, where the "
                               "tensors this op saves live: eager's (wrong) gradients depend on it, and the rewrite "
                               "would move them"), "", False
