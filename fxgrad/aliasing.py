@@ -26,6 +26,8 @@ node.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,10 +39,10 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from . import ops
 
 if TYPE_CHECKING:
-    from .facts.records import NodeFacts
+    from .facts.records import GraphFacts, NodeFacts
 
-__all__ = ["VIEW_ATTRS", "AliasKind", "AliasModel", "alias_kind", "alias_parent", "flat_nodes", "same_tensor",
-           "shares_storage", "storage_key"]
+__all__ = ["VIEW_ATTRS", "AliasKind", "AliasModel", "alias_kind", "alias_parent", "flat_nodes", "reads_after_writes",
+           "returns_target", "same_tensor", "shares_storage", "storage_key"]
 
 #: how the result of an op that does not write relates to its first argument (see :func:`alias_kind`)
 AliasKind = Literal["same", "data", "detach", "getitem", "view"]
@@ -252,3 +254,90 @@ class AliasModel:
                 return True
         return False
 
+
+def returns_target(node: torch.fx.Node) -> bool:
+    """Every in-place spelling returns the tensor it wrote, except ``x[i] = v`` (``None``)."""
+    return not (node.op == "call_function" and node.target is operator.setitem)
+
+
+def reads_after_writes(graph: torch.fx.Graph, facts: GraphFacts
+                       ) -> dict[torch.fx.Node, dict[torch.fx.Node, torch.fx.Node]]:
+    """In-place op -> each alias read after it (a view, the base, a detached alias) and its first reader.
+
+    The conservative form of :meth:`AliasModel.states`' question, for a rewrite, which must not miss a read: the
+    storage roots are the facts', widened where fxgrad cannot see into an op (an opaque call's result may be its
+    input; ``t[0]`` of a tuple shares the tuple's root), and a read counts whatever tensor object it is, except
+    the written tensor itself under another name (an in-place op's result)."""
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    canonical: dict[torch.fx.Node, torch.fx.Node] = {}
+    root: dict[torch.fx.Node, Any] = {}
+    by_root: dict[Any, list[torch.fx.Node]] = {}
+    aliased: dict[torch.fx.Node, dict[torch.fx.Node, torch.fx.Node]] = {}
+    for node in graph.nodes:
+        nf = facts.nodes[node]
+        reads = list(dict.fromkeys(flat_nodes((node.args, node.kwargs))))
+        root[node] = _widened_root(nf, reads, root, facts)
+        for a in reads:
+            muts = by_root.get(root.get(a, a))
+            if not muts:
+                continue
+            for m in reversed(muts):
+                if index[m] <= index[a]:
+                    break
+                t = facts.nodes[m].target
+                if t is not None and canonical.get(a, a) is not canonical.get(t, t):
+                    aliased.setdefault(m, {}).setdefault(a, node)
+        if nf.target is not None and nf.view.writes is not None:
+            t = nf.target
+            if returns_target(node):
+                canonical[node] = canonical.get(t, t)
+            by_root.setdefault(root.get(t, t), []).append(node)
+    return aliased
+
+
+def _widened_root(nf: NodeFacts, reads: list[torch.fx.Node], root: dict[torch.fx.Node, Any],
+                  facts: GraphFacts) -> Any:
+    """The facts' storage root, widened for ops fxgrad cannot see into: their result may be their input."""
+    node = nf.node
+    opaque = (node.op == "call_module" and not nf.view.known) or (
+        node.op == "call_function" and not _known_function(node.target))
+    if opaque and nf.view.writes is None and nf.role != "value":
+        first = next((a for a in reads), None)
+        if first is not None:
+            return root.get(first, first)
+    if node.op == "call_function" and node.target is operator.getitem and node.args and \
+            isinstance(node.args[0], torch.fx.Node) and not _advanced_index(node.args[1:], facts):
+        # ``t[0]`` is a view of ``t`` (or an element of a tuple ``t``: sharing the root is the safe side).
+        base = node.args[0]
+        return root.get(base, base)
+    sroot = nf.sroot
+    if isinstance(sroot, torch.fx.Node):
+        return root.get(sroot, sroot)
+    return sroot
+
+
+def _advanced_index(index: Any, facts: GraphFacts) -> bool:
+    """An index with tensors or lists in it copies (``t[mask]``); ints, slices, None and ``...`` make a view."""
+    if any(facts.nodes[i].role != "value" for i in flat_nodes(index) if i in facts.nodes):
+        return True
+    found: list[bool] = []
+
+    def visit(a: Any) -> Any:
+        if isinstance(a, (list, torch.Tensor)):
+            found.append(True)
+        return a
+
+    for item in index if isinstance(index, tuple) else (index,):
+        for sub in item if isinstance(item, tuple) else (item,):
+            visit(sub)
+    return bool(found)
+
+
+@functools.cache
+def _known_function(target: Any) -> bool:
+    """Functions whose aliasing the facts know: torch's own and Python's operators."""
+    module = getattr(target, "__module__", None) or ""
+    if isinstance(target, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)):
+        return True
+    return module.startswith(("torch", "_operator", "operator", "builtins", "math")) or target in (
+        getattr, operator.getitem)

@@ -57,7 +57,6 @@ from .traits import (
 __all__ = ["ForwardPass"]
 
 
-
 def _all_values(states: Sequence[torch.fx.Node], nodes: dict[torch.fx.Node, NodeFacts]) -> bool:
     """Every input is a plain Python value (``x.size(0) * 2``): so is the result."""
     for s in states:
@@ -100,9 +99,10 @@ class ForwardPass:
             self.leaf_roots.update(("param", name) for name, _ in self.index.trainable)
 
     def forward(self) -> None:
+        """Every node in graph order (steps 1-7 of the module docstring), after the saved-tensor plan."""
         nodes = list(self.gm.graph.nodes)
         viewer = self.index.viewer
-        # Made in graph order, in a walk of their own: made inside :meth:`_plan`'s walk from the end, the pass was
+        # Made in graph order, in a walk of their own: made inside the plan's walk from the end, the pass was
         # 10 % slower on a 100,000-node graph (the views made per call, and what they read, then lie in memory
         # in the reverse of the order every later step reads them).
         views = [viewer(node) for node in nodes]
@@ -126,7 +126,6 @@ class ForwardPass:
                 nf.deps = self.aliases.states(flat_nodes(node.args), nf)
             else:
                 self._op(nf)
-
 
     def _grad_mode_node(self, nf: NodeFacts) -> None:
         """A node the tracer kept for a grad-mode change (see :data:`_GRAD_MODE_TARGETS`)."""
