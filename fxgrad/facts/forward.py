@@ -77,6 +77,8 @@ class ForwardPass:
         self.saved = SavedTensors(gm, self.nodes, self.aliases, index)
         #: (the alias model's dict, read on every node: one attribute lookup less)
         self.last_mut = self.aliases.last_mut
+        #: (the plan's answer, set by :meth:`forward`, read on every live node: one attribute lookup less)
+        self.any_writes = True
         #: call_module target -> the trainable parameters a call uses (the index's, read on every module call)
         self.module_param_cache = index.module_param_cache
         #: roots of leaves that require grad: an in-place write on them (or a view) with grad enabled raises.
@@ -107,6 +109,7 @@ class ForwardPass:
         # in the reverse of the order every later step reads them).
         views = [viewer(node) for node in nodes]
         self.saved.plan(nodes, views)
+        self.any_writes = self.saved.any_writes
         facts = self.nodes
         for index, node in enumerate(nodes):
             nf = facts[node] = NodeFacts(node, index, views[index], self.grad_on)
@@ -218,7 +221,7 @@ class ForwardPass:
         if live_in is not None and traits.no_derivative and self._underivable(nf, args, states):
             nf.no_derivative = True
             self.flagged.append(nf)
-        if nf.live and self.saved.any_writes and not traits.meta_write:
+        if nf.live and self.any_writes and not traits.meta_write:
             self.saved.defer(nf, args, traits)
 
     def _general(self, nf: NodeFacts, node: torch.fx.Node, view: OpView, traits: _OpTraits,
@@ -258,7 +261,7 @@ class ForwardPass:
         if cut is not None and (any_live is not None or cut == "no_grad"):
             nf.cut, nf.cut_input = cut, any_live
 
-        if grad_on and live_in is not None:
+        if grad_on and live_in is not None and (write_target is not None or traits.no_derivative):
             self._call_errors(nf, traits, args, states, write_target is not None)
         if is_module:
             module_params = self._module_call(nf, node)
