@@ -120,8 +120,6 @@ class AliasModel:
     ``nodes`` is the facts dict the forward pass fills (read only here, except for the alias facts of the node at
     hand and of writes an alias is read after)."""
 
-    __slots__ = ("last_data_write", "last_mut", "latest_write", "nodes")
-
     def __init__(self, nodes: Mapping[torch.fx.Node, NodeFacts]) -> None:
         self.nodes = nodes
         #: view root -> the latest write into the group (data or autograd state): later reads see its result
