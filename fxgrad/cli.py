@@ -58,7 +58,6 @@ _IMPORTED_AT = time.perf_counter()
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-_PARAM_CODES = ("FXG201", "FXG202", "FXG203")
 
 
 class _UsageError(Exception):

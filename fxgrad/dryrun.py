@@ -46,9 +46,9 @@ from typing import Any
 import torch
 import torch.fx
 from torch import nn
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
+from .aliasing import shares_storage, storage_key
 from .capture import node_origin
 from .errors import InputError
 from .facts import GraphFacts, ParamFacts
@@ -221,15 +221,6 @@ def _is_leaf(t: torch.Tensor) -> bool:
         return False
 
 
-def _key(t: torch.Tensor) -> Any:
-    """The identity of ``t``'s storage, as ``torch.fx.passes.reinplace`` keys storages (the tensors compared are
-    alive, so the storage is not freed and its address not reused)."""
-    try:
-        return StorageWeakRef(t.untyped_storage())
-    except (RuntimeError, NotImplementedError):
-        return id(t)
-
-
 class _Runner:
     """Runs the graph node by node, like ``torch.fx.Interpreter`` without what a dry-run does not need
     (progress bars, tracebacks per node, current-node metadata): its per-node overhead is a third of a meta op.
@@ -348,7 +339,7 @@ class _Runner:
     def _after(self, n: torch.fx.Node, result: Any) -> None:
         outputs = list(_tensors(result))
         if n in self.watch:
-            self.storages[n] = {_key(t) for t in outputs}
+            self.storages[n] = {storage_key(t) for t in outputs}
             self.alive.extend(outputs)  # storage keys are addresses: keep them from being reused
         # Step 2: the autograd nodes this fx node created.
         node_of = self.node_of
@@ -370,7 +361,7 @@ class _Runner:
         keys: set[Any] = set()
         moved: set[Any] = set()  # storages written through a counter that moved
         for t, version, data in written:
-            k = _key(t)
+            k = storage_key(t)
             if data:
                 keys.add(k)
             if t._version != version:
@@ -389,7 +380,7 @@ class _Runner:
                 if isinstance(value, torch.Tensor):
                     rec = _Saved(g, attr, value, value._version, saver)
                     saved[(id(g), attr)] = rec
-                    pending.setdefault(_key(value), []).append(rec)
+                    pending.setdefault(storage_key(value), []).append(rec)
                     continue
                 if value is None:
                     continue
@@ -397,7 +388,7 @@ class _Runner:
                 for t in _tensors(value):
                     rec = _Saved(g, attr, t, t._version, saver)
                     saved[(id(g), attr)] = rec
-                    pending.setdefault(_key(t), []).append(rec)
+                    pending.setdefault(storage_key(t), []).append(rec)
         self.unexamined = []
         for k in keys | moved:
             for rec in self.pending.get(k, ()):
@@ -608,8 +599,8 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
             result.silent.append((rec.silent_at, rec.saver, _arg(rec.attr)))
     result.backend_nodes = _backend_nodes(gm, facts)
     for nf in facts:
-        if nf.alias_seen is not None and nf.target is not None and (
-                runner.storages.get(nf.alias_seen, set()) & runner.storages.get(nf.target, set())):
+        if nf.alias_seen is not None and nf.target is not None and shares_storage(
+                runner.storages.get(nf.alias_seen, ()), runner.storages.get(nf.target, ())):
             result.aliased_writes.add(nf.node)
     return result
 

@@ -60,6 +60,7 @@ from torch import nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from . import ops
+from .aliasing import alias_parent, reads_after_writes, returns_target
 from .capture import SourceLocation, node_origin
 from .facts import GraphFacts, NodeFacts, compute_facts
 from .rules import RULE_FOR_FACT
@@ -313,10 +314,6 @@ def _flat_nodes(a: Any) -> list[torch.fx.Node]:
     return list(dict.fromkeys(out))
 
 
-def _returns_target(node: torch.fx.Node) -> bool:
-    """Every in-place spelling returns the tensor it wrote, except ``x[i] = v`` (``None``)."""
-    return not (node.op == "call_function" and node.target is operator.setitem)
-
 
 def _is_clone(node: torch.fx.Node) -> bool:
     return (node.op == "call_method" and node.target == "clone") or (
@@ -324,8 +321,8 @@ def _is_clone(node: torch.fx.Node) -> bool:
 
 
 #: the codes a left op's record names as its reason, asked of the rules that report each fact
-_INPUT, _LEAF, _ALIAS, _SILENT, _NO_GRAD = (RULE_FOR_FACT[fact].code for fact in (
-    "target", "leaf_write", "alias_read_after", "silently_written", "target_live"))
+_INPUT, _LEAF, _ALIAS, _SILENT, _NO_GRAD, _SAVED = (RULE_FOR_FACT[fact].code for fact in (
+    "target", "leaf_write", "alias_read_after", "silently_written", "target_live", "overwritten"))
 
 
 class OutOfPlace(PassBase):
@@ -382,7 +379,10 @@ class OutOfPlace(PassBase):
         if not writes:
             return PassResult(gm, False)
         # Step 2: groups of the same tensor, and aliased writes.
-        aliased = self._sweep(gm, facts)
+        aliased = reads_after_writes(gm.graph, facts)
+        self.detached_aliases = self.detached_aliases or any(
+            node.op == "call_function" and node.target is getattr and node.args[1:2] == ("data",)
+            for node in gm.graph.nodes)
         # Step 3: decide.
         plans = self._decide(gm, facts, writes, aliased)
         # Step 4: rewrite in graph order.
@@ -406,7 +406,7 @@ class OutOfPlace(PassBase):
             members = group.setdefault(c, [c])
             plan = planned.get(node)
             if plan is None:
-                if _returns_target(node):
+                if returns_target(node):
                     canon[node] = c
                     members.append(node)
                 continue
@@ -454,57 +454,6 @@ class OutOfPlace(PassBase):
 
     # -- step 2 --------------------------------------------------------------------------------------------------
 
-    def _sweep(self, gm: torch.fx.GraphModule, facts: GraphFacts) -> dict[torch.fx.Node, _Aliased]:
-        """In-place op -> each alias read after it (a view, the base, a detached alias) and its first reader."""
-        index = {n: i for i, n in enumerate(gm.graph.nodes)}
-        canonical: dict[torch.fx.Node, torch.fx.Node] = {}
-        root: dict[torch.fx.Node, Any] = {}
-        by_root: dict[Any, list[torch.fx.Node]] = {}
-        aliased: dict[torch.fx.Node, _Aliased] = {}
-        for node in gm.graph.nodes:
-            nf = facts.nodes[node]
-            reads = _flat_nodes((node.args, node.kwargs))
-            if node.op == "call_function" and node.target is getattr and node.args[1:2] == ("data",):
-                self.detached_aliases = True
-            root[node] = self._storage_root(nf, reads, root, facts)
-            for a in reads:
-                muts = by_root.get(root.get(a, a))
-                if not muts:
-                    continue
-                for m in reversed(muts):
-                    if index[m] <= index[a]:
-                        break
-                    t = facts.nodes[m].target
-                    if t is not None and canonical.get(a, a) is not canonical.get(t, t):
-                        aliased.setdefault(m, {}).setdefault(a, node)
-            if nf.target is not None and nf.view.writes is not None:
-                t = nf.target
-                if _returns_target(node):
-                    canonical[node] = canonical.get(t, t)
-                by_root.setdefault(root.get(t, t), []).append(node)
-        return aliased
-
-    @staticmethod
-    def _storage_root(nf: NodeFacts, reads: list[torch.fx.Node], root: dict[torch.fx.Node, Any],
-                      facts: GraphFacts) -> Any:
-        """The facts' storage root, widened for ops fxgrad cannot see into: their result may be their input."""
-        node = nf.node
-        opaque = (node.op == "call_module" and not nf.view.known) or (
-            node.op == "call_function" and not _known_function(node.target))
-        if opaque and nf.view.writes is None and nf.role != "value":
-            first = next((a for a in reads), None)
-            if first is not None:
-                return root.get(first, first)
-        if node.op == "call_function" and node.target is operator.getitem and node.args and \
-                isinstance(node.args[0], torch.fx.Node) and not _advanced_index(node.args[1:], facts):
-            # ``t[0]`` is a view of ``t`` (or an element of a tuple ``t``: sharing the root is the safe side).
-            base = node.args[0]
-            return root.get(base, base)
-        sroot = nf.sroot
-        if isinstance(sroot, torch.fx.Node):
-            return root.get(sroot, sroot)
-        return sroot
-
     # -- step 3 --------------------------------------------------------------------------------------------------
 
     def _decide(self, gm: torch.fx.GraphModule, facts: GraphFacts, writes: list[NodeFacts],
@@ -539,7 +488,7 @@ class OutOfPlace(PassBase):
             plans.append(_Plan(node, nf.target, kind, twin, unsafe_change, replay))
             if self.select is None or node.name in self.select or _breaks(nf, facts):
                 bumped.add(facts[nf.target].croot)
-            self.leaf_writes = self.leaf_writes or nf.leaf_write or "FXG103" in self.codes.get(node.name, ())
+            self.leaf_writes = self.leaf_writes or nf.leaf_write or _LEAF in self.codes.get(node.name, ())
         return plans
 
     def _safety(self, nf: NodeFacts, aliased: dict[torch.fx.Node, _Aliased],
@@ -561,11 +510,11 @@ class OutOfPlace(PassBase):
             vroot = facts[target].vroot
             if isinstance(vroot, torch.fx.Node) and vroot.op == "placeholder":
                 name = vroot.name
-            if nf.leaf_write or "FXG103" in codes:
+            if nf.leaf_write or _LEAF in codes:
                 change = (f"the caller's input `{name}` is no longer modified in place: the original raised in forward "
                           "(the input requires grad, and a leaf that requires grad cannot be written in place); to "
                           "change it on purpose, do it before the call under `with torch.no_grad():`")
-            elif any(facts[u.saver].reach for u in nf.overwritten) or "FXG102" in codes:
+            elif any(facts[u.saver].reach for u in nf.overwritten) or _SAVED in codes:
                 change = (f"the caller's input `{name}` is no longer modified in place: the original's backward "
                           "raised (an op had saved the input for backward before the write)")
             elif not self.unsafe:
@@ -574,7 +523,7 @@ class OutOfPlace(PassBase):
             else:
                 change = f"the caller's input `{name}` is no longer modified in place"
         elif role == "param":
-            if not (nf.leaf_write or "FXG103" in codes):
+            if not (nf.leaf_write or _LEAF in codes):
                 return "", f"it updates the parameter `{name}`: model state, not an activation", "", False
             change = (f"the parameter `{name}` is no longer modified in place: the original raised in forward (a "
                       "parameter is a leaf that requires grad); to change it on purpose, do it outside forward "
@@ -585,7 +534,7 @@ class OutOfPlace(PassBase):
             return "", f"it writes `{name}`, a tensor stored on the module", "", False
         elif role != "activation":
             return "", f"`{name}` is not an activation ({role})", "", False
-        forward_raises = nf.leaf_write or "FXG103" in codes  # no gradients to keep: the original never gets there
+        forward_raises = nf.leaf_write or _LEAF in codes  # no gradients to keep: the original never gets there
         if [u for u in nf.silently_written if facts[u.saver].reach] and not forward_raises:
             return _SILENT, ("it writes, behind autograd's version counter, into a tensor saved for backward: "
                               "an out-of-place rewrite would change the gradients"), "", False
@@ -593,7 +542,7 @@ class OutOfPlace(PassBase):
             return _NO_GRAD, (f"it runs with grad disabled on `{name}`, which requires grad: the out-of-place "
                               "result would carry no gradient, the in-place one keeps the history"), "", False
         if self._silent.get(facts[target].sroot, -1) > nf.index and not change and not _breaks(nf, facts) and \
-                "FXG102" not in codes:
+                _SAVED not in codes:
             return _SILENT, ("a later write behind the version counter (`.data`) lands in this memory, where the "
                               "tensors this op saves live: eager's (wrong) gradients depend on it, and the rewrite "
                               "would move them"), "", False
@@ -654,11 +603,9 @@ class OutOfPlace(PassBase):
         if nf is None:
             return None
         if nf.view.writes is not None and nf.target is not None:
-            return (self._current_target(node, nf), True) if _returns_target(node) else None
-        first = node.args[0] if node.args else None
-        if isinstance(first, torch.fx.Node) and (nf.is_view or nf.alias_of is not None):
-            return first, False
-        return None
+            return (self._current_target(node, nf), True) if returns_target(node) else None
+        parent = alias_parent(nf)
+        return (parent, False) if parent is not None else None
 
     def _through_alias(self, node: torch.fx.Node) -> bool:
         """``node`` hangs off its root through a ``.detach()`` / ``.data`` step."""
@@ -791,7 +738,7 @@ class OutOfPlace(PassBase):
             write = make("call_method", node.target, (clone, *args[1:]), kwargs, pos - 0.5)
         else:
             write = make("call_function", node.target, (clone, *args[1:]), kwargs, pos - 0.5)
-        return clone if not _returns_target(node) else write
+        return clone if not returns_target(node) else write
 
     def _replay(self, gm: torch.fx.GraphModule, node: torch.fx.Node, target: torch.fx.Node, new: torch.fx.Node,
                 order: dict[torch.fx.Node, float],
@@ -973,28 +920,4 @@ def _copy_with_inplace_off(module: nn.Module) -> nn.Module:
     return new
 
 
-def _advanced_index(index: Any, facts: GraphFacts) -> bool:
-    """An index with tensors or lists in it copies (``t[mask]``); ints, slices, None and ``...`` make a view."""
-    if any(facts.nodes[i].role != "value" for i in _flat_nodes(index) if i in facts.nodes):
-        return True
-    found: list[bool] = []
 
-    def visit(a: Any) -> Any:
-        if isinstance(a, (list, torch.Tensor)):
-            found.append(True)
-        return a
-
-    for item in index if isinstance(index, tuple) else (index,):
-        for sub in item if isinstance(item, tuple) else (item,):
-            visit(sub)
-    return bool(found)
-
-
-@functools.cache
-def _known_function(target: Any) -> bool:
-    """Functions whose aliasing the facts know: torch's own and Python's operators."""
-    module = getattr(target, "__module__", None) or ""
-    if isinstance(target, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)):
-        return True
-    return module.startswith(("torch", "_operator", "operator", "builtins", "math")) or target in (
-        getattr, operator.getitem)
