@@ -1,0 +1,137 @@
+"""fxgrad.verify's bulk comparison: one differing tensor among many is still caught and named.
+
+Each "fixed" module here is a deliberately wrong copy whose forward values are bitwise those of the original
+(``w + (w * s - (w * s).detach())`` adds an exact zero) while one gradient or one buffer differs. Every test
+first shows with a real eager forward+backward which single tensor differs, then that ``verify`` names it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from fxgrad.errors import VerificationError
+from fxgrad.verify import _check, _checks, verify
+
+LAYERS = 24
+
+
+def _scaled_grad(t: torch.Tensor, s: float) -> torch.Tensor:
+    """``t`` in value (exactly), with ``1 + s`` times its gradient."""
+    return t + (t * s - (t * s).detach())
+
+
+class Deep(nn.Module):
+    """Many Linear+BatchNorm layers; ``wrong_weight``/``wrong_input`` scale one gradient, nothing else."""
+
+    def __init__(self, wrong_weight: int = -1, wrong_input: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(6, 6) for _ in range(LAYERS))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(6) for _ in range(LAYERS))
+        self.wrong_weight = wrong_weight
+        self.wrong_input = wrong_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _scaled_grad(x, 0.5) if self.wrong_input else x
+        for i, (layer, norm) in enumerate(zip(self.layers, self.norms, strict=True)):
+            w = _scaled_grad(layer.weight, 0.5) if i == self.wrong_weight else layer.weight
+            h = torch.tanh(norm(nn.functional.linear(h, w, layer.bias)))
+        return h
+
+
+def _eager(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Output and every gradient (parameters and the input) of one eager run on a copy, same cotangent."""
+    run = copy.deepcopy(model)
+    xi = x.detach().clone().requires_grad_(True)
+    out = run(xi)
+    out.backward(torch.ones_like(out))
+    grads = {n: p.grad for n, p in run.named_parameters() if p.grad is not None}
+    assert xi.grad is not None
+    grads["input x"] = xi.grad
+    return out.detach(), grads
+
+
+def _differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]:
+    return {k for k in a if not torch.equal(a[k], b[k])}
+
+
+def _twin(wrong_weight: int = -1, wrong_input: bool = False) -> tuple[Deep, Deep]:
+    torch.manual_seed(0)
+    original = Deep()
+    wrong = Deep(wrong_weight, wrong_input)
+    wrong.load_state_dict(original.state_dict())
+    return original, wrong
+
+
+def test_one_parameter_gradient_among_many_is_caught_and_named() -> None:
+    original, wrong = _twin(wrong_weight=17)
+    x = torch.randn(5, 6, requires_grad=True)
+    out_a, grads_a = _eager(original, x)
+    out_b, grads_b = _eager(wrong, x)
+    assert torch.equal(out_a, out_b)
+    assert _differing(grads_a, grads_b) == {"layers.17.weight"}  # eager: this one gradient and no other
+    with pytest.raises(VerificationError, match=r"gradient `layers\.17\.weight` differs"):
+        verify(original, wrong, (x,))
+    assert verify(original, copy.deepcopy(original), (x,)).ok  # and the model against itself passes
+
+
+def test_an_input_gradient_mismatch_is_caught_and_named() -> None:
+    original, wrong = _twin(wrong_input=True)
+    x = torch.randn(5, 6, requires_grad=True)
+    out_a, grads_a = _eager(original, x)
+    out_b, grads_b = _eager(wrong, x)
+    assert torch.equal(out_a, out_b)
+    assert _differing(grads_a, grads_b) == {"input x"}
+    with pytest.raises(VerificationError, match=r"gradient `input x` differs"):
+        verify(original, wrong, (x,))
+
+
+def test_one_buffer_among_many_is_caught_and_named() -> None:
+    original, wrong = _twin()
+    wrong.norms[9].momentum = 0.5  # training-mode outputs and gradients use batch statistics: only buffers move
+    x = torch.randn(5, 6, requires_grad=True)
+    out_a, grads_a = _eager(original, x)
+    out_b, grads_b = _eager(wrong, x)
+    assert torch.equal(out_a, out_b) and not _differing(grads_a, grads_b)
+    after_a, after_b = copy.deepcopy(original), copy.deepcopy(wrong)
+    after_a(x), after_b(x)
+    buffers_a, buffers_b = dict(after_a.named_buffers()), dict(after_b.named_buffers())
+    assert _differing(buffers_a, buffers_b) == {"norms.9.running_mean", "norms.9.running_var"}
+    with pytest.raises(VerificationError, match=r"buffer `norms\.9\.running_(mean|var)` differs"):
+        verify(original, wrong, (x,))
+    # The user's modules were not run: their statistics are the initial ones.
+    assert all(int(n.num_batches_tracked) == 0 for n in original.norms)
+
+
+def test_bulk_comparison_gives_the_records_of_one_at_a_time() -> None:
+    """Every pair gets the record ``_check`` gives it alone, whatever the bulk pass makes of it."""
+    torch.manual_seed(0)
+    a = torch.randn(3, 4)
+    nan = torch.tensor([1.0, float("nan")])
+    inf = torch.tensor([float("inf"), -float("inf")])
+    pairs = [
+        ("equal", a, a.clone()),
+        ("close", a, a + 1e-7),
+        ("far", a, a + 1.0),
+        ("nan", nan, nan.clone()),
+        ("inf", inf, inf.clone()),
+        ("signed zero", torch.tensor([0.0]), torch.tensor([-0.0])),
+        ("int", torch.tensor([1, 2]), torch.tensor([1, 3])),
+        ("int equal", torch.tensor(7), torch.tensor(7)),
+        ("bool", torch.tensor([True]), torch.tensor([False])),
+        ("dtype", a, a.double()),
+        ("shape", a, a.reshape(4, 3)),
+        ("empty", torch.empty(0), torch.empty(0)),
+        ("complex", torch.tensor([1 + 2j]), torch.tensor([1 + 2j])),
+        ("half", a.half(), a.half() + 1),
+        ("none", None, torch.zeros(2)),
+        ("both none", None, None),
+    ]
+    bulk = _checks("gradient", list(pairs), None, None, none_is_zero=True)
+    alone = [_check("gradient", n, x, y, None, None, True) for n, x, y in pairs]
+    assert bulk == alone
+    assert [c.ok for c in bulk] == [True, True, False, True, True, True, False, True, False, False, False, True,
+                                    True, False, True, True]
