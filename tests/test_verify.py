@@ -135,3 +135,24 @@ def test_bulk_comparison_gives_the_records_of_one_at_a_time() -> None:
     assert bulk == alone
     assert [c.ok for c in bulk] == [True, True, False, True, True, True, False, True, False, False, False, True,
                                     True, False, True, True]
+
+
+def test_named_state_walks_the_tree_as_named_parameters_and_named_buffers() -> None:
+    """Shared submodules, tied parameters and one buffer under two names: the same names, tensors and order."""
+    from fxgrad.verify import _named_state
+
+    torch.manual_seed(0)
+    shared = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    model = nn.Module()
+    model.a = shared
+    model.b = nn.Sequential(shared, nn.Linear(3, 3))
+    model.b[1].weight = model.a[0].weight  # tied
+    model.register_buffer("alias", model.a[1].running_mean)  # one tensor, two names
+    model.register_parameter("nothing", None)
+    params, buffers = _named_state(model)
+    expected = list(model.named_parameters(remove_duplicate=False))
+    assert [n for n, _ in params] == [n for n, _ in expected]
+    assert all(p is q for (_, p), (_, q) in zip(params, expected, strict=True))
+    expected_buffers = dict(model.named_buffers())
+    assert list(buffers) == list(expected_buffers)
+    assert all(buffers[k] is expected_buffers[k] for k in buffers)
