@@ -27,6 +27,7 @@ import dataclasses
 import inspect
 import io
 import logging
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -265,30 +266,91 @@ def _named_leaves(args: tuple[Any, ...], names: list[str]) -> Iterator[tuple[str
         yield from flatten(a, name)
 
 
-def _copy(module: nn.Module, devices: set[int] | None = None) -> nn.Module:
+@dataclass
+class _Arming:
+    """What it takes to run a fast copy again, with fresh state, without walking the module tree again.
+
+    The fixed module's copy is made with the original's memo, so the submodules it shares with the original (its
+    leaves, which hold every parameter and buffer) are the original copy's: one walk of the tree instead of two.
+    After the original's run, :func:`_rearm` puts a fresh copy of every value the copy had replaced (tensors,
+    lists, other mutable attributes) back into its slot, from the user's own values. It first checks that the run
+    left the copies' structure as it was made (no attribute rebound, no submodule or tensor slot added, no hook
+    registered); where it did, the fixed module gets a copy of its own, as before."""
+
+    #: (container, key, the user's value): every slot the copy filled with a copy of its own
+    slots: list[tuple[dict[str, Any], str, Any]] = dataclasses.field(default_factory=list)
+    #: (copy, its type, its ``__dict__`` as made), for each module copied
+    modules: list[tuple[nn.Module, type, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    #: (``_parameters``/``_buffers``/``_modules`` dict of a copy, its values as made)
+    containers: list[tuple[dict[str, Any], tuple[Any, ...]]] = dataclasses.field(default_factory=list)
+    #: the empty containers (hook dicts ...) the copy made
+    empties: list[Any] = dataclasses.field(default_factory=list)
+    #: the user's module id -> its copy
+    copies: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
+    valid: bool = True
+
+
+def _copy(module: nn.Module, devices: set[int] | None = None, memo: dict[int, Any] | None = None,
+          arming: _Arming | None = None) -> nn.Module:
     """A deep copy to run on: parameters, buffers, submodules and their attributes, as ``copy.deepcopy`` makes it,
     two things aside. A GraphModule's graph and compiled code are shared (``deepcopy`` regenerates and recompiles
     them, the slowest part), and module trees are walked directly instead of through ``__reduce_ex__``: a module's
     ``__dict__`` is copied whole and only its containers are replaced (ten times faster on a 1,000-node ResNet,
     where the copies were a third of the verification). Tensors that share memory with each other keep
-    ``deepcopy``, which keeps them sharing."""
-    memo: dict[int, Any] = {}
-    dup = _copy_module(module, memo, fast_tensors=True)
-    # Memory shared between two of the module's tensors (a storage, not a tied parameter, which the memo keeps
-    # tied) must stay shared in the copy: redo the copy the slow way then. Empty storages share nothing.
+    ``deepcopy``, which keeps them sharing. With ``memo`` and ``arming`` (see :class:`_Arming`), modules already
+    copied into ``memo`` are reused and every slot is recorded."""
+    memo = {} if memo is None else memo
+    dup = _copy_module(module, memo, fast_tensors=True, arming=arming)
     met: list[torch.Tensor] = memo.get(_SOURCES, [])
     if devices is not None:  # the CUDA generators to fork: found here, not by another walk of the module tree
         devices.update(t.device.index or 0 for t in met if t.device.type == "cuda")
-    sources = [t for t in met if t.untyped_storage().nbytes()]
-    if len({t.untyped_storage().data_ptr() for t in sources}) < len(sources):
+    # Memory shared between two distinct tensors (a storage, not a tied parameter, which the memo keeps tied) must
+    # stay shared in the copy: redo the copy the slow way then, on its own. Empty storages share nothing.
+    pointers: set[int] = set()
+    distinct = 0
+    for t in {id(t): t for t in met}.values():
+        storage = t.untyped_storage()
+        if storage.nbytes():
+            distinct += 1
+            pointers.add(storage.data_ptr())
+    if len(pointers) < distinct:
+        if arming is not None:
+            arming.valid = False
         memo = {}
         if isinstance(module, torch.fx.GraphModule):
-            dup = _copy_module(module, memo, fast_tensors=False)
+            dup = _copy_module(module, memo, fast_tensors=False, arming=None)
         else:
             dup = copy.deepcopy(module, memo)
         for p in dup.parameters():
             p.grad = None
     return dup  # the fast copy's parameters are new leaves, without .grad
+
+
+def _rearm(arming: _Arming) -> bool:
+    """Fresh values in every slot of the copies (see :class:`_Arming`); ``False`` where the run changed their
+    structure, which only a new copy undoes."""
+    if not arming.valid or any(arming.empties):
+        return False
+    for dup, kind, made in arming.modules:
+        state = dup.__dict__
+        if type(dup) is not kind or state.keys() != made.keys() or not all(map(operator.is_, state.values(),
+                                                                                made.values())):
+            return False
+    for container, values in arming.containers:
+        if len(container) != len(values) or not all(map(operator.is_, container.values(), values)):
+            return False
+    memo: dict[int, Any] = dict(arming.copies)  # modules that attributes refer to stay the copies themselves
+    for container, key, value in arming.slots:
+        new = memo.get(id(value))
+        if new is None:
+            kind = type(value)
+            if (kind is nn.Parameter or kind is torch.Tensor) and value.is_leaf and not value.__dict__:
+                new = memo[id(value)] = _twin_tensor(value, kind)  # _copy_value's fast path, inlined: 1,000s
+            else:
+                new = _copy_value(value, memo, True, None)
+        container[key] = new
+    arming.valid = False  # the records describe the copies as made, no longer as they are: one re-arm only
+    return True
 
 
 #: a memo key no ``id()`` takes: the list of the module's tensors the copy met
@@ -302,7 +364,7 @@ _EMPTY_FRESH = frozenset((dict, OrderedDict, list, set))
 _TENSOR_DICTS = ("_parameters", "_buffers")
 
 
-def _copy_module(mod: nn.Module, memo: dict[int, Any], *, fast_tensors: bool) -> nn.Module:
+def _copy_module(mod: nn.Module, memo: dict[int, Any], *, fast_tensors: bool, arming: _Arming | None) -> nn.Module:
     dup: nn.Module = object.__new__(type(mod))
     memo[id(mod)] = dup
     state = mod.__dict__
@@ -319,52 +381,75 @@ def _copy_module(mod: nn.Module, memo: dict[int, Any], *, fast_tensors: bool) ->
             sub = kind()
             for k, m in v.items():
                 hit = None if m is None else memo.get(id(m))
-                sub[k] = hit if hit is not None or m is None else _copy_module(m, memo, fast_tensors=fast_tensors)
+                sub[k] = hit if hit is not None or m is None else _copy_module(m, memo, fast_tensors=fast_tensors,
+                                                                               arming=arming)
             out[key] = sub
+            if arming is not None:
+                arming.containers.append((sub, tuple(sub.values())))
         elif key in _TENSOR_DICTS and kind in (dict, OrderedDict):
             tensors = kind()
             for k, t in v.items():
-                tensors[k] = _copy_value(t, memo, fast_tensors)
+                tensors[k] = _copy_value(t, memo, fast_tensors, arming)
+                if arming is not None and t is not None:
+                    arming.slots.append((tensors, k, t))
             out[key] = tensors
+            if arming is not None:
+                arming.containers.append((tensors, tuple(tensors.values())))
         elif kind in _EMPTY_FRESH and not v:
             out[key] = kind()  # hook dicts, the non-persistent buffer set: empty on almost every module
+            if arming is not None:
+                arming.empties.append(out[key])
         else:
-            out[key] = _copy_value(v, memo, fast_tensors)
+            new = out[key] = _copy_value(v, memo, fast_tensors, arming)
+            if arming is not None and new is not v:  # a tuple of sizes is its own copy: nothing to re-arm
+                arming.slots.append((out, key, v))
     object.__setattr__(dup, "__dict__", out)
+    if arming is not None:
+        arming.modules.append((dup, type(dup), out.copy()))
+        arming.copies[id(mod)] = dup
     return dup
 
 
-def _copy_value(v: Any, memo: dict[int, Any], fast_tensors: bool) -> Any:
+def _twin_tensor(v: torch.Tensor, kind: type) -> torch.Tensor:
+    """A new leaf with ``v``'s values, strides, type (tensor or parameter) and ``requires_grad``."""
+    data = v.detach().clone(memory_format=torch.preserve_format)
+    if kind is nn.Parameter:
+        return nn.Parameter(data, requires_grad=v.requires_grad)
+    return data.requires_grad_(True) if v.requires_grad else data
+
+
+def _copy_value(v: Any, memo: dict[int, Any], fast_tensors: bool, arming: _Arming | None) -> Any:
     """``copy.deepcopy(v, memo)`` with fast paths for what module state is made of."""
     if isinstance(v, _IMMUTABLE):
         return v
+    is_tensor = isinstance(v, torch.Tensor)
+    if is_tensor:
+        memo.setdefault(_SOURCES, []).append(v)
     hit = memo.get(id(v), memo)
     if hit is not memo:
         return hit
     kind = type(v)
-    if isinstance(v, torch.Tensor):
-        memo.setdefault(_SOURCES, []).append(v)
+    out: Any
     if fast_tensors and (kind is nn.Parameter or kind is torch.Tensor) and v.is_leaf and not v.__dict__:
-        data = v.detach().clone(memory_format=torch.preserve_format)
-        out: Any = nn.Parameter(data, requires_grad=v.requires_grad) if kind is nn.Parameter else data
-        if kind is torch.Tensor and v.requires_grad:
-            out.requires_grad_(True)
+        out = _twin_tensor(v, kind)
     elif isinstance(v, nn.Module):
-        return _copy_module(v, memo, fast_tensors=fast_tensors)
+        return _copy_module(v, memo, fast_tensors=fast_tensors, arming=arming)
     elif kind is dict or kind is OrderedDict:
         out = kind()
         memo[id(v)] = out
         for k, x in v.items():
-            out[k] = _copy_value(x, memo, fast_tensors)
+            out[k] = _copy_value(x, memo, fast_tensors, arming)
         return out
     elif kind is list:
         out = []
         memo[id(v)] = out
-        out.extend(_copy_value(x, memo, fast_tensors) for x in v)
+        out.extend(_copy_value(x, memo, fast_tensors, arming) for x in v)
         return out
     elif (kind is set or kind is tuple) and all(isinstance(x, _IMMUTABLE) for x in v):
         out = set(v) if kind is set else v  # a tuple of immutables is its own deep copy
     else:
+        if arming is not None and not is_tensor:
+            arming.valid = False  # deepcopy may copy modules the arming does not know of
         return copy.deepcopy(v, memo)
     memo[id(v)] = out
     return out
@@ -676,12 +761,20 @@ def verify(original: nn.Module, fixed: nn.Module, example_inputs: Sequence[Any],
     # objects that form no garbage cycles, and a collection in between would walk them all, more than once.
     with gc_paused():
         found = _cuda_devices(args)
-        originals, fixeds = _copy(original, found), _copy(fixed, found)
+        # One walk for both copies where it can be (see _Arming): the fixed module's copy reuses the submodules
+        # of the original's, which get fresh values between the two runs.
+        shared = _Arming()
+        memo: dict[int, Any] = {}
+        originals = _copy(original, found, memo, shared)
+        fixeds = _copy(fixed, found, memo, shared) if shared.valid else None
+        arming = shared if shared.valid else None
+        if fixeds is None or arming is None:
+            fixeds = _copy(fixed, found)
         devices = sorted(found)
         try:
             with torch.random.fork_rng(devices=devices), torch.enable_grad():
-                result = _verify_copies(original, fixed, originals, fixeds, args, names, devices, name, rtol, atol,
-                                        rewrites, left)
+                result = _verify_copies(original, fixed, originals, fixeds, arming, args, names, devices, name,
+                                        rtol, atol, rewrites, left)
         finally:
             torch.set_grad_enabled(grad_mode)
     if not result.ok:
@@ -697,12 +790,21 @@ def verify(original: nn.Module, fixed: nn.Module, example_inputs: Sequence[Any],
 
 
 def _verify_copies(original: nn.Module, fixed: nn.Module, originals: nn.Module, fixeds: nn.Module,
-                   args: tuple[Any, ...], names: list[str], devices: list[int], name: str, rtol: float | None,
-                   atol: float | None, rewrites: Sequence[Rewrite], left: Sequence[Left]) -> Verification:
+                   arming: _Arming | None, args: tuple[Any, ...], names: list[str], devices: list[int], name: str,
+                   rtol: float | None, atol: float | None, rewrites: Sequence[Rewrite],
+                   left: Sequence[Left]) -> Verification:
     """Steps 2 to 5 of :func:`verify`, on the copies ``originals`` and ``fixeds``, inside ``fork_rng``."""
     rng = _Rng(devices)
-    # Step 2: the original.
+    # Step 2: the original, forward and backward; its gradients and buffers are taken before the copies it ran on
+    # get fresh values for the fixed module's run.
     orig = _forward(originals, args, rng)
+    cots: dict[str, torch.Tensor] = {}
+    if orig.forward_error is None:
+        cots = _cotangents(orig.outputs)
+        _backward(orig, cots)
+        orig.buffers()
+    if arming is not None and not _rearm(arming):
+        fixeds = _copy(fixed)
     # Step 3: the fixed module, from the same RNG snapshot, with the same cotangents.
     fix = _forward(fixeds, args, rng)
     if fix.forward_error is not None:
@@ -716,9 +818,8 @@ def _verify_copies(original: nn.Module, fixed: nn.Module, originals: nn.Module, 
             f"The fixed {name} raises in forward: {error}. Rewrites involved: {_involved(rewrites)}. "
             "Hint: call fxgrad.fix(..., only='breaking') to rewrite fewer ops, and report this as an "
             "fxgrad bug.") from fix.forward_error
-    cots = _cotangents(orig.outputs if orig.forward_error is None else fix.outputs)
-    if orig.forward_error is None:
-        _backward(orig, cots)
+    if orig.forward_error is not None:
+        cots = _cotangents(fix.outputs)
     _backward(fix, cots)
     if fix.backward_error is not None:
         still = _breaking_left(left)
@@ -738,8 +839,8 @@ def _verify_copies(original: nn.Module, fixed: nn.Module, originals: nn.Module, 
     if reference.name == "finite-differences" and rtol is None and atol is None:
         rtol_, atol_ = FD_RTOL, FD_ATOL
     changes = tuple(r.unsafe_change for r in rewrites if r.unsafe_change)
-    return _compare(orig, fix, reference, names, cots, rng, fixeds, args, rtol, atol, rtol_, atol_,
-                      changes, original_error, notes)
+    return _compare(orig, fix, reference, names, cots, rng, fixed, args, rtol, atol, rtol_, atol_,
+                    changes, original_error, notes)
 
 
 def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], orig: _Run,

@@ -156,3 +156,100 @@ def test_named_state_walks_the_tree_as_named_parameters_and_named_buffers() -> N
     expected_buffers = dict(model.named_buffers())
     assert list(buffers) == list(expected_buffers)
     assert all(buffers[k] is expected_buffers[k] for k in buffers)
+
+
+class Counter(nn.Module):
+    """Python state that forward changes: a counter rebound, a list appended to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.history: list[int] = []
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.history.append(self.calls)
+        return h * self.calls * len(self.history)
+
+
+class Counting(nn.Module):
+    def __init__(self, inplace: bool = True) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4)
+        self.head.weight = self.fc.weight  # tied
+        self.counter = Counter()
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sigmoid(self.fc(x))
+        h = h.mul_(2.0) if self.inplace else h * 2.0  # in place over sigmoid's saved output: backward raises
+        return self.counter(self.head(h))
+
+
+class CountingFixed(nn.Module):
+    """The out-of-place program over the original's own submodules, as a fixed GraphModule holds them."""
+
+    def __init__(self, original: Counting) -> None:
+        super().__init__()
+        self.fc, self.head, self.counter = original.fc, original.head, original.counter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.counter(self.head(torch.sigmoid(self.fc(x)) * 2.0))
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_each_run_starts_from_the_users_state(raises: bool) -> None:
+    """Both runs share one copy of the module tree where they can; a forward that changes the module's Python
+    state must still find, in the second run, the state the user's module has, or a correct fix would be
+    reported as a mismatch."""
+    torch.manual_seed(0)
+    original = Counting(inplace=raises)
+    fixed = CountingFixed(original)
+    x = torch.randn(3, 4)
+    # Eager: a second forward on the same module computes something else (so leaked state shows), the fixed
+    # module on a fresh copy computes what the original computes, and the original's backward raises or not.
+    once = copy.deepcopy(fixed)
+    first, second = once(x), once(x)
+    assert not torch.allclose(first, second)
+    try:
+        copy.deepcopy(original)(x).sum().backward()
+        eager_raises = False
+    except RuntimeError as e:
+        assert "modified by an inplace operation" in str(e)
+        eager_raises = True
+    assert eager_raises == raises
+    result = verify(original, fixed, (x,))
+    assert result.ok and result.reference == ("functionalize" if raises else "eager")
+    assert {c.name for c in result.gradients} >= {"fc.weight", "head.weight", "fc.bias", "head.bias"}
+    # The user's modules were not run.
+    assert original.counter.calls == 0 and original.counter.history == []
+    assert original.fc.weight.grad is None
+
+
+def test_shared_copy_and_separate_copies_give_the_same_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixed run on the original's re-armed copy (the usual case, checked to happen) records what it records
+    on a copy of its own; buffers (BatchNorm statistics) included."""
+    import fxgrad
+    import fxgrad.verify as verify_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6), nn.ReLU(inplace=True), nn.Linear(6, 6),
+                          nn.Sigmoid())
+    x = torch.randn(5, 6, requires_grad=True)
+    fixed = fxgrad.fix(model, (x,), only="all", verify=False)
+    outcomes: list[bool] = []
+    rearm = verify_module._rearm
+
+    def spy(arming: verify_module._Arming) -> bool:
+        outcomes.append(rearm(arming))
+        return outcomes[-1]
+
+    monkeypatch.setattr(verify_module, "_rearm", spy)
+    shared = verify(model, fixed, (x,))
+    assert outcomes == [True]
+    monkeypatch.setattr(verify_module, "_rearm", lambda arming: False)
+    separate = verify(model, fixed, (x,))
+    assert shared == separate and shared.ok
+    assert {c.name for c in shared.buffers} == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
+    assert int(model[1].num_batches_tracked) == 0 and model[0].weight.grad is None
