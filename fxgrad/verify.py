@@ -2,10 +2,13 @@
 
 Algorithm of :func:`verify`:
 
-1. Deep-copy the original and the fixed module (BatchNorm statistics and the like change on the copies only),
-   clear ``.grad`` on the copies, and take one RNG snapshot inside ``torch.random.fork_rng``.
+1. Deep-copy the original and the fixed module (BatchNorm statistics and the like change on the copies only;
+   parameters are new leaves without ``.grad``), in one walk where the fixed module holds the original's
+   submodules (:class:`_Arming`), with cyclic GC paused; take one RNG snapshot inside ``torch.random.fork_rng``.
 2. Run the original copy on fresh clones of the inputs from the snapshot; draw one random cotangent per output
    that requires grad (own seeded generator) and run backward; keep the error if forward or backward raises.
+   Where the copies share submodules, put fresh copies of the user's values back into them (or, where the run
+   changed their structure, copy the fixed module on its own).
 3. Run the fixed copy the same way, from the same RNG snapshot, with the same cotangents. Its forward and
    backward must succeed.
 4. Choose the reference: the original's own results; when its backward (or forward) raised, the original run
@@ -14,7 +17,8 @@ Algorithm of :func:`verify`:
    saved, written leaves replaced by clones); when that fails too, float64 central finite differences of the
    original (small models only).
 5. Compare every output, every parameter's and every requires-grad input's gradient, every buffer after the run
-   and every input after the run: one :class:`TensorCheck` each, with max abs / rel error. Differences that an
+   and every input after the run: one :class:`TensorCheck` each, with max abs / rel error (gradients and
+   buffers found equal in one fused pass per dtype, the others one at a time). Differences that an
    ``unsafe`` rewrite announced (the caller's input is no longer modified) are listed as changes, not errors.
 6. ``fork_rng`` restores the RNG; grad mode is restored in a ``finally``. The user's modules are never run.
 """
