@@ -2,10 +2,13 @@
 
 Algorithm of :func:`verify`:
 
-1. Deep-copy the original and the fixed module (BatchNorm statistics and the like change on the copies only),
-   clear ``.grad`` on the copies, and take one RNG snapshot inside ``torch.random.fork_rng``.
+1. Deep-copy the original and the fixed module (BatchNorm statistics and the like change on the copies only;
+   parameters are new leaves without ``.grad``), in one walk where the fixed module holds the original's
+   submodules (:class:`_Arming`), with cyclic GC paused; take one RNG snapshot inside ``torch.random.fork_rng``.
 2. Run the original copy on fresh clones of the inputs from the snapshot; draw one random cotangent per output
    that requires grad (own seeded generator) and run backward; keep the error if forward or backward raises.
+   Where the copies share submodules, put fresh copies of the user's values back into them (or, where the run
+   changed their structure, copy the fixed module on its own).
 3. Run the fixed copy the same way, from the same RNG snapshot, with the same cotangents. Its forward and
    backward must succeed.
 4. Choose the reference: the original's own results; when its backward (or forward) raised, the original run
@@ -14,7 +17,8 @@ Algorithm of :func:`verify`:
    saved, written leaves replaced by clones); when that fails too, float64 central finite differences of the
    original (small models only).
 5. Compare every output, every parameter's and every requires-grad input's gradient, every buffer after the run
-   and every input after the run: one :class:`TensorCheck` each, with max abs / rel error. Differences that an
+   and every input after the run: one :class:`TensorCheck` each, with max abs / rel error (gradients and
+   buffers found equal in one fused pass per dtype, the others one at a time). Differences that an
    ``unsafe`` rewrite announced (the caller's input is no longer modified) are listed as changes, not errors.
 6. ``fork_rng`` restores the RNG; grad mode is restored in a ``finally``. The user's modules are never run.
 """
@@ -27,6 +31,7 @@ import dataclasses
 import inspect
 import io
 import logging
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,10 +39,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.multiprocessing.reductions import StorageWeakRef
 
 from .decoupled import decoupled
 from .errors import VerificationError
+from .gcpause import gc_paused
 from .rewrite import Left, Rewrite
 
 __all__ = ["TensorCheck", "Verification", "verify"]
@@ -192,13 +197,9 @@ class _Rng:
             torch.cuda.set_rng_state(state, d)
 
 
-def _cuda_devices(*objs: Any) -> list[int]:
-    found: set[int] = set()
-    for obj in objs:
-        tensors = list(obj.parameters()) + list(obj.buffers()) if isinstance(obj, nn.Module) else [
-            t for _, t in flatten(obj) if isinstance(t, torch.Tensor)]
-        found |= {t.device.index or 0 for t in tensors if t.device.type == "cuda"}
-    return sorted(found)
+def _cuda_devices(args: tuple[Any, ...]) -> set[int]:
+    """The CUDA devices of the inputs; :func:`_copy` adds those of the modules' tensors."""
+    return {t.device.index or 0 for _, t in flatten(args) if isinstance(t, torch.Tensor) and t.device.type == "cuda"}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -215,9 +216,20 @@ class _Run:
     forward_error: BaseException | None = None
     backward_error: BaseException | None = None
 
+    _state: tuple[list[tuple[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """``dict(module.named_buffers())``."""
+        return self._named_state()[1]
+
+    def _named_state(self) -> tuple[list[tuple[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        if self._state is None:
+            self._state = _named_state(self.module)
+        return self._state
+
     def grads(self, input_names_: list[str]) -> dict[str, torch.Tensor | None]:
         out: dict[str, torch.Tensor | None] = {}
-        for name, p in self.module.named_parameters(remove_duplicate=False):
+        for name, p in self._named_state()[0]:
             if p.requires_grad:
                 out[name] = p.grad
         for name, t in _named_leaves(self.inputs, input_names_):
@@ -226,85 +238,222 @@ class _Run:
         return out
 
 
+def _named_state(module: nn.Module) -> tuple[list[tuple[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """``list(module.named_parameters(remove_duplicate=False))`` and ``dict(module.named_buffers())``, in one walk
+    of the module tree instead of one generator chain each (a verification asked for them five times)."""
+    params: list[tuple[str, torch.Tensor]] = []
+    buffers: dict[str, torch.Tensor] = {}
+    seen_modules: set[int] = set()
+    seen_buffers: set[int] = set()
+
+    def visit(mod: nn.Module, prefix: str) -> None:
+        # Pre-order, as named_modules: every path for the parameters, the first path of a module (and the first
+        # name of a tensor) for the buffers.
+        first = id(mod) not in seen_modules
+        seen_modules.add(id(mod))
+        params.extend((prefix + k, p) for k, p in mod._parameters.items() if p is not None)
+        if first:
+            for k, b in mod._buffers.items():
+                if b is not None and id(b) not in seen_buffers:
+                    seen_buffers.add(id(b))
+                    buffers[prefix + k] = b
+        for k, m in mod._modules.items():
+            if m is not None:
+                visit(m, f"{prefix}{k}.")
+
+    visit(module, "")
+    return params, buffers
+
+
 def _named_leaves(args: tuple[Any, ...], names: list[str]) -> Iterator[tuple[str, Any]]:
     for name, a in zip(names, args, strict=True):
         yield from flatten(a, name)
 
 
-def _copy(module: nn.Module) -> nn.Module:
+@dataclass
+class _Arming:
+    """What it takes to run a fast copy again, with fresh state, without walking the module tree again.
+
+    The fixed module's copy is made with the original's memo, so the submodules it shares with the original (its
+    leaves, which hold every parameter and buffer) are the original copy's: one walk of the tree instead of two.
+    After the original's run, :func:`_rearm` puts a fresh copy of every value the copy had replaced (tensors,
+    lists, other mutable attributes) back into its slot, from the user's own values. It first checks that the run
+    left the copies' structure as it was made (no attribute rebound, no submodule or tensor slot added, no hook
+    registered); where it did, the fixed module gets a copy of its own, as before."""
+
+    #: (container, key, the user's value): every slot the copy filled with a copy of its own
+    slots: list[tuple[dict[str, Any], str, Any]] = dataclasses.field(default_factory=list)
+    #: (copy, its type, its ``__dict__`` as made), for each module copied
+    modules: list[tuple[nn.Module, type, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    #: (``_parameters``/``_buffers``/``_modules`` dict of a copy, its values as made)
+    containers: list[tuple[dict[str, Any], tuple[Any, ...]]] = dataclasses.field(default_factory=list)
+    #: the empty containers (hook dicts ...) the copy made
+    empties: list[Any] = dataclasses.field(default_factory=list)
+    #: the user's module id -> its copy
+    copies: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
+    valid: bool = True
+
+
+def _copy(module: nn.Module, devices: set[int] | None = None, memo: dict[int, Any] | None = None,
+          arming: _Arming | None = None) -> nn.Module:
     """A deep copy to run on: parameters, buffers, submodules and their attributes, as ``copy.deepcopy`` makes it,
     two things aside. A GraphModule's graph and compiled code are shared (``deepcopy`` regenerates and recompiles
-    them, the slowest part), and module trees are walked directly instead of through ``__reduce_ex__`` (five times
-    faster on a 1,000-node ResNet). Tensors that share memory with each other keep ``deepcopy``, which keeps them
-    sharing."""
-    tensors = [*module.parameters(), *module.buffers()]
-    shared = len({StorageWeakRef(t.untyped_storage()) for t in tensors}) < len({id(t) for t in tensors})
-    memo: dict[int, Any] = {}
-    if shared and not isinstance(module, torch.fx.GraphModule):
-        dup = copy.deepcopy(module, memo)
-    else:
-        dup = _copy_module(module, memo, fast_tensors=not shared)
-    for p in dup.parameters():
-        p.grad = None
-    return dup
+    them, the slowest part), and module trees are walked directly instead of through ``__reduce_ex__``: a module's
+    ``__dict__`` is copied whole and only its containers are replaced (ten times faster on a 1,000-node ResNet,
+    where the copies were a third of the verification). Tensors that share memory with each other keep
+    ``deepcopy``, which keeps them sharing. With ``memo`` and ``arming`` (see :class:`_Arming`), modules already
+    copied into ``memo`` are reused and every slot is recorded."""
+    memo = {} if memo is None else memo
+    dup = _copy_module(module, memo, fast_tensors=True, arming=arming)
+    met: list[torch.Tensor] = memo.get(_SOURCES, [])
+    if devices is not None:  # the CUDA generators to fork: found here, not by another walk of the module tree
+        devices.update(t.device.index or 0 for t in met if t.device.type == "cuda")
+    # Memory shared between two distinct tensors (a storage, not a tied parameter, which the memo keeps tied) must
+    # stay shared in the copy: redo the copy the slow way then, on its own. Empty storages share nothing.
+    pointers: set[int] = set()
+    distinct = 0
+    for t in {id(t): t for t in met}.values():
+        storage = t.untyped_storage()
+        if storage.nbytes():
+            distinct += 1
+            pointers.add(storage.data_ptr())
+    if len(pointers) < distinct:
+        if arming is not None:
+            arming.valid = False
+        memo = {}
+        if isinstance(module, torch.fx.GraphModule):
+            dup = _copy_module(module, memo, fast_tensors=False, arming=None)
+        else:
+            dup = copy.deepcopy(module, memo)
+        for p in dup.parameters():
+            p.grad = None
+    return dup  # the fast copy's parameters are new leaves, without .grad
 
+
+def _rearm(arming: _Arming) -> bool:
+    """Fresh values in every slot of the copies (see :class:`_Arming`); ``False`` where the run changed their
+    structure, which only a new copy undoes."""
+    if not arming.valid or any(arming.empties):
+        return False
+    for dup, kind, made in arming.modules:
+        state = dup.__dict__
+        if type(dup) is not kind or state.keys() != made.keys() or not all(map(operator.is_, state.values(),
+                                                                                made.values())):
+            return False
+    for container, values in arming.containers:
+        if len(container) != len(values) or not all(map(operator.is_, container.values(), values)):
+            return False
+    memo: dict[int, Any] = dict(arming.copies)  # modules that attributes refer to stay the copies themselves
+    for container, key, value in arming.slots:
+        new = memo.get(id(value))
+        if new is None:
+            kind = type(value)
+            if (kind is nn.Parameter or kind is torch.Tensor) and value.is_leaf and not value.__dict__:
+                new = memo[id(value)] = _twin_tensor(value, kind)  # _copy_value's fast path, inlined: 1,000s
+            else:
+                new = _copy_value(value, memo, True, None)
+        container[key] = new
+    arming.valid = False  # the records describe the copies as made, no longer as they are: one re-arm only
+    return True
+
+
+#: a memo key no ``id()`` takes: the list of the module's tensors the copy met
+_SOURCES = -1
 
 _IMMUTABLE = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.layout,
               torch.memory_format)
+#: exact types whose values are shared by the copy (a ``set`` lookup per attribute, no ``isinstance``)
+_SHARED = frozenset(_IMMUTABLE)
+_EMPTY_FRESH = frozenset((dict, OrderedDict, list, set))
+_TENSOR_DICTS = ("_parameters", "_buffers")
 
 
-def _copy_module(mod: nn.Module, memo: dict[int, Any], *, fast_tensors: bool) -> nn.Module:
+def _copy_module(mod: nn.Module, memo: dict[int, Any], *, fast_tensors: bool, arming: _Arming | None) -> nn.Module:
     dup: nn.Module = object.__new__(type(mod))
     memo[id(mod)] = dup
     state = mod.__dict__
+    out = state.copy()  # immutable attributes (flags, sizes) stay as they are: most of a module's state
     if isinstance(mod, torch.fx.GraphModule):
-        dup.__dict__.update(state)  # graph and code shared; its state dicts are copied below
-        keys: Any = ("_parameters", "_buffers", "_modules")
+        items: Any = [(k, state[k]) for k in ("_parameters", "_buffers", "_modules")]  # graph and code shared
     else:
-        keys = state
-    out = dup.__dict__
-    for key in keys:
-        v = state[key]
-        # Most of a module's state is flags, sizes and empty hook dicts: no call for those.
-        if isinstance(v, _IMMUTABLE):
-            out[key] = v
-        elif type(v) in (dict, OrderedDict, list) and not v:
-            out[key] = type(v)()
+        items = state.items()
+    for key, v in items:
+        kind = type(v)
+        if kind in _SHARED:
+            continue
+        if key == "_modules" and kind in (dict, OrderedDict):
+            sub = kind()
+            for k, m in v.items():
+                hit = None if m is None else memo.get(id(m))
+                sub[k] = hit if hit is not None or m is None else _copy_module(m, memo, fast_tensors=fast_tensors,
+                                                                               arming=arming)
+            out[key] = sub
+            if arming is not None:
+                arming.containers.append((sub, tuple(sub.values())))
+        elif key in _TENSOR_DICTS and kind in (dict, OrderedDict):
+            tensors = kind()
+            for k, t in v.items():
+                tensors[k] = _copy_value(t, memo, fast_tensors, arming)
+                if arming is not None and t is not None:
+                    arming.slots.append((tensors, k, t))
+            out[key] = tensors
+            if arming is not None:
+                arming.containers.append((tensors, tuple(tensors.values())))
+        elif kind in _EMPTY_FRESH and not v:
+            out[key] = kind()  # hook dicts, the non-persistent buffer set: empty on almost every module
+            if arming is not None:
+                arming.empties.append(out[key])
         else:
-            out[key] = _copy_value(v, memo, fast_tensors)
+            new = out[key] = _copy_value(v, memo, fast_tensors, arming)
+            if arming is not None and new is not v:  # a tuple of sizes is its own copy: nothing to re-arm
+                arming.slots.append((out, key, v))
+    object.__setattr__(dup, "__dict__", out)
+    if arming is not None:
+        arming.modules.append((dup, type(dup), out.copy()))
+        arming.copies[id(mod)] = dup
     return dup
 
 
-def _copy_value(v: Any, memo: dict[int, Any], fast_tensors: bool) -> Any:
+def _twin_tensor(v: torch.Tensor, kind: type) -> torch.Tensor:
+    """A new leaf with ``v``'s values, strides, type (tensor or parameter) and ``requires_grad``."""
+    data = v.detach().clone(memory_format=torch.preserve_format)
+    if kind is nn.Parameter:
+        return nn.Parameter(data, requires_grad=v.requires_grad)
+    return data.requires_grad_(True) if v.requires_grad else data
+
+
+def _copy_value(v: Any, memo: dict[int, Any], fast_tensors: bool, arming: _Arming | None) -> Any:
     """``copy.deepcopy(v, memo)`` with fast paths for what module state is made of."""
     if isinstance(v, _IMMUTABLE):
         return v
+    is_tensor = isinstance(v, torch.Tensor)
+    if is_tensor:
+        memo.setdefault(_SOURCES, []).append(v)
     hit = memo.get(id(v), memo)
     if hit is not memo:
         return hit
     kind = type(v)
+    out: Any
     if fast_tensors and (kind is nn.Parameter or kind is torch.Tensor) and v.is_leaf and not v.__dict__:
-        with torch.no_grad():
-            data = v.clone(memory_format=torch.preserve_format)
-        out: Any = nn.Parameter(data, requires_grad=v.requires_grad) if kind is nn.Parameter else data
-        if kind is torch.Tensor and v.requires_grad:
-            out.requires_grad_(True)
+        out = _twin_tensor(v, kind)
     elif isinstance(v, nn.Module):
-        return _copy_module(v, memo, fast_tensors=fast_tensors)
+        return _copy_module(v, memo, fast_tensors=fast_tensors, arming=arming)
     elif kind is dict or kind is OrderedDict:
         out = kind()
         memo[id(v)] = out
         for k, x in v.items():
-            out[k] = _copy_value(x, memo, fast_tensors)
+            out[k] = _copy_value(x, memo, fast_tensors, arming)
         return out
     elif kind is list:
         out = []
         memo[id(v)] = out
-        out.extend(_copy_value(x, memo, fast_tensors) for x in v)
+        out.extend(_copy_value(x, memo, fast_tensors, arming) for x in v)
         return out
     elif (kind is set or kind is tuple) and all(isinstance(x, _IMMUTABLE) for x in v):
         out = set(v) if kind is set else v  # a tuple of immutables is its own deep copy
     else:
+        if arming is not None and not is_tensor:
+            arming.valid = False  # deepcopy may copy modules the arming does not know of
         return copy.deepcopy(v, memo)
     memo[id(v)] = out
     return out
@@ -526,6 +675,46 @@ def _check(kind: str, name: str, actual: Any, expected: Any, rtol: float | None,
     return TensorCheck(kind, name, tuple(expected.shape), str(expected.dtype), abs_err, rel_err, ok, note)
 
 
+def _checks(kind: str, triples: list[tuple[str, Any, Any]], rtol: float | None, atol: float | None,
+            none_is_zero: bool = False) -> list[TensorCheck]:
+    """``_check`` of each ``(name, actual, expected)``, with the usual case found in bulk.
+
+    Gradients and buffers come by the thousand, and after a rewrite nearly all are equal: one fused subtraction
+    and max-norm per dtype finds those, and each gets the record ``_check``'s bitwise path gives it (errors 0,
+    ok). A pair the bulk pass cannot vouch for (a difference, a NaN or infinity, another dtype, device or shape,
+    none, bool, an empty tensor) goes through ``_check`` itself, so every figure is the one it computes."""
+    equal = _equal_in_bulk([(a, e) for _, a, e in triples])
+    return [TensorCheck(kind, key, tuple(e.shape), str(e.dtype), 0.0, 0.0, True) if same
+            else _check(kind, key, a, e, rtol, atol, none_is_zero)
+            for (key, a, e), same in zip(triples, equal, strict=True)]
+
+
+def _equal_in_bulk(pairs: list[tuple[Any, Any]]) -> list[bool]:
+    """For each ``(actual, expected)``: whether both are tensors of one dtype, device and shape with equal values;
+    ``False`` also where that is not known. One ``_foreach_sub`` and one max per (dtype, device) group."""
+    equal = [False] * len(pairs)
+    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, (a, e) in enumerate(pairs):
+        if (type(a) is type(e) and isinstance(a, torch.Tensor) and a.dtype == e.dtype and a.device == e.device
+                and a.shape == e.shape and a.layout == torch.strided and a.dtype != torch.bool and a.numel()):
+            groups.setdefault((a.dtype, a.device), []).append(i)
+    for (dtype, _), members in groups.items():
+        try:
+            with torch.no_grad():
+                diffs = torch._foreach_sub([pairs[i][0] for i in members], [pairs[i][1] for i in members])
+            if dtype.is_floating_point or dtype.is_complex:  # NaN or inf - inf: not zero, so _check looks closer
+                worst = torch._foreach_norm(diffs, float("inf"))
+            else:  # integers: a - b is zero exactly when a == b, wrapped or not
+                worst = torch._foreach_max(torch._foreach_abs(diffs))
+            zero = (torch.stack(worst) == 0).tolist()
+        except (RuntimeError, TypeError, NotImplementedError) as e:  # an op without a fused kernel for this dtype
+            log.debug("bulk comparison of %s fell back to one tensor at a time: %s", dtype, e)
+            continue
+        for i, z in zip(members, zero, strict=True):
+            equal[i] = bool(z)
+    return equal
+
+
 def _equal_values(a: Any, b: Any) -> bool:
     try:
         return bool(a == b)
@@ -572,51 +761,26 @@ def verify(original: nn.Module, fixed: nn.Module, example_inputs: Sequence[Any],
     args = tuple(example_inputs)
     names = input_names(original, args)
     grad_mode = torch.is_grad_enabled()
-    devices = _cuda_devices(original, fixed, args)
-    try:
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
-            rng = _Rng(devices)
-            # Step 1 and 2: the original, on copies.
-            orig = _forward(_copy(original), args, rng)
-            # Step 3: the fixed module, from the same RNG snapshot, with the same cotangents.
-            fix = _forward(_copy(fixed), args, rng)
-            if fix.forward_error is not None:
-                error = f"{type(fix.forward_error).__name__}: {_first_line(fix.forward_error)}"
-                if left:  # ops whose findings say eager raises were left: the original raises there too
-                    raise VerificationError(
-                        f"The fixed {name} still raises in forward, like the original ({error}): fxgrad left "
-                        f"{_breaking_left(left)}. Hint: pass unsafe=True to rewrite it, or fix that line by hand."
-                    ) from fix.forward_error
-                raise VerificationError(
-                    f"The fixed {name} raises in forward: {error}. Rewrites involved: {_involved(rewrites)}. "
-                    "Hint: call fxgrad.fix(..., only='breaking') to rewrite fewer ops, and report this as an "
-                    "fxgrad bug.") from fix.forward_error
-            cots = _cotangents(orig.outputs if orig.forward_error is None else fix.outputs)
-            if orig.forward_error is None:
-                _backward(orig, cots)
-            _backward(fix, cots)
-            if fix.backward_error is not None:
-                still = _breaking_left(left)
-                raise VerificationError(
-                    f"backward() of the fixed {name} still raises: {type(fix.backward_error).__name__}: "
-                    f"{_first_line(fix.backward_error)}"
-                    + (f". In-place ops fxgrad left: {still}. Hint: rewrite these ops by hand, or pass unsafe=True "
-                       "if they write graph inputs." if still else
-                       ". fxgrad found no in-place op that causes it, so it rewrote none for it. Hint: "
-                       "torch.autograd.set_detect_anomaly(True) names the forward line whose result backward "
-                       "needs; rewrite the in-place op after it out of place, and please report the model as an "
-                       "fxgrad miss.")) from fix.backward_error
-            # Step 4: the reference.
-            reference, notes, original_error = _reference(original, args, names, orig, cots, rng)
-            # Step 5: compare.
-            rtol_, atol_ = rtol, atol
-            if reference.name == "finite-differences" and rtol is None and atol is None:
-                rtol_, atol_ = FD_RTOL, FD_ATOL
-            changes = tuple(r.unsafe_change for r in rewrites if r.unsafe_change)
-            result = _compare(orig, fix, reference, names, cots, rng, fixed, args, rtol, atol, rtol_, atol_,
-                              changes, original_error, notes)
-    finally:
-        torch.set_grad_enabled(grad_mode)
+    # Cyclic GC is paused (see fxgrad.gcpause): the copies and the two autograd graphs are thousands of young
+    # objects that form no garbage cycles, and a collection in between would walk them all, more than once.
+    with gc_paused():
+        found = _cuda_devices(args)
+        # One walk for both copies where it can be (see _Arming): the fixed module's copy reuses the submodules
+        # of the original's, which get fresh values between the two runs.
+        shared = _Arming()
+        memo: dict[int, Any] = {}
+        originals = _copy(original, found, memo, shared)
+        fixeds = _copy(fixed, found, memo, shared) if shared.valid else None
+        arming = shared if shared.valid else None
+        if fixeds is None or arming is None:
+            fixeds = _copy(fixed, found)
+        devices = sorted(found)
+        try:
+            with torch.random.fork_rng(devices=devices), torch.enable_grad():
+                result = _verify_copies(original, fixed, originals, fixeds, arming, args, names, devices, name,
+                                        rtol, atol, rewrites, left)
+        finally:
+            torch.set_grad_enabled(grad_mode)
     if not result.ok:
         worst = result.worst()
         assert worst is not None
@@ -629,12 +793,66 @@ def verify(original: nn.Module, fixed: nn.Module, example_inputs: Sequence[Any],
     return result
 
 
+def _verify_copies(original: nn.Module, fixed: nn.Module, originals: nn.Module, fixeds: nn.Module,
+                   arming: _Arming | None, args: tuple[Any, ...], names: list[str], devices: list[int], name: str,
+                   rtol: float | None, atol: float | None, rewrites: Sequence[Rewrite],
+                   left: Sequence[Left]) -> Verification:
+    """Steps 2 to 5 of :func:`verify`, on the copies ``originals`` and ``fixeds``, inside ``fork_rng``."""
+    rng = _Rng(devices)
+    # Step 2: the original, forward and backward; its gradients and buffers are taken before the copies it ran on
+    # get fresh values for the fixed module's run.
+    orig = _forward(originals, args, rng)
+    cots: dict[str, torch.Tensor] = {}
+    if orig.forward_error is None:
+        cots = _cotangents(orig.outputs)
+        _backward(orig, cots)
+        orig.buffers()
+    if arming is not None and not _rearm(arming):
+        fixeds = _copy(fixed)
+    # Step 3: the fixed module, from the same RNG snapshot, with the same cotangents.
+    fix = _forward(fixeds, args, rng)
+    if fix.forward_error is not None:
+        error = f"{type(fix.forward_error).__name__}: {_first_line(fix.forward_error)}"
+        if left:  # ops whose findings say eager raises were left: the original raises there too
+            raise VerificationError(
+                f"The fixed {name} still raises in forward, like the original ({error}): fxgrad left "
+                f"{_breaking_left(left)}. Hint: pass unsafe=True to rewrite it, or fix that line by hand."
+            ) from fix.forward_error
+        raise VerificationError(
+            f"The fixed {name} raises in forward: {error}. Rewrites involved: {_involved(rewrites)}. "
+            "Hint: call fxgrad.fix(..., only='breaking') to rewrite fewer ops, and report this as an "
+            "fxgrad bug.") from fix.forward_error
+    if orig.forward_error is not None:
+        cots = _cotangents(fix.outputs)
+    _backward(fix, cots)
+    if fix.backward_error is not None:
+        still = _breaking_left(left)
+        raise VerificationError(
+            f"backward() of the fixed {name} still raises: {type(fix.backward_error).__name__}: "
+            f"{_first_line(fix.backward_error)}"
+            + (f". In-place ops fxgrad left: {still}. Hint: rewrite these ops by hand, or pass unsafe=True "
+               "if they write graph inputs." if still else
+               ". fxgrad found no in-place op that causes it, so it rewrote none for it. Hint: "
+               "torch.autograd.set_detect_anomaly(True) names the forward line whose result backward "
+               "needs; rewrite the in-place op after it out of place, and please report the model as an "
+               "fxgrad miss.")) from fix.backward_error
+    # Step 4: the reference.
+    reference, notes, original_error = _reference(original, args, names, orig, cots, rng)
+    # Step 5: compare.
+    rtol_, atol_ = rtol, atol
+    if reference.name == "finite-differences" and rtol is None and atol is None:
+        rtol_, atol_ = FD_RTOL, FD_ATOL
+    changes = tuple(r.unsafe_change for r in rewrites if r.unsafe_change)
+    return _compare(orig, fix, reference, names, cots, rng, fixed, args, rtol, atol, rtol_, atol_,
+                    changes, original_error, notes)
+
+
 def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], orig: _Run,
                cots: dict[str, torch.Tensor], rng: _Rng) -> tuple[_Reference, list[str], str]:
     error = orig.forward_error or orig.backward_error
     if error is None:
         grads = orig.grads(names)
-        return _Reference("eager", dict(orig.outputs), grads, dict(orig.module.named_buffers())), [], ""
+        return _Reference("eager", dict(orig.outputs), grads, orig.buffers()), [], ""
     original_error = f"{type(error).__name__}: {_first_line(error)}"
     notes: list[str] = []
     try:
@@ -650,7 +868,7 @@ def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], ori
         if run.forward_error is None and run.backward_error is None:
             notes.append("reference: the original run by fxgrad.decoupled (eager, with every saved tensor read as it "
                          "was saved and every leaf written in place replaced by a clone)")
-            return (_Reference("decoupled", dict(run.outputs), run.grads(names), dict(run.module.named_buffers())),
+            return (_Reference("decoupled", dict(run.outputs), run.grads(names), run.buffers()),
                     notes, original_error)
         if orig.forward_error is not None:
             raise VerificationError(
@@ -689,17 +907,14 @@ def _compare(orig: _Run, fix: _Run, ref: _Reference, names: list[str], cots: dic
             map_tensors(lambda t: t.double() if t.is_floating_point() else t, a) for a in args), rng)
         _backward(fix64, {k: v.double() for k, v in cots.items()})
         fix_grads = fix64.grads(names)
-    gradients = []
     none_is_zero = ref.name != "eager"
-    for key, exp in ref.grads.items():
-        if key not in fix_grads:
-            continue
-        gradients.append(_check("gradient", key, fix_grads[key], exp, grad_rtol, grad_atol, none_is_zero))
+    gradients = _checks("gradient", [(key, fix_grads[key], exp) for key, exp in ref.grads.items() if key in fix_grads],
+                        grad_rtol, grad_atol, none_is_zero)
     # Module state after the run: BatchNorm statistics and other buffers.
-    expected_buffers = dict(orig.module.named_buffers()) if orig.forward_error is None else ref.buffers
-    fix_buffers = dict(fix.module.named_buffers())
-    buffers = [_check("buffer", k, fix_buffers[k], v, rtol, atol)
-               for k, v in expected_buffers.items() if k in fix_buffers]
+    expected_buffers = orig.buffers() if orig.forward_error is None else ref.buffers
+    fix_buffers = fix.buffers()
+    buffers = _checks("buffer", [(k, fix_buffers[k], v) for k, v in expected_buffers.items() if k in fix_buffers],
+                      rtol, atol)
     # Inputs after the run: in-place writes to graph inputs are visible to the caller.
     inputs = []
     change_list = list(changes)
