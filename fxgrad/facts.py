@@ -57,7 +57,7 @@ from torch import nn
 from torch.autograd import grad_mode
 from torch.fx import Node
 
-from . import ops
+from . import backends, ops
 from ._saved_table import BACKEND_DEPENDENT, SAVED
 from .gcpause import gc_paused
 from .ops import OpView
@@ -80,6 +80,8 @@ class SavedUse:
     croot: Root
     sroot: Root
     backend_dependent: bool = False
+    #: the backend kernel that saves it, where :mod:`fxgrad.backends` knows the choice (None: the static table)
+    backend: backends.Choice | None = None
 
 
 _NONE: tuple[()] = ()
@@ -1194,6 +1196,18 @@ class _Pass:
         view = nf.view
         name = view.name
         inplace = view.writes is not None
+        node = nf.node
+        # The outputs the backend kernel torch picks saves (:mod:`fxgrad.backends`); the tables' ``result`` of an
+        # op listed there is replaced by this answer.
+        kernel = not inplace and (name in backends.KERNELS or (node.op == "call_module" and not view.known))
+        if kernel:
+            choice = backends.for_call(node, name, self.gm)
+            for out, arg in backends.saved_outputs(node, choice):
+                own = out is node
+                root = nf.sroot if own else out  # (``out[i]`` of a call that returns a tuple is its own root)
+                if self._written_from(root, since):
+                    self.pending.setdefault(root, []).append(
+                        SavedUse(node, out, arg, nf.croot if own else out, root, True, choice))
         entry = self._saved_entry(nf, name, inplace)
         if entry is None:
             if phase != "inputs":
@@ -1212,10 +1226,10 @@ class _Pass:
         if not names:
             return
         backend = name in BACKEND_DEPENDENT
-        node, nodes, pending = nf.node, self.nodes, self.pending
+        nodes, pending = self.nodes, self.pending
         for arg in names:
             if arg.startswith("result"):
-                if arg == "result" and self._written_from(nf.sroot, since):
+                if arg == "result" and not kernel and self._written_from(nf.sroot, since):
                     pending.setdefault(nf.sroot, []).append(SavedUse(node, node, arg, nf.croot, nf.sroot, backend))
                 continue
             if arg in params:
