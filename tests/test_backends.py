@@ -57,6 +57,33 @@ class Recurrent(nn.Module):
         return self.head(out).sum() + h.sum()
 
 
+class FunctionalLSTM(nn.Module):
+    """``torch._VF.lstm`` called directly (what ``nn.LSTM.forward`` calls), its output written in place."""
+
+    def __init__(self, bidirectional: bool = False, inplace: bool = True) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(8, 16, batch_first=True, bidirectional=bidirectional)
+        self.bidirectional, self.inplace = bidirectional, inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = 2 if self.bidirectional else 1
+        hx = (torch.zeros(d, 2, 16, dtype=x.dtype), torch.zeros(d, 2, 16, dtype=x.dtype))
+        weights = [getattr(self.rnn, name) for name in self.rnn._flat_weights_names]  # (seen by functional_call)
+        out, _, _ = torch._VF.lstm(x, hx, weights, True, 1, 0.0, True, self.bidirectional, True)
+        out = out.mul_(0.5) if self.inplace else out * 0.5
+        return out.sum()
+
+
+class NoGradLSTM(Recurrent):
+    """The LSTM runs under ``torch.no_grad()``: autograd records nothing of it, whatever the kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out, _ = self.rnn(x)
+        out = out.mul_(0.5) if self.inplace else out * 0.5
+        return self.head(out).sum()
+
+
 class Attention(nn.Module):
     """``F.scaled_dot_product_attention`` whose output is written in place; ``dim4`` gives 4-D q, k, v."""
 
@@ -117,6 +144,8 @@ PAIRS: dict[str, tuple[Case, Case]] = {
                  Case(Recurrent, {"cls": nn.RNN, "num_layers": 2})),
     # eval mode changes nothing: the weights require grad, so autograd records the oneDNN kernel all the same
     "lstm-eval-bidirectional": (Case(Recurrent, train=False), Case(Recurrent, {"bidirectional": True}, train=False)),
+    "lstm-no_grad": (LSTM_OUT, Case(NoGradLSTM)),
+    "vf-lstm-bidirectional": (Case(FunctionalLSTM), Case(FunctionalLSTM, {"bidirectional": True})),
     "sdpa-4d-3d": (Case(Attention), Case(Attention, {"dim4": False}, static_undecided=True)),
     "sdpa-dropout": (Case(Attention), Case(Attention, {"dropout_p": 0.1}, random=True)),
     "sdpa-math": (Case(Attention), Case(Attention, flags=_flash_off)),
