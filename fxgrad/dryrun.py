@@ -31,7 +31,11 @@ If the meta run cannot execute an op (data-dependent shapes such as ``.item()`` 
 repeated for real when the example inputs are real tensors (on copies of the parameters and buffers, so the
 model still is not changed); otherwise the report keeps the static verdicts and says why. Ops whose saved
 tensors depend on the backend (recurrent layers, fused attention) are run for real when real inputs on an
-accelerator are given, so the verdict is the one for the inputs' device, and the findings are marked.
+accelerator are given, so the verdict is the one for the inputs' device, and the findings are marked. On meta
+tensors torch runs the portable kernel, which may save less than the one it picks for real inputs (oneDNN's LSTM
+on CPU saves its output): after such a call the outputs that kernel saves (:mod:`fxgrad.backends`, for the
+inputs' device, dtype and shapes) are noted as saved by the call, so a later write into one is found in step 3 and
+reported, naming the kernel, instead of being proved harmless.
 """
 
 from __future__ import annotations
