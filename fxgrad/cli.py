@@ -203,8 +203,9 @@ def _parser() -> _Parser:
                      help="breaking (the default with example inputs): only in-place ops that make forward or "
                           "backward raise; all (the default without): every in-place op that can be rewritten safely")
     fix.add_argument("--unsafe", action="store_true",
-                     help="also rewrite in-place writes to graph inputs that break nothing (the caller sees the change), and "
-                          "say what changes; input writes that make the model raise are rewritten without it")
+                     help="also rewrite in-place writes to graph inputs that break nothing (the caller sees the "
+                          "change), and say what changes; input writes that make the model raise are rewritten "
+                          "without it")
     fix.add_argument("--rtol", type=float, default=None, metavar="TOL",
                      help="relative tolerance of the verification (default: torch.testing.assert_close's per dtype)")
     fix.add_argument("--atol", type=float, default=None, metavar="TOL", help="absolute tolerance of the verification")

@@ -31,7 +31,11 @@ If the meta run cannot execute an op (data-dependent shapes such as ``.item()`` 
 repeated for real when the example inputs are real tensors (on copies of the parameters and buffers, so the
 model still is not changed); otherwise the report keeps the static verdicts and says why. Ops whose saved
 tensors depend on the backend (recurrent layers, fused attention) are run for real when real inputs on an
-accelerator are given, so the verdict is the one for the inputs' device, and the findings are marked.
+accelerator are given, so the verdict is the one for the inputs' device, and the findings are marked. On meta
+tensors torch runs the portable kernel, which may save less than the one it picks for real inputs (oneDNN's LSTM
+on CPU saves its output): after such a call the outputs that kernel saves (:mod:`fxgrad.backends`, for the
+inputs' device, dtype and shapes) are noted as saved by the call, so a later write into one is found in step 3 and
+reported, naming the kernel, instead of being proved harmless.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import torch.fx
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from . import backends
 from .aliasing import shares_storage, storage_key
 from .capture import node_origin
 from .errors import InputError
@@ -108,6 +113,9 @@ class DryRun:
     reached_params: set[str] = field(default_factory=set)
     any_output_requires_grad: bool = False
     backend_nodes: set[torch.fx.Node] = field(default_factory=set)
+    #: saving node -> what the backend kernel torch picks for it saves, where the meta kernel did not show it
+    #: (:mod:`fxgrad.backends`)
+    backend_notes: dict[torch.fx.Node, str] = field(default_factory=dict)
     #: nodes whose grad_fn has no derivative and is reached from the outputs: backward raises (FXG009)
     no_derivative: set[torch.fx.Node] = field(default_factory=set)
     #: in-place nodes whose write another tensor read later really shares memory with (FXG104 proved)
@@ -136,7 +144,8 @@ class DryRun:
             done.add(anchor)
             savers = tuple((s, arg) for s, arg, _ in items if s is not None)
             backend = anchor.name in backend_names or any(s.name in backend_names for s, _ in savers)
-            proofs.append(Proof("overwritten", anchor, savers, items[0][2], backend))
+            note = "; ".join(dict.fromkeys(self.backend_notes[s] for s, _ in savers if s in self.backend_notes))
+            proofs.append(Proof("overwritten", anchor, savers, items[0][2], backend or bool(note), backend_note=note))
         # Storage writes behind the version counter into saved tensors.
         silent: dict[torch.fx.Node, list[tuple[torch.fx.Node, str]]] = {}
         for writer, saver, arg in self.silent:
@@ -226,7 +235,8 @@ class _Runner:
     (progress bars, tracebacks per node, current-node metadata): its per-node overhead is a third of a meta op.
     Values are freed after their last use, so a real run holds no more than eager does."""
 
-    def __init__(self, gm: torch.fx.GraphModule, twins: _Twins, facts: GraphFacts, mode: MetaMode) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, twins: _Twins, facts: GraphFacts, mode: MetaMode,
+                 device: str = "cpu") -> None:
         self.graph = gm.graph
         self.env: dict[torch.fx.Node, Any] = {}
         self.last_uses: dict[torch.fx.Node, list[torch.fx.Node]] = {}
@@ -255,6 +265,12 @@ class _Runner:
         self.alive: list[torch.Tensor] = []
         #: (node name, metadata of its value) per node run, for tests that compare runs (see ``run_dryrun``)
         self.trace: list[Any] | None = mode.trace if isinstance(mode, TracingMetaMode) else None
+        #: the device the real run would use, and the calls whose kernel there saves what a meta kernel does not
+        #: show (:mod:`fxgrad.backends`); a real run shows it itself
+        self.device = device
+        self.kernels: dict[torch.fx.Node, nn.Module | None] = {} if not mode.meta else _kernel_calls(gm, facts)
+        #: (the output a backend kernel saved, as a saved-tensor record; the kernel torch picks)
+        self.backend_saved: list[tuple[_Saved, backends.Choice]] = []
 
     def run(self, *args: Any) -> Any:
         env, last_uses = self.env, self.last_uses
@@ -337,6 +353,8 @@ class _Runner:
         return result
 
     def _after(self, n: torch.fx.Node, result: Any) -> None:
+        if n in self.kernels:
+            self._backend_saves(n, result)
         outputs = list(_tensors(result))
         if n in self.watch:
             self.storages[n] = {storage_key(t) for t in outputs}
@@ -353,6 +371,32 @@ class _Runner:
             frontier.extend(nxt for nxt, _ in g.next_functions if nxt is not None and nxt not in node_of)
         if self.mode.written:
             self._writes(n)
+
+    def _backend_saves(self, n: torch.fx.Node, result: Any) -> None:
+        """The outputs of ``n`` that the backend kernel torch picks for these inputs on :attr:`device` saves, noted
+        as saved tensors, so that a later write into one is found like a write into what autograd saved."""
+        args = torch.fx.node.map_arg(n.args, self.env.__getitem__)
+        first = args[0] if args else None
+        if not isinstance(first, torch.Tensor):
+            return  # (a PackedSequence: torch 2.13 runs oneDNN for one of uniform batch sizes only; not modelled)
+        module = self.kernels[n]
+        extra: dict[str, Any] = {}
+        if module is None:
+            qkv = [a for a in args[:3] if isinstance(a, torch.Tensor)]
+            extra = {"ndims": tuple(a.dim() for a in qkv), "head_dims": tuple(a.shape[-1] for a in qkv if a.dim()),
+                     "last_stride_one": all(a.dim() and a.stride(-1) == 1 for a in qkv)}
+        choice = backends.choose(self.facts.nodes[n].view.name, module, self.device, first.dtype, n.args, n.kwargs,
+                                 extra)
+        if choice is None or not choice.saves:
+            return
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        for i in choice.saves:
+            t = outputs[i] if i < len(outputs) else None
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                rec = _Saved(None, "result" if i == 0 else f"result{i}", t, t._version, n)
+                self.pending.setdefault(storage_key(t), []).append(rec)
+                self.backend_saved.append((rec, choice))
+                self.alive.append(t)
 
     def _writes(self, n: torch.fx.Node) -> None:
         """Step 3: this node wrote in place. Which saved tensors did it overwrite, or write behind their back?"""
@@ -510,6 +554,26 @@ def _backend_nodes(gm: torch.fx.GraphModule, facts: GraphFacts) -> set[torch.fx.
     return out
 
 
+def _kernel_calls(gm: torch.fx.GraphModule, facts: GraphFacts) -> dict[torch.fx.Node, nn.Module | None]:
+    """The calls :mod:`fxgrad.backends` has a table entry for (with the module of a module call): one lookup per
+    node."""
+    out: dict[torch.fx.Node, nn.Module | None] = {}
+    kernels = backends.KERNELS
+    for nf in facts:
+        n = nf.node
+        if n.op == "call_module" and not nf.view.known:
+            mod = gm.get_submodule(str(n.target))
+            if backends.kernel_of(nf.view.name, mod) is not None:
+                out[n] = mod
+        elif nf.view.name in kernels and n.op in ("call_function", "call_method"):
+            out[n] = None
+    return out
+
+
+#: what backward raises on a tensor a backend kernel saved (eager names the tensor and the kernel's autograd node)
+_KERNEL_ERROR = "one of the variables needed for gradient computation has been modified by an inplace operation."
+
+
 def _eager_text(text: str, device: torch.device) -> str:
     """Autograd names a meta tensor's type ``MetaFloatType``; eager on ``device`` says ``torch.FloatTensor``."""
     prefix = "torch." if device.type in ("cpu", "meta") else f"torch.{device.type}."
@@ -540,7 +604,7 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
                          if isinstance(a, torch.Tensor) and a.device.type != "meta"), device)
 
     mode = MetaMode(meta=not real, memo=memo) if trace is None else TracingMetaMode(trace, meta=not real, memo=memo)
-    runner = _Runner(gm, twins, facts, mode)
+    runner = _Runner(gm, twins, facts, mode, input_device.type)
     result = DryRun(mode="real" if real else "meta")
     grad_was = torch.is_grad_enabled()
     # The run makes many small acyclic objects (records, autograd wrappers) and keeps most alive until it ends:
@@ -598,6 +662,13 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
                 and rec.tensor is not None and rec.tensor._version == rec.version):
             result.silent.append((rec.silent_at, rec.saver, _arg(rec.attr)))
     result.backend_nodes = _backend_nodes(gm, facts)
+    # The outputs backend kernels saved that a later write changed: backward raises when it reaches the kernel.
+    if runner.backend_saved:
+        reached = {runner.node_of[g] for g in seen if g in runner.node_of}
+        for rec, choice in runner.backend_saved:
+            if rec.changed_at is not None and rec.saver in reached:
+                result.conflicts.append((rec.changed_at, rec.saver, rec.attr, _KERNEL_ERROR))
+                result.backend_notes[rec.saver] = choice.note  # type: ignore[index]
     for nf in facts:
         if nf.alias_seen is not None and nf.target is not None and shares_storage(
                 runner.storages.get(nf.alias_seen, ()), runner.storages.get(nf.target, ())):

@@ -25,7 +25,7 @@ from typing import Literal
 import torch.fx
 
 from .capture import node_origin
-from .facts import GraphFacts, NodeFacts, ParamFacts
+from .facts import GraphFacts, NodeFacts, ParamFacts, SavedUse
 from .gcpause import gc_paused
 from .report import Finding, Related, Severity
 
@@ -242,7 +242,18 @@ def _check_overwrites_saved(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
     rule = RULES_BY_CODE["FXG102"]
     backend = any(u.backend_dependent for u in uses)
     return _finding(rule, nf, rule.render("backend" if backend else "", op=_op(nf), savers=text,
-                                          error=_BACKWARD_ERROR), related=related)
+                                          error=_BACKWARD_ERROR, backend=_backend_note(uses)), related=related,
+                    backend=backend)
+
+
+#: the backend note of an op fxgrad has no kernel table for (:mod:`fxgrad.backends`)
+_UNKNOWN_BACKEND = "a dry-run with real inputs decides"
+
+
+def _backend_note(uses: Iterable[SavedUse]) -> str:
+    """What the backend kernels that saved ``uses`` are known to save, one sentence."""
+    notes = dict.fromkeys(u.backend.note for u in uses if u.backend is not None)
+    return "; ".join(notes) or _UNKNOWN_BACKEND
 
 
 def _check_silent(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
@@ -415,8 +426,8 @@ RULES: tuple[Rule, ...] = (
          {"": "In-place `{op}` overwrites a tensor that an earlier op saved for backward: {savers}. backward() will "
               "raise \"{error}\" Use the out-of-place form.",
           "backend": "In-place `{op}` overwrites a tensor that an earlier op saved for backward: {savers}. backward() "
-                     "will raise \"{error}\" Use the out-of-place form. (What this op saves depends on the backend; a "
-                     "dry-run with real inputs decides.)"},
+                     "will raise \"{error}\" Use the out-of-place form. (What this op saves depends on the backend: "
+                     "{backend}.)"},
          ("overwritten",), _check_overwrites_saved, raises="backward", dryrun=True, fix="safe",
          flagged="SigmoidMul_", clean="EluThenAdd_",
          example="s = torch.sigmoid(self.linear(x))\ns.mul_(2.0)",
@@ -658,6 +669,9 @@ class Proof:
     #: the error eager raises, as autograd words it
     error: str = ""
     backend_dependent: bool = False
+    #: what the backend kernel that saved the tensor saves, where the meta kernels cannot show it
+    #: (:mod:`fxgrad.backends`): the finding renders the rule's ``backend`` template
+    backend_note: str = ""
     #: for ``result_slope``: the kind of backward (``leaky_relu``, ``elu``) and the slope it will refuse
     kind: str = ""
     slope: float = 0.0
@@ -675,5 +689,6 @@ def proved_finding(proof: Proof, nf: NodeFacts) -> Finding:
         fields["target"] = _target(nf, "a parameter")
     else:
         fields["target"] = _target(nf, "its target")
-    return _finding(rule, nf, rule.render("", **fields), related=related, verdict="dry-run",
-                    backend=proof.backend_dependent)
+    fields["backend"] = proof.backend_note
+    return _finding(rule, nf, rule.render("backend" if proof.backend_note else "", **fields), related=related,
+                    verdict="dry-run", backend=proof.backend_dependent)

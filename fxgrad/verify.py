@@ -856,10 +856,15 @@ def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], ori
     original_error = f"{type(error).__name__}: {_first_line(error)}"
     notes: list[str] = []
     try:
-        return _functionalized(original, args, names, cots, rng), notes, original_error
+        reference = _functionalized(original, args, names, cots, rng)
+        if orig.forward_error is None and not _same_outputs(reference.outputs, dict(orig.outputs)):
+            raise _Diverged("its forward computes other outputs than eager's (a random op may draw its "
+                            "numbers in another memory layout under torch.func, e.g. Dropout on a transposed tensor)")
+        return reference, notes, original_error
     except Exception as e:
         log.debug("functionalize reference failed: %s", e)
-        notes.append(f"torch.func.functionalize could not run the original ({type(e).__name__}: "
+        notes.append(f"torch.func.functionalize is no reference here: {e}" if isinstance(e, _Diverged) else
+                     f"torch.func.functionalize could not run the original ({type(e).__name__}: "
                      f"{str(e).splitlines()[0] if str(e) else ''})")
         # Eager without its two refusals (fxgrad.decoupled): saved tensors read as saved, written leaves replaced.
         run = _forward(_copy(decoupled(original)), args, rng)
@@ -882,6 +887,22 @@ def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], ori
             f"fxgrad cannot verify the gradients of the fix: the original's backward raises ({original_error}), "
             f"and neither torch.func.functionalize nor finite differences could run ({type(e).__name__}: {e}). "
             "Hint: pass smaller example inputs, or verify=False to skip the proof.") from e
+
+
+class _Diverged(RuntimeError):
+    """The functionalized original is not the program eager ran: it cannot be the reference for its gradients."""
+
+
+def _same_outputs(got: Mapping[str, Any], eager: Mapping[str, Any]) -> bool:
+    """Do a reference's outputs equal the eager original's (the same program, the same random numbers)?"""
+    for key, want in eager.items():
+        have = got.get(key, _MISSING)
+        if isinstance(want, torch.Tensor):
+            if not isinstance(have, torch.Tensor) or have.shape != want.shape or have.dtype != want.dtype:
+                return False
+            if not torch.allclose(have.detach(), want.detach(), rtol=1e-4, atol=1e-5, equal_nan=True):
+                return False
+    return True
 
 
 def _compare(orig: _Run, fix: _Run, ref: _Reference, names: list[str], cots: dict[str, torch.Tensor], rng: _Rng,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 import torch.fx
 
+from .. import backends
 from ..ops import OpView
 
 __all__ = ["Cut", "GraphFacts", "NodeFacts", "ParamFacts", "Role", "Root", "SavedUse", "Status"]
@@ -39,6 +40,8 @@ class SavedUse:
     croot: Root
     sroot: Root
     backend_dependent: bool = False
+    #: the backend kernel that saves it, where :mod:`fxgrad.backends` knows the choice (None: the static table)
+    backend: backends.Choice | None = None
 
 
 _NONE: tuple[()] = ()

@@ -25,7 +25,7 @@ import torch
 import torch.fx
 from torch.fx import Node
 
-from .. import ops
+from .. import backends, ops
 from .._saved_table import BACKEND_DEPENDENT
 from ..aliasing import AliasModel
 from ..ops import OpView
@@ -235,6 +235,18 @@ class SavedTensors:
         view = nf.view
         name = view.name
         inplace = view.writes is not None
+        node = nf.node
+        # The outputs the backend kernel torch picks saves (:mod:`fxgrad.backends`); the tables' ``result`` of an
+        # op listed there is replaced by this answer.
+        kernel = not inplace and (name in backends.KERNELS or (node.op == "call_module" and not view.known))
+        if kernel:
+            choice = backends.for_call(node, name, self.gm)
+            for out, arg in backends.saved_outputs(node, choice):
+                own = out is node
+                root = nf.sroot if own else out  # (``out[i]`` of a call that returns a tuple is its own root)
+                if self.written_from(root, since):
+                    self.pending.setdefault(root, []).append(
+                        SavedUse(node, out, arg, nf.croot if own else out, root, True, choice))
         entry = self._saved_entry(nf, name, inplace)
         if entry is None:
             if phase != "inputs":
@@ -253,10 +265,10 @@ class SavedTensors:
         if not names:
             return
         backend = name in BACKEND_DEPENDENT
-        node, nodes, pending = nf.node, self.nodes, self.pending
+        nodes, pending = self.nodes, self.pending
         for arg in names:
             if arg.startswith("result"):
-                if arg == "result" and self.written_from(nf.sroot, since):
+                if arg == "result" and not kernel and self.written_from(nf.sroot, since):
                     pending.setdefault(nf.sroot, []).append(SavedUse(node, node, arg, nf.croot, nf.sroot, backend))
                 continue
             if arg in params:
