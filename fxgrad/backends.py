@@ -29,8 +29,8 @@ import torch
 import torch.fx
 from torch import nn
 
-__all__ = ["KERNELS", "Call", "Choice", "choose", "for_call", "kernel_of", "module_context", "rnn_options",
-           "saved_outputs"]
+__all__ = ["KERNELS", "Call", "Choice", "choose", "for_call", "kernel_of", "module_context", "probe",
+           "rnn_options", "saved_outputs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ class Call:
     device: str  # "cpu", "cuda", ...
     dtype: torch.dtype | None
     #: the call's own options: for RNNs ``mode``, ``bidirectional``, ``proj_size``; for attention ``dropout_p``,
-    #: and with example inputs ``ndims`` (of q, k, v), ``head_dims`` and ``last_stride_one``
+    #: and with example inputs on CPU ``fused``, torch's own choice for them (:func:`probe`)
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -165,18 +165,23 @@ def _sdpa(call: Call) -> Choice | None:
     """``F.scaled_dot_product_attention``.
 
     Source: aten/src/ATen/native/transformers/attention.cpp (``scaled_dot_product_attention``: on CPU
-    ``_fused_sdp_choice_cpp``) and sdp_utils_cpp.cpp (``select_sdp_backend_cpp`` / ``use_flash_attention_cpp``,
-    torch 2.13): on CPU the flash kernel runs when the flash flag is on (``torch.backends.cuda.flash_sdp_enabled``,
-    shared with CUDA), there is no dropout (``check_for_dropout``), q, k, v are 4-D (``check_tensor_shapes``) with
-    the same head dim, the last dim has stride 1, and the dtype is float32 / float64 / bfloat16 / float16; else
-    the math decomposition. ``_scaled_dot_product_flash_attention_for_cpu`` saves ``out`` and the logsumexp
+    ``_fused_sdp_choice_cpp``) and sdp_utils_cpp.cpp (``select_sdp_backend_cpp`` / ``use_flash_attention_cpp``):
+    on CPU the flash kernel runs when the flash flag is on (``torch.backends.cuda.flash_sdp_enabled``, shared with
+    CUDA), there is no dropout, the shapes pass its checks (4-D q, k, v in torch 2.13; 3-D as well in 2.14) with
+    the same head dim and a last dim of stride 1, and the dtype is float32 / float64 / bfloat16 / float16; else the
+    math decomposition. ``_scaled_dot_product_flash_attention_for_cpu`` saves ``out`` and the logsumexp
     (derivatives.yaml), and the call returns that ``out``; the math path returns a ``matmul``'s result, which
-    nothing saves. On CUDA ``select_sdp_backend`` picks flash / memory-efficient / cuDNN attention (all save
-    ``out``) or math from the GPU's architecture, the shapes and the flags: fxgrad cannot see that choice.
+    nothing saves. The shape checks change between torch versions, so with example inputs fxgrad asks the
+    installed torch (:func:`probe`) instead of repeating them. On CUDA ``select_sdp_backend`` picks flash /
+    memory-efficient / cuDNN attention (all save ``out``) or math from the GPU's architecture, the shapes and the
+    flags: fxgrad cannot see that choice.
     """
     options = call.options
     dropout = options.get("dropout_p", 0.0)
     if call.device == "cpu":
+        fused = options.get("fused")
+        if fused is not None:  # the installed torch's own choice for these inputs
+            return Choice("flash attention (CPU)", (0,), _where(call)) if fused == _FLASH else None
         if not torch.backends.cuda.flash_sdp_enabled() or call.dtype not in _FLASH_CPU_DTYPES:
             return None
         if not isinstance(dropout, (int, float)):
@@ -185,15 +190,9 @@ def _sdpa(call: Call) -> Choice | None:
                                        "dropout) does not, and the dropout is not a constant here")
         if dropout > 0:
             return None
-        ndims, head_dims, stride_one = options.get("ndims"), options.get("head_dims"), options.get("last_stride_one")
-        if ndims is None:
-            return Choice("flash attention (CPU)", (0,), _where(call), certain=False,
-                          alternatives="on CPU torch's flash kernel (4-D q, k, v) saves the output and the math "
-                                       "kernel does not; the shapes decide, and a dry-run with example inputs sees "
-                                       "them")
-        if any(d != 4 for d in ndims) or len(set(head_dims or ())) > 1 or stride_one is False:
-            return None
-        return Choice("flash attention (CPU)", (0,), _where(call))
+        return Choice("flash attention (CPU)", (0,), _where(call), certain=False,
+                      alternatives="on CPU torch's flash kernel saves the output and the math kernel does not; the "
+                                   "shapes of q, k and v decide, and a dry-run with example inputs sees them")
     if call.device == "cuda":
         if call.dtype is torch.float64 or not (torch.backends.cuda.flash_sdp_enabled()
                                                or torch.backends.cuda.mem_efficient_sdp_enabled()
@@ -204,6 +203,39 @@ def _sdpa(call: Call) -> Choice | None:
                                    "and cuDNN attention save the output (then backward raises), the math kernel "
                                    "does not; fxgrad cannot see which one runs")
     return None
+
+
+#: ``torch._fused_sdp_choice``'s answer for the flash kernel (``SDPBackend.FLASH_ATTENTION``)
+_FLASH = 1
+
+
+def _stand_in(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor with ``t``'s shape, dtype, requires_grad and last-dim stride, expanded from one row: what the
+    kernel choice reads of a tensor, in a few bytes whatever the shape."""
+    row = t.shape[-1] if t.dim() else 1
+    step = t.stride(-1) if t.dim() and t.stride(-1) > 0 else 1
+    base = torch.empty(row * step, dtype=t.dtype, requires_grad=t.requires_grad and t.is_floating_point())
+    return base[::step].expand(t.shape) if t.dim() else base.view(())
+
+
+def probe(name: str, device: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Options the dry-run adds from the call's input values (meta tensors of ``device``): for attention on CPU,
+    the kernel the installed torch picks, asked of torch itself (``torch._fused_sdp_choice``, the function
+    ``scaled_dot_product_attention`` calls) on stand-ins of the inputs, outside fxgrad's meta mode; {} where
+    there is nothing to ask or torch cannot answer (then :func:`_sdpa` says what decides)."""
+    if name != "scaled_dot_product_attention" or device != "cpu":
+        return {}
+    from torch.utils._python_dispatch import _disable_current_modes  # (no public way out of a dispatch mode)
+
+    def real(a: Any) -> Any:
+        return _stand_in(a) if isinstance(a, torch.Tensor) else a
+
+    try:
+        with _disable_current_modes():
+            fused = torch._fused_sdp_choice(*[real(a) for a in args[:6]], **{k: real(v) for k, v in kwargs.items()})
+    except (RuntimeError, TypeError, ValueError):
+        return {}
+    return {"fused": int(fused)}
 
 
 def _sdpa_options(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -379,14 +379,9 @@ class _Runner:
         first = args[0] if args else None
         if not isinstance(first, torch.Tensor):
             return  # (a PackedSequence: torch 2.13 runs oneDNN for one of uniform batch sizes only; not modelled)
-        module = self.kernels[n]
-        extra: dict[str, Any] = {}
-        if module is None:
-            qkv = [a for a in args[:3] if isinstance(a, torch.Tensor)]
-            extra = {"ndims": tuple(a.dim() for a in qkv), "head_dims": tuple(a.shape[-1] for a in qkv if a.dim()),
-                     "last_stride_one": all(a.dim() and a.stride(-1) == 1 for a in qkv)}
-        choice = backends.choose(self.facts.nodes[n].view.name, module, self.device, first.dtype, n.args, n.kwargs,
-                                 extra)
+        module, name = self.kernels[n], self.facts.nodes[n].view.name
+        extra = backends.probe(name, self.device, args, torch.fx.node.map_arg(n.kwargs, self.env.__getitem__))
+        choice = backends.choose(name, module, self.device, first.dtype, n.args, n.kwargs, extra)
         if choice is None or not choice.saves:
             return
         outputs = result if isinstance(result, (tuple, list)) else (result,)
