@@ -33,7 +33,7 @@ from .inputs import bind_keywords
 from .ops import saved_table_note
 from .record import RECORDED_KEY
 from .report import Finding, ParamStatus, Report
-from .rules import RULES_BY_CODE, run_rules, select_codes
+from .rules import NO_PATH, RULES_BY_CODE, run_rules, select_codes
 from .step import ddp_note, mention_loss, optimizer_findings, training_step
 from .suppress import accept_intended_cuts, is_suppressed, region_openers
 from .timing import phase
@@ -81,7 +81,7 @@ def _param_status(facts: GraphFacts) -> dict[str, ParamStatus]:
             if pf.status == "zero-grad":
                 cause = f"zero gradient through `{pf.cause.name}` ({what}){where}"
         elif pf.status == "no-grad":
-            cause = "its result never reaches the output"
+            cause = NO_PATH
         elif pf.status == "unused":
             cause = "never used in forward"
         out[name] = ParamStatus(name, pf.status, cause, location)

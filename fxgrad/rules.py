@@ -551,6 +551,11 @@ def select_codes(select: Iterable[str] = (), ignore: Iterable[str] = ()) -> set[
     return {c for c in codes if not any(c.startswith(i) for i in ign)}
 
 
+#: why a parameter whose result reaches no output gets no gradient: the finding's words, which
+#: :func:`fxgrad.step.mention_loss` looks for to name the loss that leaves it out
+NO_PATH = "its result never reaches the output"
+
+
 def param_findings(facts: GraphFacts) -> Iterator[Finding]:
     groups: dict[tuple[str, torch.fx.Node | None], list[ParamFacts]] = {}
     for p in facts.params.values():
@@ -567,7 +572,7 @@ def param_findings(facts: GraphFacts) -> Iterator[Finding]:
             if status == "zero-grad":
                 why = f"its only path to the output goes through `{cause.name}`, whose gradient is zero"
         else:
-            why = "its result never reaches the output"
+            why = NO_PATH
         yield Finding(code=rule.code, severity=rule.severity, node=anchor.name if anchor is not None else "",
                       target=facts[cause].view.spelling if cause is not None else "", params=tuple(names),
                       message=rule.render(params=_shown(names), verb="gets" if len(names) == 1 else "get", why=why),

@@ -26,7 +26,7 @@ from torch import nn
 from .capture import SourceLocation
 from .errors import InputError
 from .report import Finding, Related, Report
-from .rules import RULES_BY_CODE
+from .rules import NO_PATH, RULE_FOR_STATUS, RULES_BY_CODE
 
 __all__ = ["TrainingStep", "ddp_note", "loss_location", "mention_loss", "optimizer_findings", "param_groups",
            "training_step"]
@@ -94,7 +94,7 @@ def mention_loss(report: Report, loss: Callable[..., Any]) -> None:
     at = f" ({where})" if where else ""
     out: list[Finding] = []
     for f in report.findings:
-        if f.code == "FXG201" and "never reaches the output" in f.message:
+        if f.code == RULE_FOR_STATUS["no-grad"].code and NO_PATH in f.message:  # (the rule renders it as its why)
             f = f._replace(message=f"{f.message.rstrip('.')}: the loss `{name}`{at} does not use it.",
                            related=(*f.related, Related("loss", "", where)) if where else f.related)
             for p in f.params:
