@@ -8,13 +8,14 @@ first shows with a real eager forward+backward which single tensor differs, then
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
 from torch import nn
 
 from fxgrad.errors import VerificationError
-from fxgrad.verify import _check, _checks, verify
+from fxgrad.verify import _all_equal, _check, _checks, verify
 
 LAYERS = 24
 
@@ -253,3 +254,44 @@ def test_shared_copy_and_separate_copies_give_the_same_records(monkeypatch: pyte
     assert shared == separate and shared.ok
     assert {c.name for c in shared.buffers} == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
     assert int(model[1].num_batches_tracked) == 0 and model[0].weight.grad is None
+
+
+def test_equal_pairs_are_found_in_one_concatenation_with_the_records_of_one_at_a_time() -> None:
+    """Pairs that ``torch.equal`` finds equal, across dtypes, types and shapes, take the concatenated path and get
+    the records ``_check`` gives each alone; one differing element among them sends all to the pair-by-pair path."""
+    torch.manual_seed(0)
+    pairs: list[tuple[str, object, object]] = [
+        ("float", (a := torch.randn(3, 4)), a.clone()),
+        ("transposed", a.t(), a.clone().t()),
+        ("parameter", nn.Parameter(a.clone()), nn.Parameter(a.clone())),
+        ("int", torch.tensor([1, 2]), torch.tensor([1, 2])),
+        ("bool", torch.tensor([True]), torch.tensor([True])),
+        ("empty", torch.empty(0), torch.empty(0)),
+        ("complex", torch.tensor([1 + 2j]), torch.tensor([1 + 2j])),
+        ("double", a.double(), a.double()),
+    ] + [(f"many {i}", torch.full((2,), float(i)), torch.full((2,), float(i))) for i in range(50)]
+    assert all(torch.equal(x, y) for _, x, y in pairs)  # type: ignore[arg-type]
+    assert _all_equal([(x, y) for _, x, y in pairs])
+    assert _checks("buffer", list(pairs), None, None) == [_check("buffer", n, x, y, None, None) for n, x, y in pairs]
+    wrong = list(pairs)
+    wrong[30] = ("many 22", torch.full((2,), 22.0), torch.tensor([22.0, 22.5]))
+    assert not _all_equal([(x, y) for _, x, y in wrong])
+    bulk = _checks("buffer", wrong, None, None)
+    assert bulk == [_check("buffer", n, x, y, None, None) for n, x, y in wrong]
+    assert [c.name for c in bulk if not c.ok] == ["many 22"]
+
+
+def test_verify_leaves_no_garbage_cycle() -> None:
+    """The copies and their tensors are freed by reference counting when verify returns (a recursive closure once
+    kept them in a cycle until the next collection)."""
+    original, _ = _twin()
+    fixed = copy.deepcopy(original)
+    x = torch.randn(5, 6, requires_grad=True)
+    verify(original, fixed, (x,))
+    gc.collect()
+    gc.disable()
+    try:
+        assert verify(original, fixed, (x,)).ok
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
