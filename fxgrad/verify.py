@@ -12,7 +12,9 @@ Algorithm of :func:`verify`:
 3. Run the fixed copy the same way, from the same RNG snapshot, with the same cotangents. Its forward and
    backward must succeed.
 4. Choose the reference: the original's own results; when its backward (or forward) raised, the original run
-   through ``torch.func.functionalize`` under ``torch.func.vjp`` (parameters as inputs via ``functional_call``);
+   through ``torch.func.functionalize`` under ``torch.func.vjp`` (parameters as inputs via ``functional_call``,
+   with the user's values; where the original's backward raised and every slot of its copy is a parameter or a
+   buffer, this runs before step 3 on the copy the original ran on, whose structure is checked before and after);
    when that cannot run, the original run by :func:`fxgrad.decoupled.decoupled` (eager, saved tensors read as
    saved, written leaves replaced by clones); when that fails too, float64 central finite differences of the
    original (small models only).
@@ -294,6 +296,9 @@ class _Arming:
     empties: list[Any] = dataclasses.field(default_factory=list)
     #: the user's module id -> its copy
     copies: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
+    #: slots outside ``_parameters``/``_buffers`` (a plain tensor attribute, a list ...): values a run may change
+    #: that :func:`torch.func.functional_call` does not replace
+    attribute_slots: int = 0
     valid: bool = True
 
 
@@ -340,16 +345,8 @@ def _copy(module: nn.Module, devices: set[int] | None = None, memo: dict[int, An
 def _rearm(arming: _Arming) -> bool:
     """Fresh values in every slot of the copies (see :class:`_Arming`); ``False`` where the run changed their
     structure, which only a new copy undoes."""
-    if not arming.valid or any(arming.empties):
+    if not _intact(arming):
         return False
-    for dup, kind, made in arming.modules:
-        state = dup.__dict__
-        if type(dup) is not kind or state.keys() != made.keys() or not all(map(operator.is_, state.values(),
-                                                                                made.values())):
-            return False
-    for container, values in arming.containers:
-        if len(container) != len(values) or not all(map(operator.is_, container.values(), values)):
-            return False
     memo: dict[int, Any] = dict(arming.copies)  # modules that attributes refer to stay the copies themselves
     for container, key, value in arming.slots:
         new = memo.get(id(value))
@@ -361,6 +358,22 @@ def _rearm(arming: _Arming) -> bool:
                 new = _copy_value(value, memo, True, None)
         container[key] = new
     arming.valid = False  # the records describe the copies as made, no longer as they are: one re-arm only
+    return True
+
+
+def _intact(arming: _Arming) -> bool:
+    """Whether the copies' structure is as it was made (see :class:`_Arming`): no attribute rebound, no submodule
+    or tensor slot added or replaced, no hook registered. The values in the slots may have changed."""
+    if not arming.valid or any(arming.empties):
+        return False
+    for dup, kind, made in arming.modules:
+        state = dup.__dict__
+        if type(dup) is not kind or state.keys() != made.keys() or not all(map(operator.is_, state.values(),
+                                                                                made.values())):
+            return False
+    for container, values in arming.containers:
+        if len(container) != len(values) or not all(map(operator.is_, container.values(), values)):
+            return False
     return True
 
 
@@ -430,6 +443,7 @@ def _copy_module(mod: nn.Module, memo: dict[int, Any], *, fast_tensors: bool, ar
             new = out[key] = _copy_value(v, memo, fast_tensors, arming)
             if arming is not None and new is not v:  # a tuple of sizes is its own copy: nothing to re-arm
                 arming.slots.append((out, key, v))
+                arming.attribute_slots += 1
     object.__setattr__(dup, "__dict__", out)
     if arming is not None:
         arming.modules.append((dup, type(dup), out.copy()))
@@ -535,14 +549,24 @@ class _Reference:
 
 
 def _functionalized(original: nn.Module, args: tuple[Any, ...], names: list[str], cots: dict[str, torch.Tensor],
-                    rng: _Rng) -> _Reference:
-    """Gradients of the original without its in-place ops: ``vjp(functionalize(functional_call(...)))``."""
+                    rng: _Rng, module: nn.Module | None = None) -> _Reference:
+    """Gradients of the original without its in-place ops: ``vjp(functionalize(functional_call(...)))``, on
+    ``module`` (a copy of ``original`` whose every slot is a parameter or a buffer, run before) or on a new copy.
+    Parameters and buffers are read from ``original``'s own tensors (every one is cloned before use, none is
+    written), so a copy that ran before gives the values the user's module holds."""
     from torch.func import functional_call, functionalize, vjp
 
-    ref = _copy(original)
-    params = {n: p.detach() for n, p in ref.named_parameters() if p.requires_grad}
-    frozen = {n: p.detach() for n, p in ref.named_parameters() if not p.requires_grad}
-    buffers = {n: b.detach() for n, b in ref.named_buffers()}
+    ref = module if module is not None else _copy(original)
+    # One walk (_named_state) for what named_parameters(), its remove_duplicate=False form and named_buffers() give:
+    # the deduplicated parameters are the first name of each tensor, in the same order. ``ref`` has the structure
+    # of ``original`` (as made, or checked to be), so the names are its names too.
+    every, named_buffers = _named_state(original)
+    unique: dict[int, tuple[str, torch.Tensor]] = {}
+    for n, p in every:
+        unique.setdefault(id(p), (n, p))
+    params = {n: p.detach() for n, p in unique.values() if p.requires_grad}
+    frozen = {n: p.detach() for n, p in unique.values() if not p.requires_grad}
+    buffers = {n: b.detach() for n, b in named_buffers.items()}
     leaves = [(n, t) for n, t in _named_leaves(tuple(map_tensors(_fresh, a) for a in args), names)
               if isinstance(t, torch.Tensor)]
     diff = [(n, t) for n, t in leaves if _needs_grad(t)]
@@ -584,7 +608,7 @@ def _functionalized(original: nn.Module, args: tuple[Any, ...], names: list[str]
     _, vjp_fn, (flat, state) = vjp(outer, params, *[t.detach() for _, t in diff], has_aux=True)  # type: ignore[misc]
     grads_p, *grads_in = vjp_fn(tuple(cots[n] for n in cot_names))
     grads: dict[str, torch.Tensor | None] = {}
-    for name, _ in ref.named_parameters(remove_duplicate=False):
+    for name, _ in every:
         key = name if name in grads_p else _tied_name(ref, name)
         if key in grads_p:
             grads[name] = grads_p[key]
@@ -879,8 +903,19 @@ def _verify_copies(original: nn.Module, fixed: nn.Module, originals: nn.Module, 
         cots = _cotangents(orig.outputs)
         _backward(orig, cots)
         orig.buffers()
+    early: _Reference | Exception | None = None
+    if (orig.forward_error is None and orig.backward_error is not None and arming is not None
+            and not arming.attribute_slots and _intact(arming)):
+        # The reference is needed, and the copy the original ran on can serve it without a copy of its own (a
+        # third of the rest of the verification): its structure is as made, and functional_call replaces every
+        # value a run changed (each slot is a parameter or a buffer). The re-arm below checks the structure again.
+        try:
+            early = _functionalized(original, args, names, cots, rng, module=originals)
+        except Exception as e:
+            early = e.with_traceback(None)  # its traceback holds this frame, which holds it: no cycle
     if arming is not None and not _rearm(arming):
         fixeds = _copy(fixed)
+        early = None  # the functionalized run changed the copy's structure: no reference, it is run again
     # Step 3: the fixed module, from the same RNG snapshot, with the same cotangents.
     fix = _forward(fixeds, args, rng)
     if fix.forward_error is not None:
@@ -909,7 +944,7 @@ def _verify_copies(original: nn.Module, fixed: nn.Module, originals: nn.Module, 
                "needs; rewrite the in-place op after it out of place, and please report the model as an "
                "fxgrad miss.")) from fix.backward_error
     # Step 4: the reference.
-    reference, notes, original_error = _reference(original, args, names, orig, cots, rng)
+    reference, notes, original_error = _reference(original, args, names, orig, cots, rng, early)
     # Step 5: compare.
     rtol_, atol_ = rtol, atol
     if reference.name == "finite-differences" and rtol is None and atol is None:
@@ -920,7 +955,8 @@ def _verify_copies(original: nn.Module, fixed: nn.Module, originals: nn.Module, 
 
 
 def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], orig: _Run,
-               cots: dict[str, torch.Tensor], rng: _Rng) -> tuple[_Reference, list[str], str]:
+               cots: dict[str, torch.Tensor], rng: _Rng,
+               early: _Reference | Exception | None = None) -> tuple[_Reference, list[str], str]:
     error = orig.forward_error or orig.backward_error
     if error is None:
         grads = orig.grads(names)
@@ -928,7 +964,9 @@ def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], ori
     original_error = f"{type(error).__name__}: {_first_line(error)}"
     notes: list[str] = []
     try:
-        reference = _functionalized(original, args, names, cots, rng)
+        if isinstance(early, Exception):
+            raise early
+        reference = early if early is not None else _functionalized(original, args, names, cots, rng)
         if orig.forward_error is None and not _same_outputs(reference.outputs, dict(orig.outputs)):
             raise _Diverged("its forward computes other outputs than eager's (a random op may draw its "
                             "numbers in another memory layout under torch.func, e.g. Dropout on a transposed tensor)")

@@ -295,3 +295,56 @@ def test_verify_leaves_no_garbage_cycle() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+class BrokenNorm(nn.Module):
+    """BatchNorm statistics and a scale buffer (read after) change in every forward, and an in-place op over
+    sigmoid's saved output makes backward raise: the reference is the functionalized original."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.norm = nn.BatchNorm1d(6)
+        self.out = nn.Linear(6, 6)
+        self.register_buffer("scale", torch.ones(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.scale.add_(0.5)
+        h = torch.sigmoid(self.norm(self.fc(x) * self.scale))
+        h.mul_(2.0)
+        return self.out(h)
+
+
+def test_functionalized_reference_on_the_run_copy_records_what_a_copy_of_its_own_records(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the original's backward raises and every slot of its copy is a parameter or a buffer, the reference
+    runs on the copy the original ran on (checked to happen), with the user's values: BatchNorm statistics the
+    first run changed are not read. It records what it records on a new copy, and the user's model is untouched."""
+    import fxgrad
+    import fxgrad.verify as verify_module
+
+    torch.manual_seed(0)
+    model = BrokenNorm()
+    x = torch.randn(5, 6, requires_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        copy.deepcopy(model)(x).sum().backward()  # eager: the original cannot be its own reference
+    fixed = fxgrad.fix(model, (x,), only="breaking", verify=False)
+    on: list[bool] = []
+    functionalized = verify_module._functionalized
+
+    def spy(*args: object, module: nn.Module | None = None) -> object:
+        on.append(module is not None)
+        return functionalized(*args, module=module)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verify_module, "_functionalized", spy)
+    shared = verify(model, fixed, (x,))
+    assert on == [True]
+    monkeypatch.setattr(verify_module, "_functionalized", lambda *args, module=None: functionalized(*args))
+    separate = verify(model, fixed, (x,))
+    assert shared == separate and shared.ok and shared.reference == "functionalize"
+    assert {c.name for c in shared.buffers} == {"scale", "norm.running_mean", "norm.running_var",
+                                                "norm.num_batches_tracked"}
+    assert int(model.norm.num_batches_tracked) == 0 and torch.equal(model.norm.running_mean, torch.zeros(6))
+    assert torch.equal(model.scale, torch.ones(6))
+    assert all(p.grad is None for p in model.parameters())
