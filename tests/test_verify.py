@@ -8,13 +8,14 @@ first shows with a real eager forward+backward which single tensor differs, then
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
 from torch import nn
 
 from fxgrad.errors import VerificationError
-from fxgrad.verify import _check, _checks, verify
+from fxgrad.verify import _all_equal, _check, _checks, verify
 
 LAYERS = 24
 
@@ -253,3 +254,97 @@ def test_shared_copy_and_separate_copies_give_the_same_records(monkeypatch: pyte
     assert shared == separate and shared.ok
     assert {c.name for c in shared.buffers} == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
     assert int(model[1].num_batches_tracked) == 0 and model[0].weight.grad is None
+
+
+def test_equal_pairs_are_found_in_one_concatenation_with_the_records_of_one_at_a_time() -> None:
+    """Pairs that ``torch.equal`` finds equal, across dtypes, types and shapes, take the concatenated path and get
+    the records ``_check`` gives each alone; one differing element among them sends all to the pair-by-pair path."""
+    torch.manual_seed(0)
+    pairs: list[tuple[str, object, object]] = [
+        ("float", (a := torch.randn(3, 4)), a.clone()),
+        ("transposed", a.t(), a.clone().t()),
+        ("parameter", nn.Parameter(a.clone()), nn.Parameter(a.clone())),
+        ("int", torch.tensor([1, 2]), torch.tensor([1, 2])),
+        ("bool", torch.tensor([True]), torch.tensor([True])),
+        ("empty", torch.empty(0), torch.empty(0)),
+        ("complex", torch.tensor([1 + 2j]), torch.tensor([1 + 2j])),
+        ("double", a.double(), a.double()),
+    ] + [(f"many {i}", torch.full((2,), float(i)), torch.full((2,), float(i))) for i in range(50)]
+    assert all(torch.equal(x, y) for _, x, y in pairs)  # type: ignore[arg-type]
+    assert _all_equal([(x, y) for _, x, y in pairs])
+    assert _checks("buffer", list(pairs), None, None) == [_check("buffer", n, x, y, None, None) for n, x, y in pairs]
+    wrong = list(pairs)
+    wrong[30] = ("many 22", torch.full((2,), 22.0), torch.tensor([22.0, 22.5]))
+    assert not _all_equal([(x, y) for _, x, y in wrong])
+    bulk = _checks("buffer", wrong, None, None)
+    assert bulk == [_check("buffer", n, x, y, None, None) for n, x, y in wrong]
+    assert [c.name for c in bulk if not c.ok] == ["many 22"]
+
+
+def test_verify_leaves_no_garbage_cycle() -> None:
+    """The copies and their tensors are freed by reference counting when verify returns (a recursive closure once
+    kept them in a cycle until the next collection)."""
+    original, _ = _twin()
+    fixed = copy.deepcopy(original)
+    x = torch.randn(5, 6, requires_grad=True)
+    verify(original, fixed, (x,))
+    gc.collect()
+    gc.disable()
+    try:
+        assert verify(original, fixed, (x,)).ok
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+class BrokenNorm(nn.Module):
+    """BatchNorm statistics and a scale buffer (read after) change in every forward, and an in-place op over
+    sigmoid's saved output makes backward raise: the reference is the functionalized original."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.norm = nn.BatchNorm1d(6)
+        self.out = nn.Linear(6, 6)
+        self.register_buffer("scale", torch.ones(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.scale.add_(0.5)
+        h = torch.sigmoid(self.norm(self.fc(x) * self.scale))
+        h.mul_(2.0)
+        return self.out(h)
+
+
+def test_functionalized_reference_on_the_run_copy_records_what_a_copy_of_its_own_records(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the original's backward raises and every slot of its copy is a parameter or a buffer, the reference
+    runs on the copy the original ran on (checked to happen), with the user's values: BatchNorm statistics the
+    first run changed are not read. It records what it records on a new copy, and the user's model is untouched."""
+    import fxgrad
+    import fxgrad.verify as verify_module
+
+    torch.manual_seed(0)
+    model = BrokenNorm()
+    x = torch.randn(5, 6, requires_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        copy.deepcopy(model)(x).sum().backward()  # eager: the original cannot be its own reference
+    fixed = fxgrad.fix(model, (x,), only="breaking", verify=False)
+    on: list[bool] = []
+    functionalized = verify_module._functionalized
+
+    def spy(*args: object, module: nn.Module | None = None) -> object:
+        on.append(module is not None)
+        return functionalized(*args, module=module)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verify_module, "_functionalized", spy)
+    shared = verify(model, fixed, (x,))
+    assert on == [True]
+    monkeypatch.setattr(verify_module, "_functionalized", lambda *args, module=None: functionalized(*args))
+    separate = verify(model, fixed, (x,))
+    assert shared == separate and shared.ok and shared.reference == "functionalize"
+    assert {c.name for c in shared.buffers} == {"scale", "norm.running_mean", "norm.running_var",
+                                                "norm.num_batches_tracked"}
+    assert int(model.norm.num_batches_tracked) == 0 and torch.equal(model.norm.running_mean, torch.zeros(6))
+    assert torch.equal(model.scale, torch.ones(6))
+    assert all(p.grad is None for p in model.parameters())
