@@ -986,10 +986,12 @@ def _reference(original: nn.Module, args: tuple[Any, ...], names: list[str], ori
             return (_Reference("decoupled", dict(run.outputs), run.grads(names), run.buffers()),
                     notes, original_error)
         if orig.forward_error is not None:
+            other = run.forward_error or run.backward_error or e
             raise VerificationError(
-                f"fxgrad cannot verify the fix: the original raises in forward ({original_error}) and "
-                f"torch.func.functionalize cannot run it ({type(e).__name__}: {e}). Hint: pass verify=False to "
-                "skip the proof.") from e
+                f"fxgrad cannot verify the fix: the original raises in forward ({original_error}), and neither "
+                f"torch.func.functionalize ({type(e).__name__}: {_first_line(e)}) nor fxgrad.decoupled "
+                f"({type(other).__name__}: {_first_line(other)}) can run it as a reference. Hint: pass "
+                "verify=False to skip the proof.") from e
     try:
         return _finite_differences(original, args, names, cots, rng), notes, original_error
     except Exception as e:

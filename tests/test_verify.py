@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fxgrad.errors import VerificationError
+from fxgrad.fixing import fix
 from fxgrad.verify import _all_equal, _check, _checks, verify
 
 LAYERS = 24
@@ -348,3 +349,31 @@ def test_functionalized_reference_on_the_run_copy_records_what_a_copy_of_its_own
     assert int(model.norm.num_batches_tracked) == 0 and torch.equal(model.norm.running_mean, torch.zeros(6))
     assert torch.equal(model.scale, torch.ones(6))
     assert all(p.grad is None for p in model.parameters())
+
+
+class _ViewTurnedLeaf(nn.Module):
+    """A view taken of a tensor without grad is a leaf; once its base is written with a tensor that requires grad,
+    the view requires grad too, and writing into it makes eager's forward raise (a torch rule neither reference
+    lifts: fxgrad.decoupled replaces written leaves that are leaves in the graph, not this view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w0 = nn.Parameter(torch.randn(1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x @ self.w0
+        s = torch.sigmoid(x)
+        t = s.transpose(0, 1)
+        s.add_(h)
+        t.add_(0.5)
+        return t
+
+
+def test_a_fix_no_reference_can_run_names_both_references() -> None:
+    x = torch.randn(1, 1)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        _ViewTurnedLeaf()(x)
+    with pytest.raises(VerificationError, match=r"neither torch\.func\.functionalize .* nor fxgrad\.decoupled") as info:
+        fix(_ViewTurnedLeaf(), (x,))
+    assert "leaf Variable that requires grad" in str(info.value)
+    assert "verify=False" in str(info.value)
