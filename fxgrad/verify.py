@@ -1006,15 +1006,11 @@ class _Diverged(RuntimeError):
 
 
 def _same_outputs(got: Mapping[str, Any], eager: Mapping[str, Any]) -> bool:
-    """Do a reference's outputs equal the eager original's (the same program, the same random numbers)?"""
-    for key, want in eager.items():
-        have = got.get(key, _MISSING)
-        if isinstance(want, torch.Tensor):
-            if not isinstance(have, torch.Tensor) or have.shape != want.shape or have.dtype != want.dtype:
-                return False
-            if not torch.allclose(have.detach(), want.detach(), rtol=1e-4, atol=1e-5, equal_nan=True):
-                return False
-    return True
+    """Do a reference's outputs equal the eager original's (the same program, the same random numbers)? Compared
+    as step 5 compares outputs (:func:`_check`, torch.testing's tolerances for the dtype), requires_grad aside: the
+    functionalized outputs are detached."""
+    return all(_check("output", key, got.get(key, _MISSING), want, None, None, eager=False).ok
+               for key, want in eager.items() if isinstance(want, torch.Tensor))
 
 
 def _compare(orig: _Run, fix: _Run, ref: _Reference, names: list[str], cots: dict[str, torch.Tensor], rng: _Rng,
