@@ -269,8 +269,8 @@ class _Runner:
         #: show (:mod:`fxgrad.backends`); a real run shows it itself
         self.device = device
         self.kernels: dict[torch.fx.Node, nn.Module | None] = {} if not mode.meta else _kernel_calls(gm, facts)
-        #: (the output a backend kernel saved, as a saved-tensor record; the kernel torch picks)
-        self.backend_saved: list[tuple[_Saved, backends.Choice]] = []
+        #: (the call, the output its backend kernel saved as a saved-tensor record, the kernel torch picks)
+        self.backend_saved: list[tuple[torch.fx.Node, _Saved, backends.Choice]] = []
 
     def run(self, *args: Any) -> Any:
         env, last_uses = self.env, self.last_uses
@@ -390,7 +390,7 @@ class _Runner:
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 rec = _Saved(None, "result" if i == 0 else f"result{i}", t, t._version, n)
                 self.pending.setdefault(storage_key(t), []).append(rec)
-                self.backend_saved.append((rec, choice))
+                self.backend_saved.append((n, rec, choice))
                 self.alive.append(t)
 
     def _writes(self, n: torch.fx.Node) -> None:
@@ -660,10 +660,10 @@ def run_dryrun(gm: torch.fx.GraphModule, facts: GraphFacts, example_inputs: Any,
     # The outputs backend kernels saved that a later write changed: backward raises when it reaches the kernel.
     if runner.backend_saved:
         reached = {runner.node_of[g] for g in seen if g in runner.node_of}
-        for rec, choice in runner.backend_saved:
-            if rec.changed_at is not None and rec.saver in reached:
-                result.conflicts.append((rec.changed_at, rec.saver, rec.attr, _KERNEL_ERROR))
-                result.backend_notes[rec.saver] = choice.note  # type: ignore[index]
+        for saver, rec, choice in runner.backend_saved:
+            if rec.changed_at is not None and saver in reached:
+                result.conflicts.append((rec.changed_at, saver, rec.attr, _KERNEL_ERROR))
+                result.backend_notes[saver] = choice.note
     for nf in facts:
         if nf.alias_seen is not None and nf.target is not None and shares_storage(
                 runner.storages.get(nf.alias_seen, ()), runner.storages.get(nf.target, ())):

@@ -308,13 +308,6 @@ def _root_key(node: torch.fx.Node) -> Any:
     return ("attr", str(node.target)) if node.op == "get_attr" else node
 
 
-def _flat_nodes(a: Any) -> list[torch.fx.Node]:
-    out: list[torch.fx.Node] = []
-    torch.fx.node.map_arg(a, out.append)
-    return list(dict.fromkeys(out))
-
-
-
 def _is_clone(node: torch.fx.Node) -> bool:
     return (node.op == "call_method" and node.target == "clone") or (
         node.op == "call_function" and node.target is torch.clone)
@@ -918,6 +911,3 @@ def _copy_with_inplace_off(module: nn.Module) -> nn.Module:
             new.__dict__[key] = copy.copy(value)
     new.__dict__["inplace"] = False
     return new
-
-
-
