@@ -28,21 +28,22 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.fx
 from torch.fx import Node
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.nn.utils.rnn import PackedSequence
 
 from . import ops
 
 if TYPE_CHECKING:
     from .facts.records import GraphFacts, NodeFacts
 
-__all__ = ["VIEW_ATTRS", "AliasKind", "AliasModel", "alias_kind", "alias_parent", "flat_nodes", "reads_after_writes",
-           "returns_target", "same_tensor", "shares_storage", "storage_key"]
+__all__ = ["VIEW_ATTRS", "AliasKind", "AliasModel", "alias_kind", "alias_parent", "flat_nodes", "is_packed",
+           "reads_after_writes", "returns_target", "rnn_results", "same_tensor", "shares_storage", "storage_key"]
 
 #: how the result of an op that does not write relates to its first argument (see :func:`alias_kind`)
 AliasKind = Literal["same", "data", "detach", "getitem", "view"]
@@ -52,6 +53,21 @@ VIEW_ATTRS = frozenset({"T", "mT", "H", "mH", "real", "imag"})
 _TUPLE_OPS = frozenset({"sort", "topk", "kthvalue", "mode", "std_mean", "var_mean", "aminmax", "frexp", "lstm", "gru",
                         "rnn_tanh", "rnn_relu", "unique", "unique_consecutive", "histogram", "lu", "qr", "svd",
                         "slogdet", "eig", "eigh", "cummax", "cummin"})
+
+
+def is_packed(a: Any) -> bool:
+    """A ``PackedSequence``, or a node that makes one: its class called (the run capture rebuilds one so), or the
+    output of a module (an RNN) called on one, ``rnn(packed)[0]``."""
+    if isinstance(a, PackedSequence):
+        return True
+    if not isinstance(a, Node) or a.op != "call_function":
+        return False
+    if a.target is PackedSequence:
+        return True
+    if a.target is operator.getitem and len(a.args) > 1 and a.args[1] == 0 and isinstance(a.args[0], Node):
+        call = a.args[0]
+        return call.op == "call_module" and bool(call.args) and is_packed(call.args[0])
+    return False
 
 
 def flat_nodes(a: Any) -> list[torch.fx.Node]:
@@ -120,8 +136,11 @@ class AliasModel:
     ``nodes`` is the facts dict the forward pass fills (read only here, except for the alias facts of the node at
     hand and of writes an alias is read after)."""
 
-    def __init__(self, nodes: Mapping[torch.fx.Node, NodeFacts]) -> None:
+    def __init__(self, nodes: Mapping[torch.fx.Node, NodeFacts],
+                 modules: Mapping[str, torch.nn.Module] | None = None) -> None:
         self.nodes = nodes
+        #: the modules by qualified name (what a ``call_module`` returns depends on its kind)
+        self.modules = modules or {}
         #: view root -> the latest write into the group (data or autograd state): later reads see its result
         self.last_mut: dict[Hashable, NodeFacts] = {}
         #: storage root -> the latest data write into it
@@ -202,7 +221,8 @@ class AliasModel:
         node = nf.node
         base_view = base_f.view
         if (base_f.node.op == "call_module" and not base_f.view.known) or (
-                base_f.node.op not in ("placeholder", "call_module") and self.returns_tuple(base_f)):
+                base_f.node.op != "placeholder" and self.returns_tuple(base_f)) or rnn_results(base_f.node,
+                                                                                            self.modules.get):
             if ops.multi_output_view(base_view.name):
                 src = next(iter(flat_nodes(base_f.node.args)), None)
                 src_f = self.nodes.get(src) if src is not None else None
@@ -271,10 +291,11 @@ def reads_after_writes(graph: torch.fx.Graph, facts: GraphFacts
     root: dict[torch.fx.Node, Any] = {}
     by_root: dict[Any, list[torch.fx.Node]] = {}
     aliased: dict[torch.fx.Node, dict[torch.fx.Node, torch.fx.Node]] = {}
+    module_of = _submodule(facts.gm)
     for node in graph.nodes:
         nf = facts.nodes[node]
         reads = list(dict.fromkeys(flat_nodes((node.args, node.kwargs))))
-        root[node] = _widened_root(nf, reads, root, facts)
+        root[node] = _widened_root(nf, reads, root, facts, module_of)
         for a in reads:
             muts = by_root.get(root.get(a, a))
             if not muts:
@@ -294,17 +315,19 @@ def reads_after_writes(graph: torch.fx.Graph, facts: GraphFacts
 
 
 def _widened_root(nf: NodeFacts, reads: list[torch.fx.Node], root: dict[torch.fx.Node, Any],
-                  facts: GraphFacts) -> Any:
-    """The facts' storage root, widened for ops fxgrad cannot see into: their result may be their input."""
+                  facts: GraphFacts, module_of: Callable[[str], Any]) -> Any:
+    """The facts' storage root, widened for ops fxgrad cannot see into: their result may be their input (an RNN
+    module's results are new tensors, and its tuples' elements are picked, not viewed)."""
     node = nf.node
-    opaque = (node.op == "call_module" and not nf.view.known) or (
+    opaque = (node.op == "call_module" and not nf.view.known and _rnn_module(node, module_of) is None) or (
         node.op == "call_function" and not _known_function(node.target))
     if opaque and nf.view.writes is None and nf.role != "value":
         first = next((a for a in reads), None)
         if first is not None:
             return root.get(first, first)
     if node.op == "call_function" and node.target is operator.getitem and node.args and \
-            isinstance(node.args[0], torch.fx.Node) and not _advanced_index(node.args[1:], facts):
+            isinstance(node.args[0], torch.fx.Node) and not _advanced_index(node.args[1:], facts) and \
+            not rnn_results(node.args[0], module_of):
         # ``t[0]`` is a view of ``t`` (or an element of a tuple ``t``: sharing the root is the safe side).
         base = node.args[0]
         return root.get(base, base)
@@ -312,6 +335,41 @@ def _widened_root(nf: NodeFacts, reads: list[torch.fx.Node], root: dict[torch.fx
     if isinstance(sroot, torch.fx.Node):
         return root.get(sroot, sroot)
     return sroot
+
+
+def _rnn_module(node: Node, module_of: Callable[[str], Any]) -> torch.nn.RNNBase | None:
+    """The ``nn.LSTM`` / ``GRU`` / ``RNN`` a ``call_module`` node calls: its results are new tensors (a
+    ``PackedSequence`` result passes the input's index tensors on, which nothing writes)."""
+    if node.op != "call_module":
+        return None
+    module = module_of(str(node.target))
+    return module if isinstance(module, torch.nn.RNNBase) else None
+
+
+def rnn_results(node: Node, module_of: Callable[[str], Any]) -> bool:
+    """Is ``node`` a tuple of an RNN module's results, whose elements ``node[i]`` picks rather than views: the call
+    itself, ``nn.LSTM``'s ``(h_n, c_n)``, the output of a call on a ``PackedSequence`` (a named tuple)?
+    (``torch.lstm`` returns three tensors, flat: its results are told apart by :meth:`AliasModel.returns_tuple`.)"""
+    if _rnn_module(node, module_of) is not None:
+        return True
+    if node.op != "call_function" or node.target is not operator.getitem or len(node.args) < 2:
+        return False
+    base, index = node.args[0], node.args[1]
+    module = _rnn_module(base, module_of) if isinstance(base, Node) else None
+    if module is None or not isinstance(base, Node) or not isinstance(index, int):
+        return False
+    if index == 1:
+        return str(module.mode) == "LSTM"
+    return index == 0 and bool(base.args) and is_packed(base.args[0])
+
+
+def _submodule(gm: torch.nn.Module) -> Callable[[str], Any]:
+    def module_of(target: str) -> Any:
+        try:
+            return gm.get_submodule(target)
+        except AttributeError:
+            return None
+    return module_of
 
 
 def _advanced_index(index: Any, facts: GraphFacts) -> bool:

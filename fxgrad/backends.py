@@ -29,6 +29,8 @@ import torch
 import torch.fx
 from torch import nn
 
+from .aliasing import is_packed
+
 __all__ = ["KERNELS", "Call", "Choice", "choose", "for_call", "kernel_of", "module_context", "probe",
            "rnn_options", "saved_outputs"]
 
@@ -100,6 +102,12 @@ def _rnn(call: Call) -> Choice | None:
       place), in every direction and layer count. ``hy`` / ``cy`` are not read. MIOpen's ``miopen_rnn`` likewise
       (``MiopenRnnBackward0`` reads result0).
     * native cells: the outputs are stacked from the steps (fresh); nothing reads them.
+
+    A ``PackedSequence`` (the ``lstm(data, batch_sizes, ...)`` overload) on CPU runs oneDNN only when its batch
+    sizes are all equal, that is when every sequence in the batch has the same length (a batch of one sequence
+    always does): the packed data is then a view of oneDNN's output, saved as above; otherwise the native cells
+    run, and nothing saves it (measured on torch 2.13 and 2.14: ``ViewBackward0`` of ``MkldnnRnnLayer`` against
+    ``CatBackward0``). ``options["uniform"]``, where the dry-run sees the batch sizes, says which.
     """
     mode = call.options.get("mode", "LSTM")
     if call.device == "cpu":
@@ -111,7 +119,16 @@ def _rnn(call: Call) -> Choice | None:
         if not (dtype is torch.float32 or (dtype is torch.bfloat16 and _bf16_supported())):
             return None  # (float16 goes to oneDNN only without grad: nothing is saved then)
         saves = () if call.options.get("bidirectional") else (0,)
-        return Choice("oneDNN (mkldnn) LSTM", saves, _where(call))
+        if not call.options.get("packed") or not saves:
+            return Choice("oneDNN (mkldnn) LSTM", saves, _where(call))
+        if call.options.get("uniform"):
+            return Choice("oneDNN (mkldnn) LSTM", saves,
+                          f"{_where(call)} and a packed batch whose sequences all have the same length")
+        return Choice("oneDNN (mkldnn) LSTM", saves, _where(call), certain=False,
+                      alternatives="on CPU torch runs a packed batch through oneDNN, which saves the output, when "
+                                   "all its sequences have the same length (a batch of one sequence always does), "
+                                   "and through the native cells, which save nothing, otherwise: backward raises on "
+                                   "such batches")
     if call.device == "cuda":
         if torch.version.hip:  # ``use_miopen``: float32 / float16; ``miopen_rnn`` saves its output (result0)
             miopen = call.dtype in (torch.float32, torch.float16) and torch.backends.cudnn.enabled
@@ -148,11 +165,17 @@ def rnn_options(mod: nn.Module) -> dict[str, Any]:
 
 
 def _vf_rnn_options(mode: str) -> Callable[[tuple[Any, ...], Mapping[str, Any]], dict[str, Any]]:
-    """``torch._VF.<rnn>(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)``
-    (the packed form puts ``batch_sizes`` second and is left to the native path: see :func:`_rnn`)."""
+    """``torch._VF.<rnn>(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)``,
+    or the packed form ``(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional)``:
+    told apart by where the list comes (LSTM's ``hx`` is a list, the others' ``params``)."""
+    listed = 1 if mode == "LSTM" else 2
+
     def options(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        bidirectional = args[7] if len(args) > 7 else kwargs.get("bidirectional", False)
-        return {"mode": mode, "bidirectional": bool(bidirectional) if isinstance(bidirectional, bool) else False}
+        packed = len(args) > listed and not isinstance(args[listed], (list, tuple))
+        at = 8 if packed else 7
+        bidirectional = args[at] if len(args) > at else kwargs.get("bidirectional", False)
+        return {"mode": mode, "packed": packed,
+                "bidirectional": bool(bidirectional) if isinstance(bidirectional, bool) else False}
     return options
 
 
@@ -298,6 +321,8 @@ def choose(name: str, module: nn.Module | None, device: str, dtype: torch.dtype 
         return None
     options: dict[str, Any] = rnn_options(module) if module is not None else (
         OPTIONS[name](args, kwargs or {}) if name in OPTIONS else {})
+    if module is not None and args and is_packed(args[0]):
+        options["packed"] = True
     if extra:
         options.update(extra)
     return entry(Call(device, dtype, options))
@@ -330,13 +355,28 @@ def saved_outputs(node: torch.fx.Node, choice: Choice | None) -> list[tuple[torc
         return []
     if not _returns_tuple(node):
         return [(node, "result")] if 0 in choice.saves else []
+    packed = node.op == "call_module" and bool(node.args) and is_packed(node.args[0])
     found: list[tuple[torch.fx.Node, str]] = []
-    for user in node.users:
-        if user.op == "call_function" and user.target is operator.getitem and len(user.args) > 1:
-            index = user.args[1]
-            if isinstance(index, int) and index in choice.saves:
-                found.append((user, "result" if index == 0 else f"result{index}"))
+    for index, user in _picks(node):
+        if index in choice.saves:
+            arg = "result" if index == 0 else f"result{index}"
+            if packed and index == 0:  # a PackedSequence: its data, ``out[0].data`` (or ``out[0][0]``)
+                found.extend((data, arg) for i, data in _picks(user, data=True) if i == 0)
+            else:
+                found.append((user, arg))
     return found
+
+
+def _picks(node: torch.fx.Node, data: bool = False) -> list[tuple[int, torch.fx.Node]]:
+    """``(i, node[i])`` for the ``getitem`` users of ``node`` (with ``data``, ``node.data`` as element 0 too)."""
+    out = []
+    for user in node.users:
+        if user.op == "call_function" and len(user.args) > 1:
+            if user.target is operator.getitem and isinstance(user.args[1], int):
+                out.append((user.args[1], user))
+            elif data and user.target is getattr and user.args[1] == "data":
+                out.append((0, user))
+    return out
 
 
 def _returns_tuple(node: torch.fx.Node) -> bool:

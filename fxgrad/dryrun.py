@@ -50,10 +50,11 @@ from typing import Any
 import torch
 import torch.fx
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 from torch.utils import _pytree as pytree
 
 from . import backends
-from .aliasing import shares_storage, storage_key
+from .aliasing import is_packed, shares_storage, storage_key
 from .capture import node_origin
 from .errors import InputError
 from .facts import GraphFacts, ParamFacts
@@ -268,7 +269,10 @@ class _Runner:
         #: the device the real run would use, and the calls whose kernel there saves what a meta kernel does not
         #: show (:mod:`fxgrad.backends`); a real run shows it itself
         self.device = device
-        self.kernels: dict[torch.fx.Node, nn.Module | None] = {} if not mode.meta else _kernel_calls(gm, facts)
+        #: the calls whose backend kernel decides what they save: every one on meta tensors (the meta kernels show
+        #: none of it); with real inputs the real kernels run and save, and only the calls whose kernel other inputs
+        #: can change (an RNN on a packed batch) are asked
+        self.kernels: dict[torch.fx.Node, nn.Module | None] = _kernel_calls(gm, facts, packed_only=not mode.meta)
         #: (the call, the output its backend kernel saved as a saved-tensor record, the kernel torch picks)
         self.backend_saved: list[tuple[torch.fx.Node, _Saved, backends.Choice]] = []
 
@@ -377,16 +381,23 @@ class _Runner:
         as saved tensors, so that a later write into one is found like a write into what autograd saved."""
         args = torch.fx.node.map_arg(n.args, self.env.__getitem__)
         first = args[0] if args else None
-        if not isinstance(first, torch.Tensor):
-            return  # (a PackedSequence: torch 2.13 runs oneDNN for one of uniform batch sizes only; not modelled)
         module, name = self.kernels[n], self.facts.nodes[n].view.name
         extra = backends.probe(name, self.device, args, torch.fx.node.map_arg(n.kwargs, self.env.__getitem__))
-        choice = backends.choose(name, module, self.device, first.dtype, n.args, n.kwargs, extra)
-        if choice is None or not choice.saves:
+        if isinstance(first, PackedSequence):  # oneDNN runs a packed batch when its sequences all have the same length
+            sizes = first.batch_sizes
+            extra = {**extra, "packed": True,
+                     "uniform": None if sizes.is_meta else bool((sizes == sizes[0]).all())}
+            first = first.data
+        if not isinstance(first, torch.Tensor):
             return
+        choice = backends.choose(name, module, self.device, first.dtype, n.args, n.kwargs, extra)
+        if choice is None or not choice.saves or (not self.mode.meta and choice.certain):
+            return  # (on real inputs the kernel that saves for certain has run and saved: nothing to add)
         outputs = result if isinstance(result, (tuple, list)) else (result,)
         for i in choice.saves:
             t = outputs[i] if i < len(outputs) else None
+            if isinstance(t, PackedSequence):
+                t = t.data
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 rec = _Saved(None, "result" if i == 0 else f"result{i}", t, t._version, n)
                 self.pending.setdefault(storage_key(t), []).append(rec)
@@ -549,18 +560,21 @@ def _backend_nodes(gm: torch.fx.GraphModule, facts: GraphFacts) -> set[torch.fx.
     return out
 
 
-def _kernel_calls(gm: torch.fx.GraphModule, facts: GraphFacts) -> dict[torch.fx.Node, nn.Module | None]:
+def _kernel_calls(gm: torch.fx.GraphModule, facts: GraphFacts,
+                  packed_only: bool = False) -> dict[torch.fx.Node, nn.Module | None]:
     """The calls :mod:`fxgrad.backends` has a table entry for (with the module of a module call): one lookup per
-    node."""
+    node; with ``packed_only``, the RNN module calls on a ``PackedSequence``."""
     out: dict[torch.fx.Node, nn.Module | None] = {}
     kernels = backends.KERNELS
     for nf in facts:
         n = nf.node
         if n.op == "call_module" and not nf.view.known:
+            if packed_only and not (n.args and is_packed(n.args[0])):
+                continue
             mod = gm.get_submodule(str(n.target))
             if backends.kernel_of(nf.view.name, mod) is not None:
                 out[n] = mod
-        elif nf.view.name in kernels and n.op in ("call_function", "call_method"):
+        elif nf.view.name in kernels and n.op in ("call_function", "call_method") and not packed_only:
             out[n] = None
     return out
 

@@ -186,7 +186,11 @@ class _Recording(TorchFunctionMode):
             return linked
         if isinstance(value, (tuple, list)):
             mapped = [self.to_graph(v) for v in value]
-            return type(value)(mapped) if type(value) in (tuple, list) else tuple(mapped)
+            if type(value) in (tuple, list):
+                return type(value)(mapped)
+            if hasattr(value, "_fields"):  # a named tuple (a PackedSequence ...): rebuilt, as the call got it
+                return self.node("call_function", type(value), tuple(mapped), {})
+            return tuple(mapped)
         if isinstance(value, dict):
             return {k: self.to_graph(v) for k, v in value.items()}
         if isinstance(value, slice):

@@ -2089,3 +2089,61 @@ class ZetaOfActivation(Ex1Linear):
 
 
 from . import corpus_forum  # noqa: E402,F401
+
+
+@case(reference="LSTMStatesOutOfPlace")
+class LSTMStatesWritten(nn.Module):
+    """nn.LSTM's `h_n` scaled in place, then `c_n` and the output read: `(h_n, c_n)` are two tensors, not views of
+    one (no later read sees the write), and oneDNN saves neither."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, (h, c) = self.lstm(x)
+        h.mul_(2.0)
+        return self.head(h[-1] + c[-1] + out[:, -1])
+
+    @staticmethod
+    def make_inputs() -> tuple[torch.Tensor]:
+        return (torch.randn(3, 4, 8),)
+
+
+class LSTMStatesOutOfPlace(LSTMStatesWritten):
+    """The same program out of place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, (h, c) = self.lstm(x)
+        h = h * 2.0
+        return self.head(h[-1] + c[-1] + out[:, -1])
+
+
+@case(reference="GRUOutputViewOutOfPlace")
+class GRUOutputViewWritten(nn.Module):
+    """nn.GRU (the native cells on CPU: nothing saves its output); the last step, a view of the output, scaled in
+    place, then the whole output read: that read sees the write (FXG104)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, h = self.gru(x)
+        last = out[:, -1]
+        last.mul_(2.0)
+        return self.head(out.sum(1) + h[-1])
+
+    @staticmethod
+    def make_inputs() -> tuple[torch.Tensor]:
+        return (torch.randn(3, 4, 8),)
+
+
+class GRUOutputViewOutOfPlace(GRUOutputViewWritten):
+    """The same program without the write: the whole output as the GRU made it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, h = self.gru(x)
+        return self.head(out.sum(1) + h[-1])

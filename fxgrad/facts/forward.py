@@ -73,7 +73,7 @@ class ForwardPass:
                  index: ModuleIndex) -> None:
         self.gm, self.index, self.inputs_require_grad = gm, index, inputs_require_grad
         self.nodes: dict[torch.fx.Node, NodeFacts] = {}
-        self.aliases = AliasModel(self.nodes)
+        self.aliases = AliasModel(self.nodes, index.modules)
         self.saved = SavedTensors(gm, self.nodes, self.aliases, index)
         #: (the alias model's dict, read on every node: one attribute lookup less)
         self.last_mut = self.aliases.last_mut
