@@ -181,8 +181,25 @@ def _analyse(gm: torch.fx.GraphModule, model: nn.Module, name: str, example_inpu
         note = saved_table_note()
         if note is not None:
             report.notes.append(note)
+        note = _unproved_note(findings, facts)
+        if note is not None:
+            report.notes.append(note)
     apply_checkpointing(report, gm)
     return report
+
+
+def _unproved_note(findings: list[Finding], facts: GraphFacts) -> str | None:
+    """The in-place writes the static pass cannot judge (an op it has no table for may have saved the tensor),
+    said where everyone reads it: their finding, FXG101, is off by default."""
+    unknown = {nf.node.name for nf in (facts if facts.flagged is None else facts.flagged) if nf.unknown_savers}
+    unproved = [f for f in findings if f.code == "FXG101" and f.node in unknown] if unknown else []
+    if not unproved:
+        return None
+    shown = ", ".join(f"`{f.target}`" + (f" at {f.location}" if f.location else "") for f in unproved[:3])
+    more = f" and {len(unproved) - 3} more" if len(unproved) > 3 else ""
+    return (f"not proved statically: {len(unproved)} in-place write(s) ({shown}{more}) into a tensor that an op "
+            "fxgrad has no table for may have saved for backward; pass example inputs and the dry-run decides "
+            "(--select FXG101 shows them).")
 
 
 def _filter(report: Report, enabled: set[str], selected: bool, ignore: tuple[str, ...], gm: torch.fx.GraphModule

@@ -198,6 +198,16 @@ REFLECTED_SAVED: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] =
     "rdiv": (("other", "self"), {"self": ()}),
     "rpow": (("other", "self"), {"self": ("self", "result")}),
 }
+#: ``torch.nn.functional`` functions written in Python over other ops, which the tracer keeps as one call: what
+#: their last ops save, read from torch/nn/functional.py (derivatives.yaml has no entry for them). The rest are
+#: unknown savers: a write after one is not proved statically (the report says so) and the dry-run decides.
+COMPOSITE_SAVED: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
+    "softmin": (("self", "dim", "_stacklevel", "dtype"), {"self": ("result",)}),  # (-input).softmax(dim)
+    "relu6": (("self", "inplace"), {"self": ("self",)}),  # hardtanh(input, 0, 6)
+    "selu": (("self", "inplace"), {"self": ("self",)}),  # elu(input, alpha, scale)
+    "softsign": (("self",), {"self": ("self",)}),  # input / (input.abs() + 1): div saves its numerator
+    "tanhshrink": (("self",), {"self": ()}),  # input - input.tanh(): tanh saves only its own result
+}
 #: overloads whose saved set is smaller than the merged table says, chosen when the named argument is a Python
 #: number: ``h ** 2`` is ``pow.Tensor_Scalar`` and saves only ``self`` (``pow.Tensor_Tensor`` also saves the result).
 SCALAR_OVERLOADS: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
@@ -340,7 +350,7 @@ def saved_table_note() -> str | None:
 
 @functools.cache
 def _schema_arg_names(name: str) -> tuple[str, ...] | None:
-    entry = SAVED.get(name)
+    entry = SAVED.get(name) or COMPOSITE_SAVED.get(name)
     if entry is not None:
         return entry[0]
     for schema in _schemas(name):

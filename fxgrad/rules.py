@@ -292,10 +292,10 @@ def _check_inplace_activation(nf: NodeFacts, facts: GraphFacts) -> Finding | Non
     op, target = nf.view.spelling or nf.view.name, f"`{nf.target.name}`"  # (once per in-place op: inlined)
     if not nf.grad_on:
         return _finding(rule, nf, rule.render("no_grad", op=op, target=target))
-    msg = rule._renderers[""](op=op, target=target)
     if nf.unknown_savers:
-        msg += rule.render("unknown", savers=", ".join(f"`{n.name}`" for n in nf.unknown_savers[:3]))
-    return _finding(rule, nf, msg)
+        savers = ", ".join(f"`{n.name}`" for n in nf.unknown_savers[:3])
+        return _finding(rule, nf, rule.render("unknown", op=op, target=target, savers=savers))
+    return _finding(rule, nf, rule._renderers[""](op=op, target=target))
 
 
 def _check_alias(nf: NodeFacts, facts: GraphFacts) -> Finding | None:
@@ -413,8 +413,9 @@ RULES: tuple[Rule, ...] = (
                     "correct (proved by the dry-run); a later edit that saves it would break.",
           "no_grad": "In-place `{op}` under no_grad on {target}, which requires grad: the value changes but autograd "
                      "does not record it, so gradients are computed as if this line did not run.",
-          "unknown": " Not proved statically: fxgrad does not know what {savers} saves; pass example inputs for a "
-                     "dry-run.",
+          "unknown": "In-place `{op}` on activation {target}: not proved statically, fxgrad has no table for what "
+                     "{savers} saves for backward (it may have saved this tensor); pass example inputs and the dry-run "
+                     "decides.",
           "checkpointed": "In-place `{op}` writes into a tensor that an op of a checkpointed segment saved for "
                           "backward: backward recomputes the segment instead of reading it, so backward stays "
                           "correct; a later edit that keeps the saved tensor would break."},

@@ -42,6 +42,7 @@ class SavedTensors:
     def __init__(self, gm: torch.fx.GraphModule, nodes: dict[torch.fx.Node, NodeFacts], aliases: AliasModel,
                  index: ModuleIndex) -> None:
         self.gm, self.nodes, self.aliases, self.param_names = gm, nodes, aliases, index.param_names
+        self.modules = index.modules
         #: storage root -> nodes that may have saved a tensor of it
         self.deferred: dict[Root, list[NodeFacts]] = {}
         self.materialized: set[torch.fx.Node] = set()
@@ -250,7 +251,8 @@ class SavedTensors:
         entry = self._saved_entry(nf, name, inplace)
         if entry is None:
             if phase != "inputs":
-                self._note_unknown_saver(nf)
+                module = self.modules.get(str(node.target)) if node.op == "call_module" else None
+                self._note_unknown_saver(nf, kernel and backends.kernel_of(name, module) is not None)
             return
         params, args = view.params_of(nf.node), view.args_of(nf.node)
         names: set[str] = set()
@@ -320,15 +322,24 @@ class SavedTensors:
             return override[1]
         return entry[1]
 
-    def _note_unknown_saver(self, nf: NodeFacts) -> None:
-        """An op fxgrad has no table for may have saved any input: a later write into one cannot be proved safe."""
+    def _note_unknown_saver(self, nf: NodeFacts, kernel: bool = False) -> None:
+        """An op fxgrad has no table for may have saved any input, and its own result (``F.softmin`` ends in a
+        softmax, which saves it): a later write into one cannot be proved safe. An op that autograd does not record
+        (nothing it reads requires grad: ``torch.zeros``, an index computation) saves nothing. For a call the backend
+        table answers for (``kernel``: an RNN module), what its results are saved by is known."""
         name = nf.view.name
-        if name in ops.PASS_THROUGH or ops.is_view_op(name):
+        if name in ops.PASS_THROUGH or ops.is_view_op(name) or not nf.live:
             return
-        for a in nf.node.all_input_nodes:
+        pending = self.pending_unknown
+        node = nf.node
+        # Indexing saves its index tensors (``x[idx]``), never the tensor it indexes nor its result.
+        indexing = name == "getitem"
+        for a in node.all_input_nodes:
             af = self.nodes.get(a)
-            if af is not None and af.role != "value":
-                self.pending_unknown.setdefault(af.sroot, []).append(nf.node)
+            if af is not None and af.role != "value" and not (indexing and node.args and a is node.args[0]):
+                pending.setdefault(af.sroot, []).append(node)
+        if nf.role != "value" and nf.view.writes is None and not indexing and not kernel:
+            pending.setdefault(nf.sroot, []).append(node)
 
     def _save(self, use: SavedUse) -> None:
         self.pending.setdefault(use.sroot, []).append(use)

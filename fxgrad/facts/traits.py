@@ -82,7 +82,8 @@ def _name_edge(name: str) -> Edge | None:
 @functools.cache
 def _table_entry(name: str, inplace: bool) -> SavedEntry | None:
     """What the op saves, from the static tables (cached: they never change)."""
-    entry = (SAVED.get(name + "_") if inplace else None) or SAVED.get(name) or ops.REFLECTED_SAVED.get(name)
+    entry = ((SAVED.get(name + "_") if inplace else None) or SAVED.get(name) or ops.REFLECTED_SAVED.get(name)
+             or ops.COMPOSITE_SAVED.get(name))
     if entry is None and name.endswith("_"):
         entry = SAVED.get(name[:-1])
     return entry
