@@ -208,6 +208,12 @@ COMPOSITE_SAVED: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] =
     "softsign": (("self",), {"self": ("self",)}),  # input / (input.abs() + 1): div saves its numerator
     "tanhshrink": (("self",), {"self": ()}),  # input - input.tanh(): tanh saves only its own result
 }
+#: ``torch.nn`` modules fxgrad keeps opaque whose result no op saves for backward, read from torch/nn/modules/
+#: transformer.py: a layer returns a LayerNorm's output (``norm_first=False``) or a residual sum, a stack its last
+#: layer's or its final norm's (the fused fast path runs only without grad). What they save of their inputs is not
+#: tabled: a write into an input after one stays an unknown saver's.
+RESULT_UNSAVED_MODULES: tuple[type[nn.Module], ...] = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+                                                       nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
 #: overloads whose saved set is smaller than the merged table says, chosen when the named argument is a Python
 #: number: ``h ** 2`` is ``pow.Tensor_Scalar`` and saves only ``self`` (``pow.Tensor_Tensor`` also saves the result).
 SCALAR_OVERLOADS: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {

@@ -661,3 +661,40 @@ def test_a_write_after_an_op_without_a_table_is_not_called_safe() -> None:
     assert not any(f.severity == "error" for f in static.findings)
     assert any(n.startswith("not proved statically") and "mul_()" in n for n in static.notes), static.notes
     assert "FXG102" in {f.code for f in fxgrad.analyze(Gumbel(), (x,)).findings}
+
+
+class _Encoder(nn.Module):
+    """An opaque ``nn.TransformerEncoderLayer`` (``norm_first`` either way); then its output, or its input, scaled in
+    place."""
+
+    def __init__(self, write: str, norm_first: bool) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=norm_first)
+        self.write = write
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)
+        y = self.layer(h)
+        (y if self.write == "out" else h).mul_(2.0)
+        return y.sum()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_layer_results_are_saved_by_nothing(norm_first: bool) -> None:
+    """A transformer layer returns a LayerNorm's output or a residual sum, which nothing saves: a write on it is
+    harmless in eager, and the static pass says nothing of it. Whether its input is saved depends on the layer
+    (``norm_first``: its first LayerNorm saves it, and a write raises; else the attention's projection reads a
+    copy of the transposed input, and it does not): statically that write is not called safe (a note says the
+    dry-run decides), and the dry-run says what eager does."""
+    x = torch.randn(2, 5, 8)
+    torch.manual_seed(0)
+    assert not _backward_raises(_Encoder("out", norm_first), x)
+    static = fxgrad.analyze(_Encoder("out", norm_first))
+    assert static.ok and not any("not proved statically" in n for n in static.notes), static.notes
+    torch.manual_seed(0)
+    assert _backward_raises(_Encoder("in", norm_first), x) == norm_first
+    static = fxgrad.analyze(_Encoder("in", norm_first))
+    assert any(n.startswith("not proved statically") for n in static.notes), static.notes
+    dry = fxgrad.analyze(_Encoder("in", norm_first), (x,))
+    assert ("FXG102" in {f.code for f in dry.findings}) == norm_first, dry

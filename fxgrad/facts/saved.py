@@ -252,7 +252,8 @@ class SavedTensors:
         if entry is None:
             if phase != "inputs":
                 module = self.modules.get(str(node.target)) if node.op == "call_module" else None
-                self._note_unknown_saver(nf, kernel and backends.kernel_of(name, module) is not None)
+                self._note_unknown_saver(nf, (kernel and backends.kernel_of(name, module) is not None)
+                                         or isinstance(module, ops.RESULT_UNSAVED_MODULES))
             return
         params, args = view.params_of(nf.node), view.args_of(nf.node)
         names: set[str] = set()
@@ -322,11 +323,12 @@ class SavedTensors:
             return override[1]
         return entry[1]
 
-    def _note_unknown_saver(self, nf: NodeFacts, kernel: bool = False) -> None:
+    def _note_unknown_saver(self, nf: NodeFacts, result_known: bool = False) -> None:
         """An op fxgrad has no table for may have saved any input, and its own result (``F.softmin`` ends in a
         softmax, which saves it): a later write into one cannot be proved safe. An op that autograd does not record
-        (nothing it reads requires grad: ``torch.zeros``, an index computation) saves nothing. For a call the backend
-        table answers for (``kernel``: an RNN module), what its results are saved by is known."""
+        (nothing it reads requires grad: ``torch.zeros``, an index computation) saves nothing. ``result_known``: what
+        saves the call's results is known (an RNN module, which the backend table answers for; a transformer layer,
+        ``ops.RESULT_UNSAVED_MODULES``)."""
         name = nf.view.name
         if name in ops.PASS_THROUGH or ops.is_view_op(name) or not nf.live:
             return
@@ -338,7 +340,7 @@ class SavedTensors:
             af = self.nodes.get(a)
             if af is not None and af.role != "value" and not (indexing and node.args and a is node.args[0]):
                 pending.setdefault(af.sroot, []).append(node)
-        if nf.role != "value" and nf.view.writes is None and not indexing and not kernel:
+        if nf.role != "value" and nf.view.writes is None and not indexing and not result_known:
             pending.setdefault(nf.sroot, []).append(node)
 
     def _save(self, use: SavedUse) -> None:
