@@ -20,9 +20,9 @@ Algorithm of :func:`verify`:
    original (small models only).
 5. Compare every output, every parameter's and every requires-grad input's gradient, every buffer after the run
    and every input after the run: one :class:`TensorCheck` each, with max abs / rel error (gradients and
-   buffers: all found equal by ``torch.equal`` mapped over the pairs from C, or else equal ones by one fused
-   subtraction per dtype; the others one at a time). Differences that an ``unsafe`` rewrite announced (the
-   caller's input is no longer modified) are listed as changes, not errors.
+   buffers: all found equal at once by ``torch.equal`` mapped over the pairs from C; else one at a time).
+   Differences that an ``unsafe`` rewrite announced (the caller's input is no longer modified) are listed as
+   changes, not errors.
 6. ``fork_rng`` restores the RNG; grad mode is restored in a ``finally``. The user's modules are never run. The
    copies form no reference cycle, so they are freed as :func:`verify` returns.
 """
@@ -733,17 +733,12 @@ def _checks(kind: str, triples: list[tuple[str, Any, Any]], rtol: float | None, 
             none_is_zero: bool = False) -> list[TensorCheck]:
     """``_check`` of each ``(name, actual, expected)``, with the usual case found in bulk.
 
-    Gradients and buffers come by the thousand, and after a rewrite nearly all are equal: one fused subtraction
-    and max-norm per dtype finds those, and each gets the record ``_check``'s bitwise path gives it (errors 0,
-    ok). A pair the bulk pass cannot vouch for (a difference, a NaN or infinity, another dtype, device or shape,
-    none, bool, an empty tensor) goes through ``_check`` itself, so every figure is the one it computes."""
-    pairs = [(a, e) for _, a, e in triples]
-    if _all_equal(pairs):  # the usual case, in one concatenation per dtype
+    Gradients and buffers come by the thousand, and after a rewrite all are usually equal: :func:`_all_equal` finds
+    that in one pass, and each gets the record ``_check``'s bitwise path gives it (errors 0, ok). Otherwise every
+    pair goes through ``_check`` itself (its own ``torch.equal`` first), so every figure is the one it computes."""
+    if _all_equal([(a, e) for _, a, e in triples]):
         return [_equal_record(kind, key, e) for key, _, e in triples]
-    equal = _equal_in_bulk(pairs)
-    return [TensorCheck(kind, key, tuple(e.shape), str(e.dtype), 0.0, 0.0, True) if same
-            else _check(kind, key, a, e, rtol, atol, none_is_zero)
-            for (key, a, e), same in zip(triples, equal, strict=True)]
+    return [_check(kind, key, a, e, rtol, atol, none_is_zero) for key, a, e in triples]
 
 
 def _equal_record(kind: str, name: str, expected: torch.Tensor) -> TensorCheck:
@@ -767,7 +762,7 @@ def _all_equal(pairs: list[tuple[Any, Any]]) -> bool:
     and shape: each gets ``_check``'s bitwise record then. One ``torch.equal`` per pair, called from C by ``map``:
     a quarter of the time of one ``torch.equal`` of two concatenations per dtype (each concatenation a view per
     tensor and a copy), which itself took a third of the time of a subtraction and a norm per tensor. ``False``
-    sends the caller to the pair-by-pair :func:`_equal_in_bulk`."""
+    sends the caller pair by pair to :func:`_check`."""
     if not pairs:
         return True
     actual = [a for a, _ in pairs]
@@ -783,32 +778,6 @@ def _all_equal(pairs: list[tuple[Any, Any]]) -> bool:
             return all(map(torch.equal, actual, expected))
     except (RuntimeError, TypeError, NotImplementedError):  # tensors on two devices ...: pair by pair then
         return False
-
-
-def _equal_in_bulk(pairs: list[tuple[Any, Any]]) -> list[bool]:
-    """For each ``(actual, expected)``: whether both are tensors of one dtype, device and shape with equal values;
-    ``False`` also where that is not known. One ``_foreach_sub`` and one max per (dtype, device) group."""
-    equal = [False] * len(pairs)
-    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-    for i, (a, e) in enumerate(pairs):
-        if (type(a) is type(e) and isinstance(a, torch.Tensor) and a.dtype == e.dtype and a.device == e.device
-                and a.shape == e.shape and a.layout == torch.strided and a.dtype != torch.bool and a.numel()):
-            groups.setdefault((a.dtype, a.device), []).append(i)
-    for (dtype, _), members in groups.items():
-        try:
-            with torch.no_grad():
-                diffs = torch._foreach_sub([pairs[i][0] for i in members], [pairs[i][1] for i in members])
-            if dtype.is_floating_point or dtype.is_complex:  # NaN or inf - inf: not zero, so _check looks closer
-                worst = torch._foreach_norm(diffs, float("inf"))
-            else:  # integers: a - b is zero exactly when a == b, wrapped or not
-                worst = torch._foreach_max(torch._foreach_abs(diffs))
-            zero = (torch.stack(worst) == 0).tolist()
-        except (RuntimeError, TypeError, NotImplementedError) as e:  # an op without a fused kernel for this dtype
-            log.debug("bulk comparison of %s fell back to one tensor at a time: %s", dtype, e)
-            continue
-        for i, z in zip(members, zero, strict=True):
-            equal[i] = bool(z)
-    return equal
 
 
 def _equal_values(a: Any, b: Any) -> bool:
