@@ -54,7 +54,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils import _pytree as pytree
 
 from . import backends
-from .aliasing import is_packed, shares_storage, storage_key
+from .aliasing import shares_storage, storage_key
 from .capture import node_origin
 from .errors import InputError
 from .facts import GraphFacts, ParamFacts
@@ -270,9 +270,9 @@ class _Runner:
         #: show (:mod:`fxgrad.backends`); a real run shows it itself
         self.device = device
         #: the calls whose backend kernel decides what they save: every one on meta tensors (the meta kernels show
-        #: none of it); with real inputs the real kernels run and save, and only the calls whose kernel other inputs
-        #: can change (an RNN on a packed batch) are asked
-        self.kernels: dict[torch.fx.Node, nn.Module | None] = _kernel_calls(gm, facts, packed_only=not mode.meta)
+        #: none of it); with real inputs the real kernels run and save, and only the RNN modules are asked: on a
+        #: packed batch, other lengths than these inputs' change the kernel (see ``_backend_saves``)
+        self.kernels: dict[torch.fx.Node, nn.Module | None] = _kernel_calls(gm, facts, modules_only=not mode.meta)
         #: (the call, the output its backend kernel saved as a saved-tensor record, the kernel torch picks)
         self.backend_saved: list[tuple[torch.fx.Node, _Saved, backends.Choice]] = []
 
@@ -561,20 +561,18 @@ def _backend_nodes(gm: torch.fx.GraphModule, facts: GraphFacts) -> set[torch.fx.
 
 
 def _kernel_calls(gm: torch.fx.GraphModule, facts: GraphFacts,
-                  packed_only: bool = False) -> dict[torch.fx.Node, nn.Module | None]:
+                  modules_only: bool = False) -> dict[torch.fx.Node, nn.Module | None]:
     """The calls :mod:`fxgrad.backends` has a table entry for (with the module of a module call): one lookup per
-    node; with ``packed_only``, the RNN module calls on a ``PackedSequence``."""
+    node; with ``modules_only``, the module calls (the RNNs)."""
     out: dict[torch.fx.Node, nn.Module | None] = {}
     kernels = backends.KERNELS
     for nf in facts:
         n = nf.node
         if n.op == "call_module" and not nf.view.known:
-            if packed_only and not (n.args and is_packed(n.args[0])):
-                continue
             mod = gm.get_submodule(str(n.target))
             if backends.kernel_of(nf.view.name, mod) is not None:
                 out[n] = mod
-        elif nf.view.name in kernels and n.op in ("call_function", "call_method") and not packed_only:
+        elif nf.view.name in kernels and n.op in ("call_function", "call_method") and not modules_only:
             out[n] = None
     return out
 

@@ -387,3 +387,37 @@ def test_packed_functional_lstm_reads_its_own_overload() -> None:
     assert options == {"mode": "LSTM", "packed": True, "bidirectional": False}
     options = backends.OPTIONS["lstm"]((x, [x, x], [x], True, 1, 0.0, True, True, True), {})
     assert options == {"mode": "LSTM", "packed": False, "bidirectional": True}
+
+
+class LSTMOnPackedInput(nn.Module):
+    """An LSTM whose input is a ``PackedSequence`` the caller packed, its output's data scaled in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(8, 16)
+
+    def forward(self, seq: PackedSequence) -> torch.Tensor:
+        out, _ = self.rnn(seq)
+        out.data.mul_(0.5)
+        return out.data.sum()
+
+
+def test_a_packed_sequence_given_as_input_is_judged_by_its_lengths() -> None:
+    """The packed batch need not be made in forward: one the caller passes in gets the same verdict, the condition
+    named when its lengths differ (eager raises once they are equal)."""
+    x = torch.randn(5, 2, 8, generator=torch.Generator().manual_seed(1))
+
+    def packed(lengths: list[int]) -> PackedSequence:
+        return pack_padded_sequence(x[:, : len(lengths)], torch.tensor(lengths), enforce_sorted=False)
+
+    for lengths, raises in (([5, 3], False), ([4, 4], True), ([3], True)):
+        try:
+            LSTMOnPackedInput()(packed(lengths)).backward()
+            eager_raises = False
+        except RuntimeError as e:
+            assert "modified by an inplace operation" in str(e)
+            eager_raises = True
+        assert eager_raises == raises, lengths
+    report = fxgrad.analyze(LSTMOnPackedInput(), (packed([5, 3]),))
+    (finding,) = [f for f in report.findings if f.code == "FXG102"]
+    assert not report.ok and "when all its sequences have the same length" in finding.message, finding.message
