@@ -62,7 +62,7 @@ from .gcpause import gc_paused
 from .inputs import Spec, as_args, has_real_tensors, map_inputs
 from .metarun import MetaMode, TracingMetaMode, meta_twin, tensor_meta
 from .ops import INPLACE_NO_DERIVATIVE_GRAD_FNS, NO_DERIVATIVE_GRAD_FNS, RESULT_SLOPE_GRAD_FNS
-from .report import ParamStatus, Report
+from .report import REAL_DRYRUN_NOTE, ParamStatus, Report
 from .rules import (
     AUTOGRAD_ERRORS,
     LEAF_ERRORS,
@@ -809,4 +809,4 @@ def _apply(report: Report, facts: GraphFacts, result: DryRun) -> None:
     report.findings = without_refuted(kept + new)
     report.mode = "dry-run"
     if result.mode == "real" and "real inputs" not in " ".join(report.notes):
-        report.notes.append("dry-run executed on the real example inputs")
+        report.notes.append(REAL_DRYRUN_NOTE)

@@ -188,10 +188,16 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(lines)
 
 
+#: the note the dry-run leaves when it ran on the real example inputs instead of meta tensors
+REAL_DRYRUN_NOTE = "dry-run executed on the real example inputs"
+
+
 def render_table(report: Report, *, width: int = 60) -> str:
     """Findings grouped by severity, then the parameter summary; plain text, no colour."""
     out: list[str] = []
-    verdict = "proved by a dry-run on meta tensors" if report.mode == "dry-run" else "static analysis"
+    verdict = "static analysis" if report.mode != "dry-run" else (
+        "proved by a dry-run on the real example inputs" if REAL_DRYRUN_NOTE in report.notes
+        else "proved by a dry-run on meta tensors")
     how = "traced symbolically" if report.capture == "trace" else "captured by running it on the inputs"
     out.append(f"fxgrad report for {report.model} ({how}; {verdict})")
     for severity in ("error", "warning", "info"):

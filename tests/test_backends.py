@@ -421,3 +421,5 @@ def test_a_packed_sequence_given_as_input_is_judged_by_its_lengths() -> None:
     report = fxgrad.analyze(LSTMOnPackedInput(), (packed([5, 3]),))
     (finding,) = [f for f in report.findings if f.code == "FXG102"]
     assert not report.ok and "when all its sequences have the same length" in finding.message, finding.message
+    # (a packed batch's lengths must be real: the dry-run ran on the real inputs, and the report's header says so)
+    assert "proved by a dry-run on the real example inputs" in str(report).splitlines()[0]
